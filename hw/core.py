@@ -1,0 +1,205 @@
+"""`BinaryCore`: systolic array + scale accumulator + threshold unit behind streams.
+
+The core takes passes of beats (one weight basis x one activation basis over K) and returns, per output
+tile, `rows` results of `cols` exact sums and their bit-planes. It never stalls internally: the
+systolic pipeline has no back-pressure, so the input admits a tile's final beat only when the output
+FIFO has room reserved for all of that tile's rows (credits), and a pass's last beat only when the
+previous pass ended at least `rows` cycles earlier (the array drains one row per cycle).
+"""
+
+from amaranth.hdl import Module, Mux, Signal
+from amaranth.lib import fifo, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .array import SystolicArray
+from .config import AccelConfig
+from .layouts import CoreLayouts
+from .scale import ScaleAccumulator
+from .threshold import ThresholdUnit
+
+__all__ = ["BinaryCore"]
+
+
+class BinaryCore(wiring.Component):
+    """The compute core of the accelerator.
+
+    Ports
+    -----
+    beats       : In(stream of `CoreLayouts.beat`)  array input; see `CoreLayouts` for the fields.
+    scale_write : In(stream of `CoreLayouts.scale_write`)  always ready; one write per cycle.
+    thr_write   : In(stream of `CoreLayouts.thr_write`)  always ready; one write per cycle.
+    results     : Out(stream of `CoreLayouts.result`)  one payload per row of each finished tile.
+
+    Writes to the scale and threshold memories take effect for passes whose last beat is accepted
+    after the write (the memories are read once a pass reaches the accumulator, so a program must not
+    overwrite an entry that a pass in flight still needs; the compiler orders this).
+    """
+
+    def __init__(self, config):
+        if not isinstance(config, AccelConfig):
+            raise TypeError(f"Config must be an AccelConfig, not {config!r}")
+        self._config = config
+        self.layouts = layouts = CoreLayouts(config)
+        super().__init__({
+            "beats": In(stream.Signature(layouts.beat)),
+            "scale_write": In(stream.Signature(layouts.scale_write)),
+            "thr_write": In(stream.Signature(layouts.thr_write)),
+            "results": Out(stream.Signature(layouts.result)),
+        })
+
+    @property
+    def config(self):
+        return self._config
+
+    @property
+    def meta_depth(self):
+        """Passes that can be between the input and the accumulator at once."""
+        cfg = self._config
+        return (cfg.cols + 3) // cfg.rows + 3
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._config
+        lay = self.layouts
+        rows = cfg.rows
+
+        m.submodules.array = array = SystolicArray(cfg)
+        m.submodules.scale_acc = scale_acc = ScaleAccumulator(cfg)
+        m.submodules.thresholds = thr_unit = ThresholdUnit(cfg)
+        m.submodules.meta_fifo = meta_fifo = fifo.SyncFIFOBuffered(
+            width=lay.pass_info.size, depth=self.meta_depth)
+        m.submodules.out_fifo = out_fifo = fifo.SyncFIFOBuffered(
+            width=lay.result.size, depth=cfg.out_depth)
+        m.submodules.scale_mem = scale_mem = memory.Memory(
+            shape=lay.scale_entry, depth=cfg.scale_depth, init=[])
+        m.submodules.thr_mem = thr_mem = memory.Memory(
+            shape=lay.thr_entry, depth=cfg.thr_depth, init=[])
+
+        # Parameter memory writes.
+        scale_wp = scale_mem.write_port()
+        m.d.comb += [
+            self.scale_write.ready.eq(1),
+            scale_wp.addr.eq(self.scale_write.payload.addr),
+            scale_wp.data.eq(self.scale_write.payload.scales),
+            scale_wp.en.eq(self.scale_write.valid),
+        ]
+        thr_wp = thr_mem.write_port()
+        m.d.comb += [
+            self.thr_write.ready.eq(1),
+            thr_wp.addr.eq(self.thr_write.payload.addr),
+            thr_wp.data.eq(self.thr_write.payload.entry),
+            thr_wp.en.eq(self.thr_write.valid),
+        ]
+
+        # Input admission: pass spacing, pass-info room, output credits.
+        beat = self.beats.payload
+        since_last = Signal(range(rows + 1), init=rows)   # cycles since the last pass ended
+        reserved = Signal(range(cfg.out_depth + 1))        # output FIFO entries promised
+        spacing_ok = since_last >= rows
+        credit_ok = reserved <= cfg.out_depth - rows
+        ends_tile = beat.last & beat.info.last_pass
+        admit = ~beat.last | (spacing_ok & meta_fifo.w_rdy & (~ends_tile | credit_ok))
+        accepted = Signal()
+        m.d.comb += [
+            self.beats.ready.eq(admit),
+            accepted.eq(self.beats.valid & admit),
+        ]
+        with m.If(accepted & beat.last):
+            m.d.sync += since_last.eq(1)
+        with m.Elif(~spacing_ok):
+            m.d.sync += since_last.eq(since_last + 1)
+        popped = self.results.valid & self.results.ready
+        m.d.sync += reserved.eq(reserved + Mux(accepted & ends_tile, rows, 0) - popped)
+
+        m.d.comb += [
+            array.edge.w.eq(beat.w),
+            array.edge.a.eq(beat.a),
+            array.edge.nbits.eq(beat.nbits),
+            array.edge.valid.eq(accepted),
+            array.edge.first.eq(beat.first),
+            array.edge.last.eq(beat.last),
+            meta_fifo.w_data.eq(beat.info),
+            meta_fifo.w_en.eq(accepted & beat.last),
+        ]
+
+        # Stage A: rows leave the array; row 0 of a pass takes its pass info from the FIFO.
+        row_a = Signal(range(rows))
+        info_held = Signal(lay.pass_info)
+        fifo_info = lay.pass_info(meta_fifo.r_data)
+        info_a = Signal(lay.pass_info)
+        m.d.comb += info_a.eq(Mux(row_a == 0, fifo_info, info_held))
+        scale_rp = scale_mem.read_port()
+        m.d.comb += [
+            scale_rp.addr.eq(info_a.scale_addr),
+            scale_rp.en.eq(array.counts_valid & (row_a == 0)),
+            meta_fifo.r_en.eq(array.counts_valid & (row_a == 0)),
+        ]
+        with m.If(array.counts_valid):
+            m.d.sync += [
+                info_held.eq(info_a),
+                row_a.eq(Mux(row_a == rows - 1, 0, row_a + 1)),
+            ]
+
+        # Stage B: the pass's scale entry is on the read port; feed the accumulator.
+        valid_b = Signal()
+        counts_b = Signal.like(array.counts)
+        row_b = Signal(range(rows))
+        info_b = Signal(lay.pass_info)
+        m.d.sync += [
+            valid_b.eq(array.counts_valid),
+            counts_b.eq(array.counts),
+            row_b.eq(row_a),
+            info_b.eq(info_a),
+        ]
+        m.d.comb += [
+            scale_acc.in_valid.eq(valid_b),
+            scale_acc.counts.eq(counts_b),
+            scale_acc.k.eq(info_b.k),
+            scale_acc.scale.eq(scale_rp.data[row_b]),
+            scale_acc.first_pass.eq(info_b.first_pass),
+            scale_acc.last_pass.eq(info_b.last_pass),
+        ]
+
+        # Side information travels beside the accumulator's pipeline.
+        def delay(value, cycles, name):
+            for i in range(cycles):
+                stage = Signal.like(value, name=f"{name}_d{i}")
+                m.d.sync += stage.eq(value)
+                value = stage
+            return value
+
+        # The threshold entry is read one cycle before the accumulator's sums are ready.
+        lead = ScaleAccumulator.LATENCY - 1
+        thr_addr_c = delay(info_b.thr_addr, lead, "thr_addr")
+        row_c = delay(row_b, lead, "row_thr")
+        valid_c = delay(valid_b, lead, "valid_thr")
+        thr_rp = thr_mem.read_port()
+        m.d.comb += [
+            thr_rp.addr.eq(thr_addr_c + row_c),
+            thr_rp.en.eq(valid_c),
+            thr_unit.in_valid.eq(scale_acc.out_valid),
+            thr_unit.acc.eq(scale_acc.acc),
+            thr_unit.entry.eq(thr_rp.data),
+        ]
+
+        # Stage D: results into the output FIFO.
+        total = ScaleAccumulator.LATENCY + ThresholdUnit.LATENCY
+        row_d = delay(row_b, total, "row_out")
+        raw_d = delay(info_b.raw, total, "raw_out")
+        result = Signal(lay.result)
+        m.d.comb += [
+            result.acc.eq(thr_unit.acc_out),
+            result.bits.eq(thr_unit.bits),
+            result.row.eq(row_d),
+            result.last.eq(row_d == rows - 1),
+            result.raw.eq(raw_d),
+            out_fifo.w_data.eq(result),
+            out_fifo.w_en.eq(thr_unit.out_valid),
+        ]
+
+        m.d.comb += [
+            self.results.valid.eq(out_fifo.r_rdy),
+            self.results.payload.eq(out_fifo.r_data),
+            out_fifo.r_en.eq(self.results.ready),
+        ]
+        return m

@@ -1,0 +1,57 @@
+"""The threshold unit: sums to activation bit-planes (batch norm and the quantizer folded in)."""
+
+from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from .config import AccelConfig
+from .layouts import CoreLayouts
+
+__all__ = ["ThresholdUnit"]
+
+
+class ThresholdUnit(wiring.Component):
+    """Compares each column's sum with one output channel's thresholds.
+
+    bit n of column c is 1 (+1) when acc[c] >= t[n], or acc[c] <= t[n] when `flip` is set (a negative
+    batch-norm gain); both inclusive, as `sw.ref.threshold`.
+
+    Ports
+    -----
+    in_valid  : In(1)
+    acc       : In(ArrayLayout(signed(acc_bits), cols))  the sums of one row (output channel).
+    entry     : In(threshold entry)  `t[n]` for n < max_abases and `flip`, of that channel.
+    out_valid : Out(1)  one cycle after `in_valid`.
+    bits      : Out(ArrayLayout(max_abases, cols))  bit n of `bits[c]` is plane n of column c.
+    acc_out   : Out(same as acc)  `acc`, delayed to stay beside its bits.
+    """
+
+    LATENCY = 1
+
+    def __init__(self, config):
+        if not isinstance(config, AccelConfig):
+            raise TypeError(f"Config must be an AccelConfig, not {config!r}")
+        self._config = config
+        layouts = CoreLayouts(config)
+        acc_layout = layouts.result["acc"].shape
+        super().__init__({
+            "in_valid": In(1),
+            "acc": In(acc_layout),
+            "entry": In(layouts.thr_entry),
+            "out_valid": Out(1),
+            "bits": Out(layouts.result["bits"].shape),
+            "acc_out": Out(acc_layout),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._config
+        for c in range(cfg.cols):
+            value = self.acc[c]
+            planes = []
+            for n in range(cfg.max_abases):
+                t = self.entry.t[n]
+                planes.append(Mux(self.entry.flip, value <= t, value >= t))
+            m.d.sync += self.bits[c].eq(Cat(*planes))
+        m.d.sync += [self.out_valid.eq(self.in_valid), self.acc_out.eq(self.acc)]
+        return m
