@@ -10,7 +10,7 @@ Built in (shipped inside installed packages):
 Split (fixed, documented in ``docs/accuracy.md``): per class, the images are shuffled with
 ``numpy.random.default_rng(0)``; the first ``round(0.2 * n_class)`` go to the test split, the rest to
 the train split. Both splits are then sorted by original index, so the split never depends on the
-training seed. mnist5k gives 4,000 train / 1,000 test; digits 1,437 / 360.
+training seed. mnist5k gives 4,000 train / 1,000 test; digits 1,438 / 359.
 
 From a user's folder (``--data-root``), in their standard formats:
 
