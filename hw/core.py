@@ -68,8 +68,10 @@ class BinaryCore(wiring.Component):
         m.submodules.thresholds = thr_unit = ThresholdUnit(cfg)
         m.submodules.meta_fifo = meta_fifo = fifo.SyncFIFOBuffered(
             width=lay.pass_info.size, depth=self.meta_depth)
+        # A buffered FIFO of depth d refuses a write while its output register refills with d - 1
+        # entries inside, so it guarantees d - 1 places; credits count `out_depth` of them.
         m.submodules.out_fifo = out_fifo = fifo.SyncFIFOBuffered(
-            width=lay.result.size, depth=cfg.out_depth)
+            width=lay.result.size, depth=cfg.out_depth + 1)
         m.submodules.scale_mem = scale_mem = memory.Memory(
             shape=lay.scale_entry, depth=cfg.scale_depth, init=[])
         m.submodules.thr_mem = thr_mem = memory.Memory(
