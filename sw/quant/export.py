@@ -169,15 +169,24 @@ def _thresholds(y_thresholds, gain, bias, unit, bound, config):
             else:
                 thresholds[c] = np.where(plus, tmin, never)
             continue
-        exact = (y_thresholds[c] - bias[c]) / slope
-        if slope > 0:
-            value = np.ceil(exact)
-            thresholds[c] = np.where(value <= -bound[c], tmin, np.where(value > bound[c], never, value))
-        else:
-            flip[c] = True
-            value = np.floor(exact)
-            # acc <= T: T >= bound means always +1 (acc <= acc_max), T < -bound means always -1.
-            thresholds[c] = np.where(value >= bound[c], never, np.where(value < -bound[c], tmin, value))
+        flip[c] = slope < 0
+        for p in range(t):
+            exact = (y_thresholds[c, p] - bias[c]) / slope
+            if slope > 0:  # +1 where acc >= ceil(exact)
+                if exact <= -bound[c]:
+                    value = tmin
+                elif exact > bound[c]:
+                    value = never
+                else:
+                    value = math.ceil(exact)
+            else:  # +1 where acc <= floor(exact); T >= bound is always +1, T < -bound always -1
+                if exact >= bound[c]:
+                    value = never
+                elif exact < -bound[c]:
+                    value = tmin
+                else:
+                    value = math.floor(exact)
+            thresholds[c, p] = value
     return thresholds, flip
 
 
