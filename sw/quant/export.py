@@ -15,8 +15,8 @@ next activation thresholds phi_t (+1 where f(y) >= phi_t) fold into integer thre
     g = 0:  constant planes (T = Tmin with flip 0 for +1; see docs/arithmetic.md)
 
 The first layer's input is the 8 pixel bit-planes: the float model sees x = pixel / 127.5 - 1
-= sum_b 2^(b-1) / 127.5 * plane_b, so its plane scales are exactly 2^b times one integer per
-(m, o) and the 127.5 offset cancels (pixel 0, the padding, is x = -1 as in every other layer).
+= sum_b 2^(b-1) / 127.5 * plane_b, so its plane scales are beta_b = 2^(b-1) / 127.5 and the 127.5
+offset cancels (pixel 0, the padding, is x = -1 as in every other layer).
 """
 
 import math
@@ -89,30 +89,6 @@ def _check_bound(name, scales, ks, config):
             f"{name}: accumulator bound {int(bound.max())} exceeds the {config.acc_bits}-bit limit "
             f"{config.acc_max}")
     return bound
-
-
-def _pixel_scales(name, alphas, k, config, per_channel=True):
-    """First layer: s[m, b, o] = q_m[o] * 2^b exactly; returns (scales (M, 8, O), u (O,))."""
-    m, o = alphas.shape
-    peak = np.abs(alphas).max(axis=0)
-    if not per_channel:
-        peak = np.full(o, peak.max())
-    safe = np.where(peak > 0, peak, 1.0)
-    # q * 2^7 must fit the scale width, and sum_m |q_m| * 255 * K the accumulator.
-    q_max = min(config.scale_max // 128, int((config.acc_max - 1) // (255 * k * m)))
-    if q_max < 1:
-        raise ExportError(
-            f"{name}: pixel planes need scales q * 2^b up to b = 7; {config.scale_bits}-bit scales with "
-            f"a {config.acc_bits}-bit accumulator leave no room for q >= 1")
-    q = np.round(alphas / safe * q_max)
-    scales_real = q[:, None, :] * (2.0 ** np.arange(8))[None, :, None]
-    try:
-        scales = ref.to_fixed(scales_real / 2.0 ** config.scale_frac, config.scale_frac, config.scale_bits)
-    except ref.RefError as error:
-        raise ExportError(f"{name}: {error}") from None
-    _check_bound(name, [scales], [k], config)
-    # Real plane scale alpha * 2^(b-1) / 127.5 = u * q * 2^b  =>  u = alpha_peak / (q_max * 255).
-    return scales, safe / (q_max * 255.0)
 
 
 def _branch_geometry(branch):
@@ -247,15 +223,12 @@ def _export(net, config, training):
                     f"returns integer sums)")
             gain = node.gain.detach().cpu().double().numpy()
             reals = [g * gain[None, None, :] for g in reals]
-        pixel = [e["source"] == -1 for e in entries]
-        if any(pixel) and len(entries) > 1:
+        if any(e["source"] == -1 for e in entries) and len(entries) > 1:
             raise ExportError(f"{name}: the pixel input cannot share a sum with other branches")
-        if pixel[0]:
-            # Plane 0's scale is alpha * 2^-1 / 127.5 = alpha / 255.
-            scales, unit = _pixel_scales(name, reals[0][:, 0, :] * 255.0, ks[0], config, per_channel=not last)
-            scales = [scales]
-        else:
-            scales, unit = fixed_scales(name, reals, ks, config, per_channel=not last)
+        # The pixel planes' scales 2^(b-1) / 127.5 are ordinary plane scales: every channel's largest
+        # scale (plane 7) gets the full width, so the lower planes' ratios 2^-(7-b) round far more
+        # finely than an exact q * 2^b with q limited to scale_bits - 8 bits would.
+        scales, unit = fixed_scales(name, reals, ks, config, per_channel=not last)
         for entry, s in zip(entries, scales):
             entry["scales"] = np.asarray(s, dtype=np.int64)
         layer = {"kind": node.kind, "out_features": int(node.out_features), "branches": entries}

@@ -117,9 +117,11 @@ def test_scales_use_the_configured_width():
     config = AccelConfig()
     exported = export_model(net, config)
     first = exported.layers[0]["branches"][0]["scales"]
-    # First layer: s[m, b, o] = q[m, o] * 2^b exactly, q using the 8 bits left after the 2^7 factor.
-    assert np.array_equal(first, first[:, :1, :] * (2 ** np.arange(8))[None, :, None])
-    assert np.abs(first).max() <= config.scale_max and np.abs(first[:, 0]).max(axis=0).min() >= 200
+    # First layer: s[m, b, o] ~ alpha_m[o] * 2^(b-1) / 127.5 / u[o], plane 7 using the full width and
+    # the lower planes its halves, rounded.
+    assert np.array_equal(np.abs(first[:, 7]).max(axis=0), np.full(first.shape[2], config.scale_max))
+    halves = first[:, 7:8, :] / 2.0 ** (7 - np.arange(8))[None, :, None]
+    assert np.all(np.abs(first - halves) <= 0.5)
     for layer in exported.layers[1:-1]:
         s = layer["branches"][0]["scales"]
         # Hidden layers: every channel's largest scale is the full-width maximum.
@@ -171,8 +173,6 @@ def test_refuses_what_the_config_cannot_run():
         export_model(_net(scheme="abc", m=3, n=1), AccelConfig(max_wbases=2))
     with pytest.raises(ExportError, match="layer 0 \\(linear\\): 3 output planes exceed max_abases 2"):
         export_model(_net(scheme="pa", m=1, n=3), AccelConfig(max_abases=2))
-    with pytest.raises(ExportError, match="layer 0 \\(linear\\): pixel planes need scales"):
-        export_model(_net(), AccelConfig(scale_bits=8, scale_frac=2, acc_bits=24, max_k=1024))
 
 
 def test_refuses_accumulator_overflow():
