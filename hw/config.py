@@ -31,6 +31,11 @@ _RANGES = {
     "scale_depth": (1, 1 << 16,   "entries of the scale memory (one entry holds `rows` scales)"),
     "thr_depth":   (1, 1 << 16,   "entries of the threshold memory (one entry per output channel)"),
     "out_depth":   (1, 1 << 16,   "entries of the output FIFO"),
+    "act_depth":   (16, 1 << 16,  "words of W bits in the activation buffer"),
+    "weight_depth": (1, 1 << 16,  "entries of the weight buffer (one entry holds `rows` words)"),
+    "patch_depth": (1, 1 << 16,   "words per column in the patch buffers (activation bases x K-words)"),
+    "result_depth": (1, 1 << 16,  "sums the result memory holds (the logits)"),
+    "instr_depth": (2, 1 << 16,   "instructions the program memory holds"),
     "clock_hz":    (1_000_000, 1_000_000_000, "target clock frequency in Hz"),
 }
 
@@ -55,6 +60,13 @@ class AccelConfig:
                      the comparison direction of one output channel.
     out_depth      : entries of the output FIFO; at least `rows` (one tile's results are reserved at
                      once so the systolic pipeline never has to stall).
+    act_depth      : words (W bits) of the activation buffer, which holds every layer's input and
+                     output bit-planes (docs/isa.md gives the layout).
+    weight_depth   : entries of the weight buffer; an entry holds the `rows` weight words of one beat.
+    patch_depth    : words per column of the patch buffers that hold one pixel's receptive field for
+                     all activation bases (bases x K-words).
+    result_depth   : sums the result memory holds (the last layer's logits).
+    instr_depth    : instructions the program memory holds.
     clock_hz       : the clock the board build targets.
     """
 
@@ -70,6 +82,11 @@ class AccelConfig:
     scale_depth: int = 256
     thr_depth: int = 512
     out_depth: int = 32
+    act_depth: int = 4096
+    weight_depth: int = 2048
+    patch_depth: int = 256
+    result_depth: int = 64
+    instr_depth: int = 64
     clock_hz: int = 100_000_000
 
     def __post_init__(self):

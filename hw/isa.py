@@ -1,0 +1,126 @@
+"""The accelerator's instruction set: one source of truth for the controller and the compiler.
+
+Every instruction is `INSTRUCTION_BITS` wide: a 4-bit opcode and the opcode's argument struct (a
+union member). The controller decodes with these layouts; the compiler encodes with `encode` (which
+uses the same layouts' bit offsets through `hw.layouts.pack_payload`). docs/isa.md gives the semantics
+and the memory layouts the fields refer to.
+"""
+
+import numpy as np
+from amaranth.lib import data, enum
+
+from .layouts import pack_payload, unpack_payload
+
+__all__ = ["Opcode", "ConvArgs", "PoolArgs", "Instruction", "INSTRUCTION_BITS",
+           "IsaError", "encode", "decode", "FIELD_LIMITS"]
+
+INSTRUCTION_BITS = 256
+
+
+class IsaError(ValueError):
+    """An instruction cannot be encoded (a field out of range) or decoded (an unknown opcode)."""
+
+
+class Opcode(enum.Enum, shape=4):
+    END = 0    # stop; raise done
+    CONV = 1   # a binary convolution / fully connected layer over M x N bases
+    POOL = 2   # max pooling of bit-planes (bitwise OR over each window)
+
+
+ConvArgs = data.StructLayout({
+    "in_base":    16,  # activation-buffer word address of the input map
+    "in_h":       10,  # input map height (rows of pixels)
+    "in_w":       10,  # input map width
+    "in_cw":       8,  # channel words read per pixel: ceil(in_channels / W)
+    "in_stride":   8,  # channel words per pixel in the input map (>= in_cw; more for a group's slice)
+    "in_tail":    11,  # valid bits of the last channel word (1 ..= W)
+    "in_planes":   4,  # N: activation bases (bit-planes) of the input
+    "kh":         10,  # kernel height
+    "kw":         10,  # kernel width
+    "stride":      4,
+    "pad":         4,  # padding on every side
+    "pad_value":   1,  # 1: padded positions are +1; 0: -1
+    "out_h":      10,
+    "out_w":      10,
+    "out_ch":     12,  # O: output channels
+    "out_ch_base": 12,  # first channel of the output map this instruction writes (groups)
+    "out_stride":  8,  # channel words per pixel in the output map
+    "out_planes":  4,  # T: output bit-planes written (thresholds per channel); unused when raw
+    "out_base":   16,  # activation-buffer address of the output map, or result-memory address if raw
+    "wbases":      4,  # M: weight bases
+    "w_base":     16,  # weight-buffer entry of (output tile 0, basis 0, K-word 0)
+    "s_base":     16,  # scale-memory entry of (output tile 0, basis pair 0)
+    "t_base":     16,  # threshold-memory entry of output channel 0
+    "raw":         1,  # write the sums to the result memory instead of bit-planes
+    "k":          20,  # valid bits of one pass: kh * kw * in_channels
+})
+
+PoolArgs = data.StructLayout({
+    "in_base":  16,
+    "in_h":     10,
+    "in_w":     10,
+    "cw":        8,  # channel words per pixel (input and output)
+    "planes":    4,
+    "kernel":    4,
+    "stride":    4,
+    "out_h":    10,
+    "out_w":    10,
+    "out_base": 16,
+})
+
+_args_bits = INSTRUCTION_BITS - Opcode.as_shape().width
+Instruction = data.StructLayout({
+    "opcode": Opcode,
+    "args": data.UnionLayout({"conv": ConvArgs, "pool": PoolArgs, "raw_bits": _args_bits}),
+})
+assert Instruction.size == INSTRUCTION_BITS
+
+_ARGS = {Opcode.CONV: ("conv", ConvArgs), Opcode.POOL: ("pool", PoolArgs)}
+
+FIELD_LIMITS = {
+    name: (1 << field.width) - 1
+    for layout in (ConvArgs, PoolArgs) for name, field in layout
+}
+
+
+def encode(opcode, **fields):
+    """An instruction as an integer of INSTRUCTION_BITS bits.
+
+    Every field of the opcode's argument struct must be given (END takes none); a value that does not
+    fit its field raises IsaError naming the field and its limit.
+    """
+    opcode = Opcode(opcode)
+    value = int(opcode.value)
+    if opcode not in _ARGS:
+        if fields:
+            raise IsaError(f"{opcode.name} takes no fields, not {sorted(fields)}")
+        return value
+    _, layout = _ARGS[opcode]
+    names = {name for name, _ in layout}
+    missing = sorted(names - set(fields))
+    unknown = sorted(set(fields) - names)
+    if unknown:
+        raise IsaError(f"{opcode.name} has no field {unknown[0]!r}")
+    if missing:
+        raise IsaError(f"{opcode.name} needs field {missing[0]!r}")
+    for name, field in layout:
+        limit = (1 << field.width) - 1
+        v = fields[name]
+        if not isinstance(v, (int, np.integer)) or not 0 <= int(v) <= limit:
+            raise IsaError(f"{opcode.name} field {name} must be an integer from 0 to {limit}, not {v!r}")
+    args = pack_payload(layout, {k: int(v) for k, v in fields.items()})
+    return value | (args << Instruction["args"].offset)
+
+
+def decode(word):
+    """(Opcode, dict of fields) of an encoded instruction; IsaError for an unknown opcode."""
+    word = int(word)
+    code = word & ((1 << Opcode.as_shape().width) - 1)
+    try:
+        opcode = Opcode(code)
+    except ValueError:
+        raise IsaError(f"Illegal opcode {code}") from None
+    if opcode not in _ARGS:
+        return opcode, {}
+    _, layout = _ARGS[opcode]
+    return opcode, unpack_payload(layout, word >> Instruction["args"].offset)
