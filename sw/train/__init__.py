@@ -78,8 +78,11 @@ def load_checkpoint(path, net, optimizer, scheduler, settings):
     return state["epoch"]
 
 
-def fit(net, data, settings, checkpoint=None, resume=False, progress=True):
-    """Train in place for settings.epochs; returns the list of (epoch, mean loss, train accuracy)."""
+def fit(net, data, settings, checkpoint=None, resume=False, progress=True, stop_after=None):
+    """Train in place for settings.epochs; returns the list of (epoch, mean loss, train accuracy).
+
+    stop_after: return after this many epochs of this call (the checkpoint then resumes the run).
+    """
     device = torch.device(settings.device)
     net.to(device)
     x = torch.from_numpy(data.train_x)
@@ -92,7 +95,8 @@ def fit(net, data, settings, checkpoint=None, resume=False, progress=True):
             raise TrainError(f"No checkpoint to resume from at {checkpoint}")
         start = load_checkpoint(checkpoint, net, optimizer, scheduler, settings)
     history = []
-    for epoch in range(start, settings.epochs):
+    end = settings.epochs if stop_after is None else min(settings.epochs, start + stop_after)
+    for epoch in range(start, end):
         net.train()
         generator = torch.Generator().manual_seed(settings.seed * 100003 + epoch)
         order = torch.randperm(len(x), generator=generator)

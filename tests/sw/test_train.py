@@ -1,0 +1,101 @@
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import sw.ref as ref
+from sw.data import load_dataset
+from sw.model_format import deploy_forward, load_model
+from sw.train import TrainError, TrainSettings, build_network, fit
+from sw.train.__main__ import main
+
+torch.set_num_threads(1)
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def test_short_training_run_exports_a_model_the_reference_reproduces(tmp_path, capsys, digits):
+    out = tmp_path / "abc.bnn"
+    status = main(["--model", "lfc", "--scheme", "abc", "--wbases", "2", "--abases", "2", "--dataset", "digits",
+                   "--epochs", "3", "--seed", "7", "--width", "64", "--out", str(out), "--no-progress"])
+    assert status == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("float accuracy:") and lines[1].startswith("deploy accuracy:")
+    assert lines[2] == f"model written to {out}"
+    model = load_model(out)
+    meta = model.training
+    assert meta["scheme"] == "abc" and meta["dataset"] == "digits" and meta["seed"] == 7 and meta["epochs"] == 3
+    assert meta["float_accuracy"] > 0.6 and meta["deploy_accuracy"] > 0.6
+    assert f"{100 * meta['deploy_accuracy']:.2f}%" in lines[1]
+    assert abs(meta["float_accuracy"] - meta["deploy_accuracy"]) <= meta["deploy_float_disagreement"] + 1e-9
+    logits = deploy_forward(model, digits.test_x)
+    assert np.mean(logits.argmax(1) == digits.test_y) == pytest.approx(meta["deploy_accuracy"])
+    # Recompute the network with sw.ref alone, layer by layer, from the file's tensors.
+    x = ref.pixel_planes(digits.test_x[:40])
+    for layer in model.layers:
+        (branch,) = layer["branches"]
+        assert branch["wbases"] == 2 and branch["abases"] == (8 if layer is model.layers[0] else 2)
+        acc = ref.multibasis_linear(x.reshape(x.shape[0], x.shape[1], -1), branch["weights"], branch["scales"])
+        ref.check_acc_range(acc, model.acc_bits)
+        if "thresholds" in layer:
+            x = ref.threshold(acc, layer["thresholds"], layer["flip"])
+    assert np.array_equal(acc, logits[:40])
+
+
+def test_same_seed_same_file(tmp_path):
+    args = ["--model", "lfc", "--scheme", "xnor", "--dataset", "digits", "--epochs", "1", "--seed", "3",
+            "--width", "32", "--no-progress"]
+    assert main(args + ["--out", str(tmp_path / "a.bnn")]) == 0
+    assert main(args + ["--out", str(tmp_path / "b.bnn")]) == 0
+    assert (tmp_path / "a.bnn").read_bytes() == (tmp_path / "b.bnn").read_bytes()
+
+
+def test_resume_continues_exactly(tmp_path, digits):
+    settings = TrainSettings("resnet", "ftbnn", 1, 1, "digits", epochs=2, seed=1, width=4, batch_size=128)
+    straight = build_network(settings, digits)
+    fit(straight, digits, settings, progress=False)
+    checkpoint = str(tmp_path / "run.ckpt")
+    first = build_network(settings, digits)
+    history = fit(first, digits, settings, checkpoint=checkpoint, progress=False, stop_after=1)
+    assert [h[0] for h in history] == [1]
+    resumed = build_network(settings, digits)
+    history = fit(resumed, digits, settings, checkpoint=checkpoint, resume=True, progress=False)
+    assert [h[0] for h in history] == [2]
+    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name
+    other = TrainSettings("resnet", "ftbnn", 1, 1, "digits", epochs=3, seed=1, width=4, batch_size=128)
+    with pytest.raises(TrainError, match="made with different settings \\(epochs\\)"):
+        fit(build_network(other, digits), digits, other, checkpoint=checkpoint, resume=True, progress=False)
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "sw.train", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": ROOT})
+
+
+@pytest.mark.parametrize("args,status,message", [
+    (["--model", "alexnet", "--scheme", "abc", "--dataset", "digits", "--out", "x.bnn"], 2,
+     "argument --model: unknown model 'alexnet'; choose from: lfc, cnv, vgg_small, resnet"),
+    (["--model", "lfc", "--scheme", "xnor", "--dataset", "cifar10", "--data-root", "/nonexistent",
+      "--out", "x.bnn"], 1, "Data folder /nonexistent does not exist"),
+])
+def test_cli_errors_are_one_line(args, status, message):
+    result = _cli(*args)
+    assert result.returncode == status
+    assert result.stderr == f"python -m sw.train: error: {message}\n"
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_resume_without_checkpoint(tmp_path, capsys):
+    status = main(["--model", "lfc", "--scheme", "xnor", "--dataset", "digits", "--out", str(tmp_path / "x.bnn"),
+                   "--resume", "--checkpoint", str(tmp_path / "none.ckpt")])
+    assert status == 1
+    assert capsys.readouterr().err == f"python -m sw.train: error: No checkpoint to resume from at {tmp_path / 'none.ckpt'}\n"
+    assert not (tmp_path / "x.bnn").exists()
