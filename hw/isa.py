@@ -11,7 +11,7 @@ from amaranth.lib import data, enum
 
 from .layouts import pack_payload, unpack_payload
 
-__all__ = ["Opcode", "ConvArgs", "PoolArgs", "Instruction", "INSTRUCTION_BITS",
+__all__ = ["Opcode", "ErrorCode", "MemoryTarget", "ConvArgs", "PoolArgs", "Instruction", "INSTRUCTION_BITS",
            "IsaError", "encode", "decode", "FIELD_LIMITS"]
 
 INSTRUCTION_BITS = 256
@@ -25,6 +25,25 @@ class Opcode(enum.Enum, shape=4):
     END = 0    # stop; raise done
     CONV = 1   # a binary convolution / fully connected layer over M x N bases
     POOL = 2   # max pooling of bit-planes (bitwise OR over each window)
+
+
+class ErrorCode(enum.Enum, shape=3):
+    """The status register's error field (docs/isa.md, "Errors")."""
+    NONE = 0
+    ILLEGAL_OPCODE = 1
+    OUT_OF_RANGE = 2
+    BAD_FIELD = 3
+    PROGRAM_END = 4
+
+
+class MemoryTarget(enum.Enum, shape=3):
+    """Memories the host port reads and writes (docs/isa.md, "Memories the host writes and reads")."""
+    PROGRAM = 0
+    ACT = 1
+    WEIGHT = 2
+    SCALE = 3
+    THRESHOLD = 4
+    RESULT = 5
 
 
 ConvArgs = data.StructLayout({

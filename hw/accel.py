@@ -1,0 +1,681 @@
+"""`Accelerator`: the controller, buffers and host port around `BinaryCore`.
+
+It executes the instruction set of docs/isa.md (version 1: one instruction at a time, to completion):
+
+* CONV: per tile of `cols` output pixels, the gather unit copies each column's receptive field (all
+  activation bases) from the activation buffer into that column's patch buffer, substituting the
+  padding word outside the map; then the issue unit streams one beat per cycle (weight entry + the C
+  patch words) for every (output tile, weight basis, activation basis, K-word) into the core; the writer
+  takes the core's results and writes either sums to the result memory (`raw`) or bit-planes to the
+  activation buffer, a tile's `rows` channels of one pixel and plane as one R-bit field.
+* POOL: OR over each window, one activation-buffer read per cycle.
+* Every instruction is checked before it runs (docs/isa.md "Errors"); a failing check halts with the
+  error code, so an illegal program never hangs and never writes.
+
+Derived sizes (products of fields) are computed at the start of each instruction by a short sequence
+through one shared multiplier rather than by a dozen multipliers.
+"""
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .config import AccelConfig
+from .core import BinaryCore
+from .isa import INSTRUCTION_BITS, ErrorCode, Instruction, MemoryTarget, Opcode
+from .layouts import CoreLayouts
+
+__all__ = ["Accelerator", "AccelError"]
+
+_ADDR = 24          # width of address arithmetic (signed where padding makes it negative)
+_PRODUCT = 32
+
+
+class AccelError(ValueError):
+    """The accelerator cannot be built for this config."""
+
+
+class Accelerator(wiring.Component):
+    """The accelerator top.
+
+    Ports
+    -----
+    host_write : In(stream {mem: MemoryTarget, addr: 16, data: data_bits})  writes one entry of a
+                 memory (data holds the entry in its low bits, in the memory's layout: a weight entry
+                 is `rows` words, lane r in bits r*W ..; scale and threshold entries use
+                 `CoreLayouts.scale_entry` / `thr_entry`). Ready only while idle.
+    read_req   : In(stream {mem: MemoryTarget, addr: 16})  reads one ACT or RESULT entry while idle.
+    read_resp  : Out(stream {data: data_bits})  the entry, zero-extended (sums sign-extended).
+    start      : In(1)   pulse: run the program from address 0.
+    busy       : Out(1)  a program is running.
+    done       : Out(1)  the last program ended (END or an error) and nothing started since.
+    error      : Out(ErrorCode)  why the last program stopped, NONE after END.
+    cycles     : Out(32) cycles the last (or current) program has run.
+    pc         : Out(16) program counter of the instruction running or the one that failed.
+    """
+
+    def __init__(self, config):
+        if not isinstance(config, AccelConfig):
+            raise TypeError(f"Config must be an AccelConfig, not {config!r}")
+        w, r = config.word_bits, config.rows
+        if w & (w - 1):
+            raise AccelError(f"The accelerator needs word_bits to be a power of two, not {w}")
+        if w % r:
+            raise AccelError(f"The accelerator needs rows to divide word_bits (the writer stores a tile's "
+                             f"channels as one field of a word), not rows={r} with word_bits={w}")
+        self._config = config
+        self.core_layouts = layouts = CoreLayouts(config)
+        self.data_bits = max(INSTRUCTION_BITS, r * w, layouts.scale_entry.size, layouts.thr_entry.size,
+                             config.acc_bits)
+        self.write_layout = data.StructLayout({"mem": MemoryTarget, "addr": 16, "data": self.data_bits})
+        self.read_layout = data.StructLayout({"mem": MemoryTarget, "addr": 16})
+        super().__init__({
+            "host_write": In(stream.Signature(self.write_layout)),
+            "read_req": In(stream.Signature(self.read_layout)),
+            "read_resp": Out(stream.Signature(data.StructLayout({"data": self.data_bits}))),
+            "start": In(1),
+            "busy": Out(1),
+            "done": Out(1),
+            "error": Out(ErrorCode),
+            "cycles": Out(32),
+            "pc": Out(16),
+        })
+
+    @property
+    def config(self):
+        return self._config
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._config
+        R, C, W = cfg.rows, cfg.cols, cfg.word_bits
+        log_r = R.bit_length() - 1 if R & (R - 1) == 0 else None
+        lay = self.core_layouts
+
+        m.submodules.core = core = BinaryCore(cfg)
+        m.submodules.prog = prog = memory.Memory(shape=INSTRUCTION_BITS, depth=cfg.instr_depth, init=[])
+        m.submodules.act = act = memory.Memory(shape=W, depth=cfg.act_depth, init=[])
+        m.submodules.weight = weight = memory.Memory(
+            shape=data.ArrayLayout(W, R), depth=cfg.weight_depth, init=[])
+        m.submodules.result = result = memory.Memory(
+            shape=signed(cfg.acc_bits), depth=cfg.result_depth, init=[])
+        patches = []
+        for c in range(C):
+            patch = memory.Memory(shape=W, depth=cfg.patch_depth, init=[])
+            m.submodules[f"patch{c}"] = patch
+            patches.append(patch)
+
+        prog_w, prog_r = prog.write_port(), prog.read_port()
+        act_w, act_r = act.write_port(granularity=R), act.read_port()
+        weight_w, weight_r = weight.write_port(), weight.read_port()
+        result_w, result_r = result.write_port(), result.read_port()
+        patch_w = [p.write_port() for p in patches]
+        patch_r = [p.read_port() for p in patches]
+        all_granules = (1 << (W // R)) - 1
+
+        # ---------------------------------------------------------------- status
+        busy = Signal()
+        m.d.comb += [self.busy.eq(busy)]
+        with m.If(busy):
+            m.d.sync += self.cycles.eq(self.cycles + 1)
+
+        # ---------------------------------------------------------------- host port (idle only)
+        hw_p = self.host_write.payload
+        m.d.comb += self.host_write.ready.eq(~busy)
+        host_wr = self.host_write.valid & ~busy
+        m.d.comb += [
+            prog_w.addr.eq(hw_p.addr), prog_w.data.eq(hw_p.data[:INSTRUCTION_BITS]),
+            prog_w.en.eq(host_wr & (hw_p.mem == MemoryTarget.PROGRAM)),
+            weight_w.addr.eq(hw_p.addr), weight_w.data.eq(hw_p.data[:R * W]),
+            weight_w.en.eq(host_wr & (hw_p.mem == MemoryTarget.WEIGHT)),
+            core.scale_write.valid.eq(host_wr & (hw_p.mem == MemoryTarget.SCALE)),
+            core.scale_write.payload.addr.eq(hw_p.addr),
+            core.scale_write.payload.scales.eq(hw_p.data[:lay.scale_entry.size]),
+            core.thr_write.valid.eq(host_wr & (hw_p.mem == MemoryTarget.THRESHOLD)),
+            core.thr_write.payload.addr.eq(hw_p.addr),
+            core.thr_write.payload.entry.eq(hw_p.data[:lay.thr_entry.size]),
+        ]
+
+        resp_pending = Signal()
+        resp_mem = Signal(MemoryTarget)
+        m.d.comb += self.read_req.ready.eq(~busy & ~resp_pending)
+        with m.If(self.read_req.valid & self.read_req.ready):
+            m.d.sync += [resp_pending.eq(1), resp_mem.eq(self.read_req.payload.mem)]
+        with m.If(self.read_resp.valid & self.read_resp.ready):
+            m.d.sync += resp_pending.eq(0)
+        m.d.comb += [
+            self.read_resp.valid.eq(resp_pending),
+            self.read_resp.payload.data.eq(Mux(resp_mem == MemoryTarget.RESULT,
+                                               result_r.data.as_signed(), act_r.data)),
+            result_r.addr.eq(self.read_req.payload.addr),
+            result_r.en.eq(self.read_req.valid & self.read_req.ready),
+        ]
+
+        # Shared activation-buffer ports: host when idle, else the running instruction.
+        host_act_read = self.read_req.valid & self.read_req.ready
+        act_r_addr = Signal(range(cfg.act_depth))
+        act_r_en = Signal()
+        act_w_addr = Signal(range(cfg.act_depth))
+        act_w_data = Signal(W)
+        act_w_en = Signal(W // R)
+        m.d.comb += [
+            act_r.addr.eq(Mux(busy, act_r_addr, self.read_req.payload.addr)),
+            act_r.en.eq(Mux(busy, act_r_en, host_act_read)),
+            act_w.addr.eq(Mux(busy, act_w_addr, hw_p.addr)),
+            act_w.data.eq(Mux(busy, act_w_data, hw_p.data[:W])),
+            act_w.en.eq(Mux(busy, act_w_en,
+                            Mux(host_wr & (hw_p.mem == MemoryTarget.ACT), all_granules, 0))),
+        ]
+        res_w_addr = Signal(range(cfg.result_depth))
+        res_w_data = Signal(signed(cfg.acc_bits))
+        res_w_en = Signal()
+        m.d.comb += [
+            result_w.addr.eq(Mux(busy, res_w_addr, hw_p.addr)),
+            result_w.data.eq(Mux(busy, res_w_data, hw_p.data[:cfg.acc_bits])),
+            result_w.en.eq(Mux(busy, res_w_en, host_wr & (hw_p.mem == MemoryTarget.RESULT))),
+        ]
+
+        # ---------------------------------------------------------------- instruction register
+        pc = Signal(range(cfg.instr_depth + 1))
+        m.d.comb += self.pc.eq(pc)
+        ins = Signal(Instruction)
+        cv = ins.args.conv
+        pl = ins.args.pool
+
+        # Derived values, filled by the set-up sequence.
+        def reg(name, shape=unsigned(_PRODUCT)):
+            return Signal(shape, name=name)
+
+        khw, kwords, npix, row_words, plane_words = (reg(n) for n in
+                                                     ("khw", "kwords", "npix", "row_words", "plane_words"))
+        in_need, patch_need, kvalid, otm, w_need, s_need = (reg(n) for n in
+                                                            ("in_need", "patch_need", "kvalid", "otm",
+                                                             "w_need", "s_need"))
+        res_need, out_plane_words, out_need, step_x, step_y = (reg(n) for n in
+                                                               ("res_need", "out_plane_words", "out_need",
+                                                                "step_x", "step_y"))
+        span_h, span_w, pad_rows, pad_cols = (reg(n) for n in ("span_h", "span_w", "pad_rows", "pad_cols"))
+        tile_res_step, tile_out_step = reg("tile_res_step"), reg("tile_out_step")
+        # POOL.
+        p_row, p_plane, p_in_need, p_out_plane, p_out_need, p_step_y, p_step_x = (
+            reg(n) for n in ("p_row", "p_plane", "p_in_need", "p_out_plane", "p_out_need",
+                             "p_step_y", "p_step_x"))
+
+        out_tiles = Signal(range((1 << 12) // R + 2))
+        m.d.comb += out_tiles.eq((cv.out_ch + (R - 1)) // R if log_r is None else
+                                 (cv.out_ch + (R - 1)) >> log_r)
+        in_bits = Signal(_PRODUCT)
+        m.d.comb += in_bits.eq(((cv.in_cw - 1) * W) + cv.in_tail)
+
+        conv_steps = [
+            (khw, cv.kh, cv.kw),
+            (kwords, khw, cv.in_cw),
+            (npix, cv.out_h, cv.out_w),
+            (row_words, cv.in_w, cv.in_stride),
+            (plane_words, cv.in_h, row_words),
+            (in_need, cv.in_planes, plane_words),
+            (patch_need, cv.in_planes, kwords),
+            (kvalid, khw, in_bits),
+            (otm, out_tiles, cv.wbases),
+            (w_need, otm, kwords),
+            (s_need, otm, cv.in_planes),
+            (res_need, npix, cv.out_ch),
+            (out_plane_words, npix, cv.out_stride),
+            (out_need, cv.out_planes, out_plane_words),
+            (step_x, cv.stride, cv.in_stride),
+            (step_y, cv.stride, row_words),
+            (span_h, cv.out_h - 1, cv.stride),
+            (span_w, cv.out_w - 1, cv.stride),
+            (pad_rows, cv.pad, row_words),
+            (pad_cols, cv.pad, cv.in_stride),
+            (tile_res_step, Const(C, 8), cv.out_ch),
+            (tile_out_step, Const(C, 8), cv.out_stride),
+        ]
+        pool_steps = [
+            (p_row, pl.in_w, pl.cw),
+            (p_plane, pl.in_h, p_row),
+            (p_in_need, pl.planes, p_plane),
+            (p_out_plane, pl.out_h, pl.out_w),
+            (p_out_plane, p_out_plane, pl.cw),
+            (p_out_need, pl.planes, p_out_plane),
+            (p_step_y, pl.stride, p_row),
+            (p_step_x, pl.stride, pl.cw),
+            (span_h, pl.out_h - 1, pl.stride),
+            (span_w, pl.out_w - 1, pl.stride),
+        ]
+        step = Signal(range(max(len(conv_steps), len(pool_steps)) + 1))
+        mul_a = Signal(_PRODUCT)
+        mul_b = Signal(_PRODUCT)
+        product = Signal(2 * _PRODUCT)
+        m.d.comb += product.eq(mul_a * mul_b)
+
+        def run_steps(steps, next_state):
+            with m.Switch(step):
+                for i, (dest, a, b) in enumerate(steps):
+                    with m.Case(i):
+                        m.d.comb += [mul_a.eq(a), mul_b.eq(b)]
+                        m.d.sync += dest.eq(product[:_PRODUCT])
+            m.d.sync += step.eq(step + 1)
+            with m.If(step == len(steps) - 1):
+                m.d.sync += step.eq(0)
+                m.next = next_state
+
+        # Checks (docs/isa.md "Errors"), evaluated in the CHECK states from registered values.
+        conv_bad = Signal()
+        conv_range = Signal()
+        m.d.comb += [
+            conv_bad.eq(
+                (cv.in_h == 0) | (cv.in_w == 0) | (cv.in_cw == 0) | (cv.in_planes == 0) | (cv.kh == 0) |
+                (cv.kw == 0) | (cv.stride == 0) | (cv.out_h == 0) | (cv.out_w == 0) | (cv.out_ch == 0) |
+                (cv.wbases == 0) | (cv.in_stride < cv.in_cw) | (cv.in_tail == 0) | (cv.in_tail > W) |
+                (cv.k > cfg.max_k) | (cv.k != kvalid) | (cv.wbases > cfg.max_wbases) |
+                (span_h + cv.kh > cv.in_h + 2 * cv.pad) | (span_w + cv.kw > cv.in_w + 2 * cv.pad) |
+                (~cv.raw & ((cv.out_planes == 0) | (cv.out_planes > cfg.max_abases) |
+                            ((cv.out_ch_base % R) != 0) |
+                            (cv.out_ch_base + cv.out_ch > cv.out_stride * W)))),
+            conv_range.eq(
+                (cv.in_base + in_need > cfg.act_depth) | (patch_need > cfg.patch_depth) |
+                (cv.w_base + w_need > cfg.weight_depth) | (cv.s_base + s_need > cfg.scale_depth) |
+                (cv.t_base + out_tiles * R > cfg.thr_depth) |
+                Mux(cv.raw, cv.out_base + res_need > cfg.result_depth,
+                    cv.out_base + out_need > cfg.act_depth)),
+        ]
+        pool_bad = Signal()
+        pool_range = Signal()
+        m.d.comb += [
+            pool_bad.eq(
+                (pl.in_h == 0) | (pl.in_w == 0) | (pl.cw == 0) | (pl.planes == 0) | (pl.kernel == 0) |
+                (pl.stride == 0) | (pl.out_h == 0) | (pl.out_w == 0) |
+                (span_h + pl.kernel > pl.in_h) | (span_w + pl.kernel > pl.in_w)),
+            pool_range.eq((pl.in_base + p_in_need > cfg.act_depth) |
+                          (pl.out_base + p_out_need > cfg.act_depth)),
+        ]
+
+        # ---------------------------------------------------------------- CONV: gather state
+        # The current pixel (advances one per column, across tiles).
+        g_oy = Signal(range(1 << 10))
+        g_ox = Signal(range(1 << 10))
+        g_iy = Signal(signed(_ADDR))          # oy * stride - pad
+        g_ix = Signal(signed(_ADDR))
+        g_pix = Signal(signed(_ADDR))         # in_base + iy * row_words + ix * in_stride
+        g_row = Signal(signed(_ADDR))         # the same for ox = 0
+        g_col = Signal(range(C))
+        g_n = Signal(4)
+        g_ky = Signal(10)
+        g_kx = Signal(10)
+        g_cw = Signal(8)
+        g_an = Signal(signed(_ADDR))          # g_pix + n * plane_words
+        g_aky = Signal(signed(_ADDR))         # + ky * row_words
+        g_akx = Signal(signed(_ADDR))         # + kx * in_stride
+        g_iyk = Signal(signed(_ADDR))         # g_iy + ky
+        g_ixk = Signal(signed(_ADDR))         # g_ix + kx
+        g_pw = Signal(range(cfg.patch_depth + 1))
+        # Gather pipeline stage 1 (act data arrives).
+        g1_valid = Signal()
+        g1_pad = Signal()
+        g1_col = Signal(range(C))
+        g1_pw = Signal(range(cfg.patch_depth + 1))
+        pad_word = Signal(W)
+        m.d.comb += pad_word.eq(Mux(cv.pad_value, (1 << W) - 1, 0))
+        for c in range(C):
+            m.d.comb += [
+                patch_w[c].addr.eq(g1_pw),
+                patch_w[c].data.eq(Mux(g1_pad, pad_word, act_r.data)),
+                patch_w[c].en.eq(g1_valid & (g1_col == c)),
+            ]
+        m.d.sync += g1_valid.eq(0)
+
+        def advance_pixel():
+            """Move the current pixel one to the right, wrapping to the next output row."""
+            with m.If(g_ox == cv.out_w - 1):
+                m.d.sync += [
+                    g_ox.eq(0), g_oy.eq(g_oy + 1),
+                    g_ix.eq(-cv.pad), g_iy.eq(g_iy + cv.stride),
+                    g_pix.eq(g_row + step_y), g_row.eq(g_row + step_y),
+                ]
+            with m.Else():
+                m.d.sync += [
+                    g_ox.eq(g_ox + 1), g_ix.eq(g_ix + cv.stride), g_pix.eq(g_pix + step_x),
+                ]
+
+        # ---------------------------------------------------------------- CONV: issue state
+        i_ot = Signal(range(1 << 12))         # output tile index
+        i_m = Signal(4)
+        i_n = Signal(4)
+        i_j = Signal(_PRODUCT)
+        i_cwj = Signal(8)
+        i_wstart = Signal(_PRODUCT)           # weight entry of (ot, m, j = 0)
+        i_waddr = Signal(_PRODUCT)
+        i_pstart = Signal(_PRODUCT)           # patch word of (n, j = 0)
+        i_paddr = Signal(_PRODUCT)
+        i_saddr = Signal(_PRODUCT)
+        i_taddr = Signal(_PRODUCT)
+        i_active = Signal()
+        # Stage 1: memory data valid, waiting for the core.
+        b_valid = Signal()
+        b_ctl = Signal(data.StructLayout({"nbits": range(W + 1), "first": 1, "last": 1,
+                                          "info": lay.pass_info}))
+        advance = Signal()
+        m.d.comb += advance.eq(~b_valid | core.beats.ready)
+        m.d.comb += [
+            weight_r.addr.eq(i_waddr),
+            weight_r.en.eq(advance),
+        ]
+        for c in range(C):
+            m.d.comb += [patch_r[c].addr.eq(i_paddr), patch_r[c].en.eq(advance)]
+        m.d.comb += [
+            core.beats.valid.eq(b_valid),
+            core.beats.payload.w.eq(weight_r.data),
+            core.beats.payload.nbits.eq(b_ctl.nbits),
+            core.beats.payload.first.eq(b_ctl.first),
+            core.beats.payload.last.eq(b_ctl.last),
+            core.beats.payload.info.eq(b_ctl.info),
+        ]
+        for c in range(C):
+            m.d.comb += core.beats.payload.a[c].eq(patch_r[c].data)
+        with m.If(advance):
+            m.d.sync += b_valid.eq(i_active)
+            j_last = i_j == kwords - 1
+            m.d.sync += [
+                b_ctl.nbits.eq(Mux(i_cwj == cv.in_cw - 1, cv.in_tail, W)),
+                b_ctl.first.eq(i_j == 0),
+                b_ctl.last.eq(j_last),
+                b_ctl.info.k.eq(cv.k),
+                b_ctl.info.first_pass.eq((i_m == 0) & (i_n == 0)),
+                b_ctl.info.last_pass.eq((i_m == cv.wbases - 1) & (i_n == cv.in_planes - 1)),
+                b_ctl.info.raw.eq(cv.raw),
+                b_ctl.info.scale_addr.eq(i_saddr),
+                b_ctl.info.thr_addr.eq(i_taddr),
+            ]
+            with m.If(i_active):
+                # Step the loops: j innermost, then n, m, ot.
+                with m.If(~j_last):
+                    m.d.sync += [i_j.eq(i_j + 1), i_waddr.eq(i_waddr + 1), i_paddr.eq(i_paddr + 1),
+                                 i_cwj.eq(Mux(i_cwj == cv.in_cw - 1, 0, i_cwj + 1))]
+                with m.Else():
+                    m.d.sync += [i_j.eq(0), i_cwj.eq(0), i_saddr.eq(i_saddr + 1)]
+                    with m.If(i_n != cv.in_planes - 1):
+                        m.d.sync += [i_n.eq(i_n + 1), i_waddr.eq(i_wstart),
+                                     i_pstart.eq(i_pstart + kwords), i_paddr.eq(i_pstart + kwords)]
+                    with m.Else():
+                        m.d.sync += [i_n.eq(0), i_pstart.eq(0), i_paddr.eq(0),
+                                     i_wstart.eq(i_wstart + kwords), i_waddr.eq(i_wstart + kwords)]
+                        with m.If(i_m != cv.wbases - 1):
+                            m.d.sync += i_m.eq(i_m + 1)
+                        with m.Else():
+                            m.d.sync += [i_m.eq(0), i_ot.eq(i_ot + 1), i_taddr.eq(i_taddr + R)]
+                            with m.If(i_ot == out_tiles - 1):
+                                m.d.sync += i_active.eq(0)
+
+        # ---------------------------------------------------------------- CONV: writer
+        res = core.results.payload
+        wr_tiles = Signal(range(1 << 12))     # output tiles of this pixel tile written
+        wr_row = Signal(range(R + 1))
+        wr_col = Signal(range(C + 1))
+        wr_plane = Signal(4)
+        wr_o0 = Signal(range(1 << 13))        # first channel of the tile being written
+        wr_p0 = Signal(_PRODUCT)              # first pixel of the pixel tile
+        wr_res_tile = Signal(_PRODUCT)        # out_base + p0 * out_ch
+        wr_res_addr = Signal(_PRODUCT)
+        wr_out_tile = Signal(_PRODUCT)        # out_base + p0 * out_stride
+        wr_out_pix = Signal(_PRODUCT)
+        wr_out_addr = Signal(_PRODUCT)
+        wr_word = Signal(8)                   # (o0 + out_ch_base) // W
+        wr_field = Signal(range(W // R + 1))  # ((o0 + out_ch_base) % W) // R
+        bits_buf = [Signal(data.ArrayLayout(cfg.max_abases, C), name=f"bits_buf{r}") for r in range(R)]
+        wr_writing = Signal()
+        conv_running = Signal()
+
+        m.d.comb += [res_w_en.eq(0), act_w_en.eq(0), act_r_en.eq(0)]
+        with m.If(conv_running & cv.raw):
+            # One sum per cycle; the row is taken after its last column.
+            o = wr_o0 + res.row
+            p = wr_p0 + wr_col
+            m.d.comb += [
+                res_w_addr.eq(wr_res_addr),
+                res_w_data.eq(res.acc[wr_col[:max(1, (C - 1).bit_length())]] if C > 1 else res.acc[0]),
+                res_w_en.eq(core.results.valid & (o < cv.out_ch) & (p < npix)),
+            ]
+            with m.If(core.results.valid):
+                with m.If(wr_col == C - 1):
+                    m.d.comb += core.results.ready.eq(1)
+                    m.d.sync += wr_col.eq(0)
+                    with m.If(res.last):
+                        m.d.sync += [wr_o0.eq(wr_o0 + R), wr_tiles.eq(wr_tiles + 1),
+                                     wr_res_addr.eq(wr_res_tile + wr_o0 + R)]
+                    with m.Else():
+                        m.d.sync += wr_res_addr.eq(wr_res_tile + o + 1)
+                with m.Else():
+                    m.d.sync += [wr_col.eq(wr_col + 1), wr_res_addr.eq(wr_res_addr + cv.out_ch)]
+        with m.Elif(conv_running):
+            with m.If(~wr_writing):
+                m.d.comb += core.results.ready.eq(1)
+                with m.If(core.results.valid):
+                    for r in range(R):
+                        with m.If(res.row == r):
+                            m.d.sync += bits_buf[r].eq(res.bits)
+                    with m.If(res.last):
+                        m.d.sync += [wr_writing.eq(1), wr_col.eq(0), wr_plane.eq(0),
+                                     wr_out_pix.eq(wr_out_tile), wr_out_addr.eq(wr_out_tile + wr_word)]
+            with m.Else():
+                col = wr_col[:max(1, (C - 1).bit_length())]
+                field = Signal(R)
+                for r in range(R):
+                    bit = Signal(name=f"field_bit{r}")
+                    m.d.comb += bit.eq(
+                        Mux(wr_o0 + r < cv.out_ch,
+                            (bits_buf[r][col] >> wr_plane)[0] if C > 1 else (bits_buf[r][0] >> wr_plane)[0],
+                            0))
+                    m.d.comb += field[r].eq(bit)
+                p = wr_p0 + wr_col
+                m.d.comb += [
+                    act_w_addr.eq(wr_out_addr),
+                    act_w_data.eq(Cat(*([field] * (W // R)))),
+                    act_w_en.eq(Mux(p < npix, Const(1, W // R) << wr_field, 0)),
+                ]
+                with m.If(wr_plane != cv.out_planes - 1):
+                    m.d.sync += [wr_plane.eq(wr_plane + 1), wr_out_addr.eq(wr_out_addr + out_plane_words)]
+                with m.Else():
+                    m.d.sync += [wr_plane.eq(0), wr_col.eq(wr_col + 1),
+                                 wr_out_pix.eq(wr_out_pix + cv.out_stride),
+                                 wr_out_addr.eq(wr_out_pix + cv.out_stride + wr_word)]
+                    with m.If(wr_col == C - 1):
+                        m.d.sync += [wr_writing.eq(0), wr_o0.eq(wr_o0 + R), wr_tiles.eq(wr_tiles + 1)]
+                        with m.If(wr_field == W // R - 1):
+                            m.d.sync += [wr_field.eq(0), wr_word.eq(wr_word + 1)]
+                        with m.Else():
+                            m.d.sync += wr_field.eq(wr_field + 1)
+
+        # ---------------------------------------------------------------- POOL state
+        q_t = Signal(4)
+        q_py = Signal(10)
+        q_px = Signal(10)
+        q_cw = Signal(8)
+        q_ky = Signal(4)
+        q_kx = Signal(4)
+        q_at = Signal(_PRODUCT)               # in_base + t * plane
+        q_apy = Signal(_PRODUCT)              # + py * step_y
+        q_apx = Signal(_PRODUCT)              # + px * step_x
+        q_aky = Signal(_PRODUCT)              # + cw + ky * row
+        q_akx = Signal(_PRODUCT)              # + kx * cw
+        q_out = Signal(_PRODUCT)
+        q_issue = Signal()
+        q1_valid = Signal()
+        q1_first = Signal()
+        q1_last = Signal()
+        q1_out = Signal(_PRODUCT)
+        q_acc = Signal(W)
+        pool_running = Signal()
+        m.d.sync += q1_valid.eq(0)
+        with m.If(pool_running):
+            ored = Signal(W)
+            m.d.comb += ored.eq(Mux(q1_first, act_r.data, q_acc | act_r.data))
+            with m.If(q1_valid):
+                m.d.sync += q_acc.eq(ored)
+                with m.If(q1_last):
+                    m.d.comb += [act_w_addr.eq(q1_out), act_w_data.eq(ored), act_w_en.eq(all_granules)]
+
+        # ---------------------------------------------------------------- main FSM
+        done_r = Signal()
+        error_r = Signal(ErrorCode)
+        m.d.comb += [self.done.eq(done_r), self.error.eq(error_r)]
+
+        def fail(code):
+            m.d.sync += [error_r.eq(code), done_r.eq(1), busy.eq(0)]
+            m.next = "IDLE"
+
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.d.sync += [busy.eq(1), done_r.eq(0), error_r.eq(ErrorCode.NONE), pc.eq(0),
+                                 self.cycles.eq(0)]
+                    m.next = "FETCH"
+            with m.State("FETCH"):
+                with m.If(pc == cfg.instr_depth):
+                    fail(ErrorCode.PROGRAM_END)
+                with m.Else():
+                    m.d.comb += [prog_r.addr.eq(pc), prog_r.en.eq(1)]
+                    m.next = "LATCH"
+            with m.State("LATCH"):
+                m.d.sync += ins.eq(prog_r.data)
+                m.next = "DECODE"
+            with m.State("DECODE"):
+                with m.Switch(ins.opcode):
+                    with m.Case(Opcode.END):
+                        m.d.sync += [done_r.eq(1), busy.eq(0)]
+                        m.next = "IDLE"
+                    with m.Case(Opcode.CONV):
+                        m.next = "CONV_SETUP"
+                    with m.Case(Opcode.POOL):
+                        m.next = "POOL_SETUP"
+                    with m.Default():
+                        fail(ErrorCode.ILLEGAL_OPCODE)
+            with m.State("CONV_SETUP"):
+                run_steps(conv_steps, "CONV_CHECK")
+            with m.State("CONV_CHECK"):
+                with m.If(conv_bad):
+                    fail(ErrorCode.BAD_FIELD)
+                with m.Elif(conv_range):
+                    fail(ErrorCode.OUT_OF_RANGE)
+                with m.Else():
+                    start_row = cv.in_base - pad_rows - pad_cols
+                    m.d.sync += [
+                        g_oy.eq(0), g_ox.eq(0), g_iy.eq(-cv.pad), g_ix.eq(-cv.pad),
+                        g_pix.eq(start_row), g_row.eq(start_row),
+                        wr_p0.eq(0), wr_res_tile.eq(cv.out_base), wr_out_tile.eq(cv.out_base),
+                        conv_running.eq(1),
+                    ]
+                    m.next = "GATHER_START"
+            with m.State("GATHER_START"):
+                m.d.sync += [
+                    g_col.eq(0), g_n.eq(0), g_ky.eq(0), g_kx.eq(0), g_cw.eq(0), g_pw.eq(0),
+                    g_an.eq(g_pix), g_aky.eq(g_pix), g_akx.eq(g_pix), g_iyk.eq(g_iy), g_ixk.eq(g_ix),
+                ]
+                m.next = "GATHER"
+            with m.State("GATHER"):
+                addr = g_akx + g_cw
+                inside = (g_iyk >= 0) & (g_iyk < cv.in_h) & (g_ixk >= 0) & (g_ixk < cv.in_w)
+                m.d.comb += [act_r_addr.eq(addr[:len(act_r_addr)]), act_r_en.eq(inside)]
+                m.d.sync += [g1_valid.eq(1), g1_pad.eq(~inside), g1_col.eq(g_col), g1_pw.eq(g_pw),
+                             g_pw.eq(g_pw + 1)]
+                # Loops: cw innermost, then kx, ky, n, then the column.
+                with m.If(g_cw != cv.in_cw - 1):
+                    m.d.sync += g_cw.eq(g_cw + 1)
+                with m.Else():
+                    m.d.sync += g_cw.eq(0)
+                    with m.If(g_kx != cv.kw - 1):
+                        m.d.sync += [g_kx.eq(g_kx + 1), g_akx.eq(g_akx + cv.in_stride),
+                                     g_ixk.eq(g_ixk + 1)]
+                    with m.Else():
+                        m.d.sync += [g_kx.eq(0), g_ixk.eq(g_ix)]
+                        with m.If(g_ky != cv.kh - 1):
+                            m.d.sync += [g_ky.eq(g_ky + 1), g_aky.eq(g_aky + row_words),
+                                         g_akx.eq(g_aky + row_words), g_iyk.eq(g_iyk + 1)]
+                        with m.Else():
+                            m.d.sync += [g_ky.eq(0), g_iyk.eq(g_iy)]
+                            with m.If(g_n != cv.in_planes - 1):
+                                m.d.sync += [g_n.eq(g_n + 1), g_an.eq(g_an + plane_words),
+                                             g_aky.eq(g_an + plane_words), g_akx.eq(g_an + plane_words)]
+                            with m.Else():
+                                # Next column: the next pixel.
+                                m.d.sync += [g_n.eq(0), g_pw.eq(0),
+                                             g_col.eq(Mux(g_col == C - 1, 0, g_col + 1))]
+                                advance_pixel()
+                                m.next = "GATHER_NEXT_COLUMN"
+            with m.State("GATHER_NEXT_COLUMN"):
+                m.d.sync += [g_an.eq(g_pix), g_aky.eq(g_pix), g_akx.eq(g_pix), g_iyk.eq(g_iy), g_ixk.eq(g_ix)]
+                with m.If(g_col == 0):      # wrapped: all C columns gathered
+                    m.d.sync += [
+                        i_active.eq(1), i_ot.eq(0), i_m.eq(0), i_n.eq(0), i_j.eq(0), i_cwj.eq(0),
+                        i_wstart.eq(cv.w_base), i_waddr.eq(cv.w_base), i_pstart.eq(0), i_paddr.eq(0),
+                        i_saddr.eq(cv.s_base), i_taddr.eq(cv.t_base),
+                        wr_tiles.eq(0), wr_o0.eq(0), wr_col.eq(0),
+                        wr_word.eq(cv.out_ch_base // W), wr_field.eq((cv.out_ch_base % W) // R),
+                        wr_res_addr.eq(wr_res_tile),
+                    ]
+                    m.next = "COMPUTE"
+                with m.Else():
+                    m.next = "GATHER"
+            with m.State("COMPUTE"):
+                with m.If(~i_active & ~b_valid & (wr_tiles == out_tiles)):
+                    next_p0 = wr_p0 + C
+                    m.d.sync += [wr_p0.eq(next_p0), wr_res_tile.eq(wr_res_tile + tile_res_step),
+                                 wr_out_tile.eq(wr_out_tile + tile_out_step)]
+                    with m.If(next_p0 >= npix):
+                        m.d.sync += [conv_running.eq(0), pc.eq(pc + 1)]
+                        m.next = "FETCH"
+                    with m.Else():
+                        m.next = "GATHER_START"
+            with m.State("POOL_SETUP"):
+                run_steps(pool_steps, "POOL_CHECK")
+            with m.State("POOL_CHECK"):
+                with m.If(pool_bad):
+                    fail(ErrorCode.BAD_FIELD)
+                with m.Elif(pool_range):
+                    fail(ErrorCode.OUT_OF_RANGE)
+                with m.Else():
+                    m.d.sync += [
+                        q_t.eq(0), q_py.eq(0), q_px.eq(0), q_cw.eq(0), q_ky.eq(0), q_kx.eq(0),
+                        q_at.eq(pl.in_base), q_apy.eq(pl.in_base), q_apx.eq(pl.in_base),
+                        q_aky.eq(pl.in_base), q_akx.eq(pl.in_base), q_out.eq(pl.out_base),
+                        pool_running.eq(1),
+                    ]
+                    m.next = "POOL"
+            with m.State("POOL"):
+                first = (q_ky == 0) & (q_kx == 0)
+                last_k = (q_ky == pl.kernel - 1) & (q_kx == pl.kernel - 1)
+                m.d.comb += [act_r_addr.eq(q_akx[:len(act_r_addr)]), act_r_en.eq(1)]
+                m.d.sync += [q1_valid.eq(1), q1_first.eq(first), q1_last.eq(last_k), q1_out.eq(q_out)]
+                with m.If(~last_k):
+                    with m.If(q_kx != pl.kernel - 1):
+                        m.d.sync += [q_kx.eq(q_kx + 1), q_akx.eq(q_akx + pl.cw)]
+                    with m.Else():
+                        m.d.sync += [q_kx.eq(0), q_ky.eq(q_ky + 1), q_aky.eq(q_aky + p_row),
+                                     q_akx.eq(q_aky + p_row)]
+                with m.Else():
+                    m.d.sync += [q_kx.eq(0), q_ky.eq(0), q_out.eq(q_out + 1)]
+                    with m.If(q_cw != pl.cw - 1):
+                        m.d.sync += [q_cw.eq(q_cw + 1), q_aky.eq(q_apx + q_cw + 1), q_akx.eq(q_apx + q_cw + 1)]
+                    with m.Else():
+                        m.d.sync += q_cw.eq(0)
+                        with m.If(q_px != pl.out_w - 1):
+                            nxt = q_apx + p_step_x
+                            m.d.sync += [q_px.eq(q_px + 1), q_apx.eq(nxt), q_aky.eq(nxt), q_akx.eq(nxt)]
+                        with m.Else():
+                            m.d.sync += q_px.eq(0)
+                            with m.If(q_py != pl.out_h - 1):
+                                nxt = q_apy + p_step_y
+                                m.d.sync += [q_py.eq(q_py + 1), q_apy.eq(nxt), q_apx.eq(nxt),
+                                             q_aky.eq(nxt), q_akx.eq(nxt)]
+                            with m.Else():
+                                m.d.sync += q_py.eq(0)
+                                with m.If(q_t != pl.planes - 1):
+                                    nxt = q_at + p_plane
+                                    m.d.sync += [q_t.eq(q_t + 1), q_at.eq(nxt), q_apy.eq(nxt),
+                                                 q_apx.eq(nxt), q_aky.eq(nxt), q_akx.eq(nxt)]
+                                with m.Else():
+                                    m.next = "POOL_DRAIN"
+            with m.State("POOL_DRAIN"):
+                m.d.sync += [pool_running.eq(0), pc.eq(pc + 1)]
+                m.next = "FETCH"
+        return m

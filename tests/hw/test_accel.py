@@ -1,0 +1,145 @@
+"""The Accelerator (controller + buffers + core) in the Amaranth simulator.
+
+The memory images are built here by a small encoder written straight from docs/isa.md, independent of
+the compiler, and the results are compared with sw.ref."""
+
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+
+from hw.accel import AccelError, Accelerator
+from hw.config import AccelConfig
+from hw.isa import ConvArgs, ErrorCode, MemoryTarget, Opcode, encode
+from hw.layouts import pack_payload
+from sim.accel_sim import read_entries, run_program, write_entries
+from sw import ref
+
+CFG = AccelConfig(rows=2, cols=3, word_bits=8, max_wbases=2, max_abases=2, max_k=200, scale_depth=32,
+                  thr_depth=32, out_depth=16, act_depth=1024, weight_depth=256, patch_depth=128,
+                  result_depth=128, instr_depth=8)
+
+
+def words_of_map(bits, stride_words, width):
+    """bits (N, Cch, H, W) 0/1 -> act words in (n, y, x, cw) order, `stride_words` words per pixel."""
+    n, ch, h, w = bits.shape
+    out = np.zeros((n, h, w, stride_words), dtype=object)
+    for cw in range(-(-ch // width)):
+        for b in range(width):
+            c = cw * width + b
+            if c < ch:
+                out[:, :, :, cw] += bits[:, c].astype(object) << b
+    return [int(v) for v in out.reshape(-1)]
+
+
+def conv_image(cfg, x_bits, w_bits, scales, thresholds, flip, *, stride, pad, pad_value, raw,
+               in_base=0, out_base=512, w_base=0, s_base=0, t_base=0):
+    """Memory images and the CONV instruction for one layer, straight from docs/isa.md."""
+    R, W = cfg.rows, cfg.word_bits
+    n_planes, ch, h, wd = x_bits.shape
+    m_bases, o, _, kh, kw = w_bits.shape
+    in_cw = -(-ch // W)
+    out_h = (h + 2 * pad - kh) // stride + 1
+    out_w = (wd + 2 * pad - kw) // stride + 1
+    ot_count = -(-o // R)
+    kwords = kh * kw * in_cw
+    weights = []
+    for ot in range(ot_count):
+        for m in range(m_bases):
+            for ky in range(kh):
+                for kx in range(kw):
+                    for cw in range(in_cw):
+                        lanes = []
+                        for r in range(R):
+                            oc = ot * R + r
+                            word = 0
+                            if oc < o:
+                                for b in range(W):
+                                    c = cw * W + b
+                                    if c < ch:
+                                        word |= int(w_bits[m, oc, c, ky, kx]) << b
+                            lanes.append(word)
+                        weights.append(sum(v << (r * W) for r, v in enumerate(lanes)))
+    assert len(weights) == ot_count * m_bases * kwords
+    lay = Accelerator(cfg).core_layouts
+    scale_entries = [pack_payload(lay.scale_entry, [int(scales[m, n, ot * R + r]) if ot * R + r < o else 0
+                                                    for r in range(R)])
+                     for ot in range(ot_count) for m in range(m_bases) for n in range(n_planes)]
+    thr_entries = []
+    for oc in range(ot_count * R):
+        t = [int(v) for v in thresholds[oc]] if oc < o else [0] * thresholds.shape[1]
+        t += [0] * (cfg.max_abases - len(t))
+        thr_entries.append(pack_payload(lay.thr_entry, {"t": t, "flip": int(flip[oc]) if oc < o else 0}))
+    out_stride = -(-o // W)
+    instr = encode(Opcode.CONV, in_base=in_base, in_h=h, in_w=wd, in_cw=in_cw, in_stride=in_cw,
+                   in_tail=ch - (in_cw - 1) * W, in_planes=n_planes, kh=kh, kw=kw, stride=stride, pad=pad,
+                   pad_value=int(pad_value > 0), out_h=out_h, out_w=out_w, out_ch=o, out_ch_base=0,
+                   out_stride=out_stride, out_planes=0 if raw else thresholds.shape[1],
+                   out_base=out_base, wbases=m_bases, w_base=w_base, s_base=s_base, t_base=t_base,
+                   raw=int(raw), k=kh * kw * ch)
+    return {
+        "act": words_of_map(x_bits, in_cw, W), "weight": weights, "scale": scale_entries,
+        "thr": thr_entries, "instr": instr, "out_h": out_h, "out_w": out_w, "out_stride": out_stride,
+    }
+
+
+def simulate(cfg, program, images, reads):
+    """images: list of (MemoryTarget, base, values); reads: list of (MemoryTarget, base, count)."""
+    dut = Accelerator(cfg)
+    out = {}
+
+    async def bench(ctx):
+        for mem, base, values in images:
+            await write_entries(ctx, dut, mem, base, values)
+        await write_entries(ctx, dut, MemoryTarget.PROGRAM, 0, program)
+        out["error"], out["cycles"] = await run_program(ctx, dut, limit=200_000)
+        out["reads"] = [await read_entries(ctx, dut, mem, base, count) for mem, base, count in reads]
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    return out
+
+
+def random_layer(rng, *, n_planes, ch, h, w, m_bases, o, k, t_planes):
+    x = rng.integers(0, 2, (n_planes, ch, h, w), dtype=np.uint8)
+    wb = rng.integers(0, 2, (m_bases, o, ch, k, k), dtype=np.uint8)
+    scales = rng.integers(-300, 300, (m_bases, n_planes, o))
+    thresholds = rng.integers(-200, 200, (o, t_planes))
+    flip = rng.random(o) < 0.5
+    return x, wb, scales, thresholds, flip
+
+
+@pytest.mark.parametrize("raw", [True, False])
+def test_conv_layer_matches_ref(raw):
+    rng = np.random.default_rng(7 + raw)
+    # 5 output channels (not a multiple of R=2), 11 input channels (not a multiple of W=8),
+    # 3x3 kernel, stride 2, padding 1, 2 weight x 2 activation bases, 5x4 map: 3x2 = 6 pixels (C=3).
+    x, wb, scales, thresholds, flip = random_layer(rng, n_planes=2, ch=11, h=5, w=4, m_bases=2, o=5,
+                                                   k=3, t_planes=2)
+    pad_value = 1 if raw else -1
+    img = conv_image(CFG, x, wb, scales, thresholds, flip, stride=2, pad=1, pad_value=pad_value, raw=raw)
+    out_h, out_w = img["out_h"], img["out_w"]
+    acc = ref.multibasis_conv2d(ref.from_bits(x)[:, None], ref.from_bits(wb), scales, stride=2, padding=1,
+                                pad_value=pad_value)[0]                      # (O, H', W')
+    images = [(MemoryTarget.ACT, 0, img["act"]), (MemoryTarget.WEIGHT, 0, img["weight"]),
+              (MemoryTarget.SCALE, 0, img["scale"]), (MemoryTarget.THRESHOLD, 0, img["thr"])]
+    n_pix = out_h * out_w
+    if raw:
+        img = conv_image(CFG, x, wb, scales, thresholds, flip, stride=2, pad=1, pad_value=pad_value,
+                         raw=True, out_base=0)      # sums go to the result memory
+        program = [img["instr"], encode(Opcode.END)]
+        got = simulate(CFG, program, images, [(MemoryTarget.RESULT, 0, n_pix * 5)])
+        assert got["error"] == 0
+        sums = np.array(got["reads"][0]).reshape(n_pix, 5)
+        assert np.array_equal(sums, acc.reshape(5, n_pix).T)
+    else:
+        program = [img["instr"], encode(Opcode.END)]
+        t_planes = thresholds.shape[1]
+        got = simulate(CFG, program, images, [(MemoryTarget.ACT, 512, t_planes * n_pix * img["out_stride"])])
+        assert got["error"] == 0
+        words = np.array(got["reads"][0], dtype=np.int64).reshape(t_planes, out_h, out_w)
+        planes = ref.threshold(np.moveaxis(acc, 0, -1), thresholds, flip)  # (T, H', W', O)
+        for t in range(t_planes):
+            for o in range(5):
+                assert np.array_equal((words[t] >> o) & 1, (planes[t, :, :, o] > 0).astype(np.int64)), (t, o)
