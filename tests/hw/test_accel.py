@@ -143,3 +143,78 @@ def test_conv_layer_matches_ref(raw):
         for t in range(t_planes):
             for o in range(5):
                 assert np.array_equal((words[t] >> o) & 1, (planes[t, :, :, o] > 0).astype(np.int64)), (t, o)
+
+
+def test_pool_is_or_over_windows():
+    rng = np.random.default_rng(3)
+    planes, h, w, cw = 2, 5, 6, 2
+    words = rng.integers(0, 256, (planes, h, w, cw))
+    k, s = 2, 2
+    out_h, out_w = (h - k) // s + 1, (w - k) // s + 1
+    program = [encode(Opcode.POOL, in_base=10, in_h=h, in_w=w, cw=cw, planes=planes, kernel=k, stride=s,
+                      out_h=out_h, out_w=out_w, out_base=400), encode(Opcode.END)]
+    got = simulate(CFG, program, [(MemoryTarget.ACT, 10, [int(v) for v in words.reshape(-1)])],
+                   [(MemoryTarget.ACT, 400, planes * out_h * out_w * cw)])
+    assert got["error"] == 0
+    expected = np.zeros((planes, out_h, out_w, cw), dtype=np.int64)
+    for ky in range(k):
+        for kx in range(k):
+            expected |= words[:, ky:ky + s * out_h:s, kx:kx + s * out_w:s][:, :out_h, :out_w]
+    assert got["reads"][0] == [int(v) for v in expected.reshape(-1)]
+
+
+def test_conv_pool_conv_program():
+    """A three-instruction network: conv (bit-planes) -> pool -> conv (sums), against sw.ref."""
+    rng = np.random.default_rng(21)
+    x, w1, s1, t1, f1 = random_layer(rng, n_planes=1, ch=3, h=6, w=6, m_bases=1, o=4, k=3, t_planes=2)
+    l1 = conv_image(CFG, x, w1, s1, t1, f1, stride=1, pad=1, pad_value=-1, raw=False, out_base=300)
+    # After conv 1: 2 planes, 6x6, 4 channels (1 word). Pool 2x2 -> 3x3 at 500.
+    pool = encode(Opcode.POOL, in_base=300, in_h=6, in_w=6, cw=1, planes=2, kernel=2, stride=2, out_h=3,
+                  out_w=3, out_base=500)
+    w2 = rng.integers(0, 2, (2, 3, 4, 3, 3), dtype=np.uint8)          # 3 classes over the 3x3 map
+    s2 = rng.integers(-50, 50, (2, 2, 3))
+    feat = np.zeros((2, 4, 3, 3), dtype=np.uint8)                      # placeholder for shapes
+    l2 = conv_image(CFG, feat, w2, s2, np.zeros((3, 1), int), np.zeros(3, bool), stride=1, pad=0,
+                    pad_value=-1, raw=True, in_base=500, out_base=0,
+                    w_base=len(l1["weight"]), s_base=len(l1["scale"]), t_base=len(l1["thr"]))
+    images = [(MemoryTarget.ACT, 0, l1["act"]),
+              (MemoryTarget.WEIGHT, 0, l1["weight"] + l2["weight"]),
+              (MemoryTarget.SCALE, 0, l1["scale"] + l2["scale"]),
+              (MemoryTarget.THRESHOLD, 0, l1["thr"] + l2["thr"])]
+    got = simulate(CFG, [l1["instr"], pool, l2["instr"], encode(Opcode.END)], images,
+                   [(MemoryTarget.RESULT, 0, 3)])
+    assert got["error"] == 0
+    a1 = ref.multibasis_conv2d(ref.from_bits(x)[:, None], ref.from_bits(w1), s1, padding=1)
+    p1 = ref.threshold(np.moveaxis(a1, 1, -1), t1, f1)                 # (T, 1, 6, 6, O)
+    p1 = np.moveaxis(p1, -1, 2)                                        # (T, 1, O, 6, 6)
+    pooled = np.zeros((2, 1, 4, 3, 3), bool)
+    for ky in range(2):
+        for kx in range(2):
+            pooled |= p1[:, :, :, ky::2, kx::2] > 0
+    logits = ref.multibasis_conv2d(ref.from_bits(pooled.astype(np.uint8)), ref.from_bits(w2), s2)
+    assert got["reads"][0] == [int(v) for v in logits.reshape(-1)]
+
+
+def test_errors_halt_without_hanging():
+    rng = np.random.default_rng(5)
+    x, wb, sc, th, fl = random_layer(rng, n_planes=1, ch=8, h=3, w=3, m_bases=1, o=2, k=3, t_planes=1)
+    good = conv_image(CFG, x, wb, sc, th, fl, stride=1, pad=0, pad_value=-1, raw=True, out_base=0)
+    from hw.isa import decode
+    _, fields = decode(good["instr"])
+    cases = {
+        ErrorCode.ILLEGAL_OPCODE: [9],
+        ErrorCode.BAD_FIELD: [encode(Opcode.CONV, **{**fields, "k": fields["k"] + 1})],
+        ErrorCode.OUT_OF_RANGE: [encode(Opcode.CONV, **{**fields, "w_base": CFG.weight_depth - 1})],
+        ErrorCode.PROGRAM_END: [good["instr"]] * CFG.instr_depth,
+    }
+    for code, program in cases.items():
+        got = simulate(CFG, program, [], [])
+        assert got["error"] == code.value, code
+    assert simulate(CFG, [encode(Opcode.END)], [], [])["error"] == 0
+
+
+def test_config_the_writer_cannot_serve_is_refused():
+    with pytest.raises(AccelError, match="rows to divide word_bits"):
+        Accelerator(CFG.replace(rows=3))
+    with pytest.raises(AccelError, match="power of two, not 12"):
+        Accelerator(CFG.replace(word_bits=12))
