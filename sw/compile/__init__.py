@@ -1,0 +1,506 @@
+"""The compiler: a .bnn model -> a program bundle for one AccelConfig. numpy only.
+
+    bundle = compile_model(model, config)          # Bundle, or CompileError naming the layer
+    bundle = compile_file("model.bnn", config)
+
+The work is a list of small passes in the FINN manner (`PASSES`), each `apply(state) -> state` on one
+`ProgramState`; docs/compiler.md describes them. The passes that change numbers are checked: `Lower`
+unpacks its re-laid weights back and compares them with the model's, and `Verify` runs the emitted
+program on the ISS for sample images and compares every layer's output with
+`sw.model_format.deploy_forward(..., intermediates=True)`.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hw.config import AccelConfig
+from hw.isa import FIELD_LIMITS, IsaError, Opcode, encode
+from sw.bundle import Bundle, Segment, pack_words, unpack_words, word_limbs
+from sw.model_format import ModelFormatError, deploy_forward, load_model
+
+__all__ = ["CompileError", "ProgramState", "PASSES", "compile_model", "compile_file",
+           "CheckConfig", "MergeBranches", "Lower", "CheckFit", "Allocate", "Emit", "Verify"]
+
+
+class CompileError(ValueError):
+    """The model cannot run on the config: names the layer, the limit and the excess."""
+
+
+@dataclass
+class ProgramState:
+    """What the passes share. `ops` are the lowered CONV/POOL operations (dicts) in execution order,
+    `maps` the feature maps between them (index -1: the host-unfolded input)."""
+
+    model: object
+    config: AccelConfig
+    layers: list = field(default_factory=list)     # per model layer: merged branch + geometry
+    ops: list = field(default_factory=list)
+    maps: dict = field(default_factory=dict)
+    input: dict = field(default_factory=dict)
+    output: dict = field(default_factory=dict)
+    instructions: list = field(default_factory=list)
+    segments: list = field(default_factory=list)
+    layer_info: list = field(default_factory=list)
+    checked: list = field(default_factory=list)    # what each checking pass verified
+    verify_images: int = 2
+    seed: int = 0
+
+
+def _name(index, kind):
+    return f"layer {index} ({kind})"
+
+
+def _exceeds(where, what, need, limit_name, limit):
+    raise CompileError(f"{where}: {what} {need} exceeds {limit_name} {limit} (by {need - limit})")
+
+
+class CheckConfig:
+    """The model was exported for this config's fixed-point format; the config suits the writer."""
+
+    name = "check-config"
+
+    def apply(self, state):
+        c, model = state.config, state.model
+        for key in ("scale_bits", "scale_frac", "acc_bits"):
+            theirs = model.config.get(key)
+            if theirs != getattr(c, key):
+                raise CompileError(f"model: it was exported for {key} = {theirs}, the config has "
+                                   f"{key} = {getattr(c, key)}; re-export it for this config")
+        if c.word_bits % c.rows:
+            raise CompileError(f"config: word_bits {c.word_bits} is not a multiple of rows {c.rows}; the "
+                               f"writer stores a tile's {c.rows} channels as one field of a word "
+                               f"(docs/isa.md)")
+        return state
+
+
+class MergeBranches:
+    """One CONV per layer: Group-Net branches with the same source and geometry become extra weight
+    bases (weights and scales concatenated along M); anything else is refused (v1 controller)."""
+
+    name = "merge-branches"
+    _GEOMETRY = ("kind", "kernel", "stride", "padding", "pad_value", "groups", "abases", "k")
+
+    def apply(self, state):
+        c = state.config
+        layers = []
+        for index, layer in enumerate(state.model.layers):
+            name = _name(index, layer["kind"])
+            if layer["kind"] == "maxpool":
+                if layer["source"] != index - 1:
+                    raise CompileError(f"{name}: its source is layer {layer['source']}, not the previous "
+                                       f"layer; the v1 controller runs layers as a chain")
+                if index == 0:
+                    raise CompileError(f"{name}: pooling the image is not supported (pool after a layer)")
+                layers.append(dict(layer, name=name))
+                continue
+            branches = layer["branches"]
+            first = branches[0]
+            for j, branch in enumerate(branches):
+                if branch["source"] != index - 1:
+                    what = "the image" if branch["source"] == -1 else f"layer {branch['source']}"
+                    raise CompileError(f"{name}: branch {j} reads {what}, not the previous layer's output; "
+                                       f"branches of other sources (shortcuts) are not supported by the "
+                                       f"v1 controller")
+                for key in self._GEOMETRY:
+                    if branch.get(key) != first.get(key):
+                        raise CompileError(f"{name}: branch {j} differs from branch 0 in {key} "
+                                           f"({branch.get(key)!r} vs {first.get(key)!r}); only branches of "
+                                           f"one geometry merge into weight bases")
+            weights = np.concatenate([b["weights"] for b in branches], axis=0)
+            scales = np.concatenate([b["scales"] for b in branches], axis=0)
+            m = weights.shape[0]
+            if m > c.max_wbases:
+                what = f"{len(branches)} merged branches give" if len(branches) > 1 else "it has"
+                raise CompileError(f"{name}: {what} {m} weight bases, which exceeds max_wbases "
+                                   f"{c.max_wbases} (by {m - c.max_wbases})")
+            merged = {k: first[k] for k in first if k not in ("weights", "scales")}
+            merged.update(weights=weights, scales=scales, wbases=m)
+            entry = {"kind": layer["kind"], "name": name, "branch": merged, "out": int(layer["out_features"]),
+                     "branches": len(branches)}
+            if "thresholds" in layer:
+                entry["thresholds"], entry["flip"] = layer["thresholds"], layer["flip"]
+            layers.append(entry)
+        state.layers = layers
+        return state
+
+
+def _relay_weights(w, cw, word_bits):
+    """(M, O, kh, kw, Cg) bits -> (M, O, kh*kw*cw, limbs) words, each tap's channels padded to cw words."""
+    m, o, kh, kw, cg = w.shape
+    padded = np.zeros((m, o, kh, kw, cw * word_bits), dtype=np.uint8)
+    padded[..., :cg] = w
+    return pack_words(padded.reshape(m, o, kh * kw, cw * word_bits), word_bits).reshape(
+        m, o, kh * kw * cw, word_limbs(word_bits))
+
+
+class Lower:
+    """Model layers -> CONV / POOL operations over feature maps (docs/compiler.md "Lowering")."""
+
+    name = "lower"
+
+    def apply(self, state):
+        c, model = state.config, state.model
+        w_bits = c.word_bits
+        ch, h, w = model.input_shape
+        count = len(state.layers)
+        ops = []
+        current = None
+        for index, layer in enumerate(state.layers):
+            name, kind = layer["name"], layer["kind"]
+            last = index == count - 1
+            if kind == "maxpool":
+                src = current
+                k, s = layer["kernel"], layer["stride"]
+                out = {"planes": src["planes"], "channels": src["channels"], "cw": src["cw"],
+                       "h": (src["h"] - k) // s + 1, "w": (src["w"] - k) // s + 1}
+                ops.append({"op": "pool", "layer": index, "name": name, "kernel": k, "stride": s,
+                            "in": src, "out": out})
+                current = out
+                continue
+            b = layer["branch"]
+            m, n, o = b["wbases"], b["abases"], layer["out"]
+            wts = (b["weights"] > 0).astype(np.uint8)
+            if index == 0:
+                # Host unfold: the image becomes a map of the first layer's output pixels, K0 channels.
+                if kind == "conv":
+                    kh, kw = b["kernel"]
+                    stride, padding, pad_value, groups = b["stride"], b["padding"], b["pad_value"], b["groups"]
+                else:
+                    kh, kw, stride, padding, pad_value, groups = h, w, 1, 0, -1, 1
+                if groups != 1:
+                    raise CompileError(f"{name}: a grouped first layer is not supported (the host unfolds "
+                                       f"the image into one dense vector per pixel)")
+                oh = (h + 2 * padding - kh) // stride + 1
+                ow = (w + 2 * padding - kw) // stride + 1
+                k0 = ch * kh * kw
+                cw = -(-k0 // w_bits)
+                src = {"planes": 8, "channels": k0, "cw": cw, "h": oh, "w": ow}
+                state.input = {"shape": [ch, h, w], "kernel": [kh, kw], "stride": stride, "padding": padding,
+                               "pad_value": pad_value, "out_h": oh, "out_w": ow, "planes": 8, "k": k0,
+                               "words_per_pixel": cw}
+                state.maps[-1] = src
+                w5 = wts.reshape(m, o, 1, 1, k0)            # (c, ky, kx) order, as sw.ref.im2col
+                geo = {"kh": 1, "kw": 1, "stride": 1, "pad": 0, "pad_value": 0, "groups": 1}
+                out_h, out_w = oh, ow
+            else:
+                src = current
+                if kind == "linear":
+                    if wts.shape[2] != src["channels"] * src["h"] * src["w"]:
+                        raise CompileError(f"{name}: K {wts.shape[2]} does not match its input map")
+                    # torch flatten order (c, y, x): the weight is a (C, H, W) kernel over the whole map.
+                    w5 = wts.reshape(m, o, src["channels"], src["h"], src["w"]).transpose(0, 1, 3, 4, 2)
+                    geo = {"kh": src["h"], "kw": src["w"], "stride": 1, "pad": 0, "pad_value": 0, "groups": 1}
+                    out_h = out_w = 1
+                else:
+                    kh, kw = b["kernel"]
+                    w5 = wts.transpose(0, 1, 3, 4, 2)
+                    geo = {"kh": kh, "kw": kw, "stride": b["stride"], "pad": b["padding"],
+                           "pad_value": 1 if b["pad_value"] > 0 else 0, "groups": b["groups"]}
+                    out_h = (src["h"] + 2 * b["padding"] - kh) // b["stride"] + 1
+                    out_w = (src["w"] + 2 * b["padding"] - kw) // b["stride"] + 1
+            groups = geo["groups"]
+            cg = w5.shape[4]
+            og = o // groups
+            if groups > 1:
+                if cg % w_bits:
+                    raise CompileError(f"{name}: a group's {cg} input channels are not a multiple of "
+                                       f"word_bits {w_bits} (each group must start on a channel word)")
+                if og % c.rows:
+                    raise CompileError(f"{name}: a group's {og} output channels are not a multiple of "
+                                       f"rows {c.rows} (each group must start on a writer field)")
+            in_cw = -(-cg // w_bits)
+            out_map = None if last else {"planes": int(layer["thresholds"].shape[1]), "channels": o,
+                                         "cw": -(-o // w_bits), "h": out_h, "w": out_w}
+            if last and out_h * out_w != 1:
+                raise CompileError(f"{name}: the last layer must give one sum per class, not a "
+                                   f"{out_h}x{out_w} map")
+            for g in range(groups):
+                sl = slice(g * og, (g + 1) * og)
+                op = {"op": "conv", "layer": index, "name": name, "group": g, "groups": groups, **geo,
+                      "in": src, "out": out_map, "raw": last, "m": m, "n": n, "o": og, "out_ch_base": g * og,
+                      "in_cw": in_cw, "in_word_offset": g * (cg // w_bits) if groups > 1 else 0,
+                      "in_tail": cg - (in_cw - 1) * w_bits, "k": geo["kh"] * geo["kw"] * cg,
+                      "out_h": out_h, "out_w": out_w,
+                      "weights": _relay_weights(w5[:, sl], in_cw, w_bits),
+                      "scales": np.ascontiguousarray(b["scales"][:, :, sl])}
+                if not last:
+                    op["thresholds"] = layer["thresholds"][sl]
+                    op["flip"] = layer["flip"][sl]
+                # Check: the re-laid words unpack to the model's weights in the lowered K order.
+                back = unpack_words(op["weights"], w_bits).reshape(m, og, geo["kh"] * geo["kw"], in_cw * w_bits)
+                if not np.array_equal(back[..., :cg], w5[:, sl].reshape(m, og, -1, cg)) or back[..., cg:].any():
+                    raise CompileError(f"{name}: internal error: re-laid weights differ from the model's")
+                ops.append(op)
+            current = out_map
+        state.ops = ops
+        state.checked.append("lower: re-laid weights unpack to the model's weights")
+        return state
+
+
+class CheckFit:
+    """Every limit of the config and the ISA fields, naming the layer, the limit and the excess."""
+
+    name = "check-fit"
+
+    def apply(self, state):
+        c = state.config
+        totals = {"weight": 0, "scale": 0, "threshold": 0}
+        limits = {"weight": "weight_depth", "scale": "scale_depth", "threshold": "thr_depth"}
+        units = {"weight": "weight-buffer entries", "scale": "scale-memory entries",
+                 "threshold": "threshold-memory entries"}
+        seen_act = set()
+        for op in state.ops:
+            name = op["name"]
+            if op["op"] == "pool":
+                self._check_act(state, op, seen_act)
+                continue
+            m, n, o = op["m"], op["n"], op["o"]
+            if m > c.max_wbases:
+                _exceeds(name, "weight bases", m, "max_wbases", c.max_wbases)
+            if op["layer"] > 0 and n > c.max_abases:
+                _exceeds(name, "input activation bases", n, "max_abases", c.max_abases)
+            if op["out"] is not None and op["out"]["planes"] > c.max_abases:
+                _exceeds(name, "output bit-planes", op["out"]["planes"], "max_abases", c.max_abases)
+            if op["k"] > c.max_k:
+                _exceeds(name, "a dot product of K =", op["k"], "max_k bits", c.max_k)
+            kw_words = op["kh"] * op["kw"] * op["in_cw"]
+            if n * kw_words > c.patch_depth:
+                _exceeds(name, f"the patch ({n} planes x {kw_words} K-words) needs", n * kw_words,
+                         "words; patch_depth is", c.patch_depth)
+            ot = -(-o // c.rows)
+            need = {"weight": ot * m * kw_words, "scale": ot * m * n, "threshold": 0 if op["raw"] else ot * c.rows}
+            for mem, amount in need.items():
+                totals[mem] += amount
+                if totals[mem] > getattr(c, limits[mem]):
+                    _exceeds(name, f"the program's {units[mem]} up to this layer:", totals[mem],
+                             limits[mem], getattr(c, limits[mem]))
+            if op["raw"] and op["out_h"] * op["out_w"] * o > c.result_depth:
+                _exceeds(name, "the logits need", op["out_h"] * op["out_w"] * o, "result_depth", c.result_depth)
+            bound = int(np.abs(op["scales"]).sum(axis=(0, 1)).max()) * op["k"] if o else 0
+            if bound > c.acc_max:
+                _exceeds(name, "the accumulator bound", bound, f"the {c.acc_bits}-bit limit", c.acc_max)
+            if op["scales"].size and (op["scales"].min() < c.scale_min or op["scales"].max() > c.scale_max):
+                raise CompileError(f"{name}: a scale does not fit {c.scale_bits}-bit signed fixed point")
+            self._check_act(state, op, seen_act)
+        instructions = len(state.ops) + 1
+        if instructions > c.instr_depth:
+            _exceeds("program", "instructions (with END)", instructions, "instr_depth", c.instr_depth)
+        return state
+
+    @staticmethod
+    def _check_act(state, op, seen):
+        """Maps ping-pong between the bottom and the top of the activation buffer: a layer's input and
+        output maps must fit side by side."""
+        c = state.config
+        key = op["layer"]
+        if key in seen:
+            return
+        seen.add(key)
+        size_in = _map_words(op["in"])
+        size_out = 0 if op["out"] is None else _map_words(op["out"])
+        if size_in + size_out > c.act_depth:
+            what = f"input map ({size_in} words)" if op["out"] is None else \
+                f"input and output maps ({size_in} + {size_out} words)"
+            _exceeds(op["name"], f"the {what} need", size_in + size_out, "act_depth", c.act_depth)
+
+
+def _map_words(spec):
+    return spec["planes"] * spec["h"] * spec["w"] * spec["cw"]
+
+
+class Allocate:
+    """Addresses: maps alternate between the bottom (0) and the top of the activation buffer; weights,
+    scales and thresholds are packed one layer after another; logits at result address 0."""
+
+    name = "allocate"
+
+    def apply(self, state):
+        c = state.config
+        bottom = True
+        placed = {}
+
+        def place(spec):
+            nonlocal bottom
+            if id(spec) not in placed:
+                placed[id(spec)] = 0 if bottom else c.act_depth - _map_words(spec)
+                bottom = not bottom
+            return placed[id(spec)]
+
+        w_next = s_next = t_next = 0
+        for op in state.ops:
+            op["in_base"] = place(op["in"])
+            if op["out"] is not None:
+                op["out_base"] = place(op["out"])
+            if op["op"] == "pool":
+                continue
+            kw_words = op["kh"] * op["kw"] * op["in_cw"]
+            ot = -(-op["o"] // c.rows)
+            op["w_base"], op["s_base"] = w_next, s_next
+            w_next += ot * op["m"] * kw_words
+            s_next += ot * op["m"] * op["n"]
+            if op["raw"]:
+                op["out_base"], op["t_base"] = 0, 0
+            else:
+                op["t_base"] = t_next
+                t_next += ot * c.rows
+        state.input["act_base"] = state.ops[0]["in_base"]
+        return state
+
+
+class Emit:
+    """Instructions (hw.isa.encode) and the memory images of weights, scales and thresholds."""
+
+    name = "emit"
+
+    def apply(self, state):
+        c = state.config
+        rows, limbs = c.rows, word_limbs(c.word_bits)
+        tmin = -(1 << (c.acc_bits - 1))
+        instructions, segments, info = [], [], []
+        for op in state.ops:
+            name = op["name"]
+            if not info or info[-1]["index"] != op["layer"]:
+                info.append({"index": op["layer"], "name": name, "kind": state.layers[op["layer"]]["kind"],
+                             "instructions": [], "macs": 0, "output": None})
+            entry = info[-1]
+            entry["instructions"].append(len(instructions))
+            if op["op"] == "pool":
+                src, out = op["in"], op["out"]
+                fields = {"in_base": op["in_base"], "in_h": src["h"], "in_w": src["w"], "cw": src["cw"],
+                          "planes": src["planes"], "kernel": op["kernel"], "stride": op["stride"],
+                          "out_h": out["h"], "out_w": out["w"], "out_base": op["out_base"]}
+                instructions.append(self._encode(name, Opcode.POOL, fields))
+                entry["output"] = dict(out, base=op["out_base"])
+                continue
+            src, out = op["in"], op["out"]
+            m, n, o = op["m"], op["n"], op["o"]
+            kw_words = op["kh"] * op["kw"] * op["in_cw"]
+            ot = -(-o // rows)
+            fields = {
+                "in_base": op["in_base"] + op["in_word_offset"], "in_h": src["h"], "in_w": src["w"],
+                "in_cw": op["in_cw"], "in_stride": src["cw"], "in_tail": op["in_tail"], "in_planes": n,
+                "kh": op["kh"], "kw": op["kw"], "stride": op["stride"], "pad": op["pad"],
+                "pad_value": op["pad_value"], "out_h": op["out_h"], "out_w": op["out_w"], "out_ch": o,
+                "out_ch_base": op["out_ch_base"], "out_stride": 0 if out is None else out["cw"],
+                "out_planes": 0 if out is None else out["planes"], "out_base": op["out_base"],
+                "wbases": m, "w_base": op["w_base"], "s_base": op["s_base"], "t_base": op["t_base"],
+                "raw": int(op["raw"]), "k": op["k"]}
+            instructions.append(self._encode(name, Opcode.CONV, fields))
+            entry["macs"] += m * n * o * op["out_h"] * op["out_w"] * op["k"]
+            if out is not None:
+                entry["output"] = dict(out, base=op["out_base"])
+            # Weight entries (ot, m, j) with R lanes; lanes past the group's channels are 0.
+            wpad = np.zeros((m, ot * rows, kw_words, limbs), dtype=np.uint64)
+            wpad[:, :o] = op["weights"]
+            wimg = wpad.reshape(m, ot, rows, kw_words, limbs).transpose(1, 0, 3, 2, 4).reshape(-1, rows, limbs)
+            segments.append(Segment("weight", op["w_base"], np.ascontiguousarray(wimg)))
+            spad = np.zeros((m, n, ot * rows), dtype=np.int64)
+            spad[..., :o] = op["scales"]
+            simg = spad.reshape(m, n, ot, rows).transpose(2, 0, 1, 3).reshape(-1, rows)
+            segments.append(Segment("scale", op["s_base"], np.ascontiguousarray(simg)))
+            if not op["raw"]:
+                t = op["thresholds"]
+                timg = np.zeros((ot * rows, c.max_abases + 1), dtype=np.int64)
+                timg[:, :c.max_abases] = tmin      # unused planes and rows: any value (out_planes says)
+                timg[:o, :t.shape[1]] = t
+                timg[:o, -1] = op["flip"]
+                segments.append(Segment("threshold", op["t_base"], timg))
+        instructions.append(encode(Opcode.END))
+        last = state.ops[-1]
+        state.output = {"result_base": last["out_base"], "classes": int(state.model.classes)}
+        for entry in info:
+            entry["ideal_cycles"] = -(-entry["macs"] // c.macs_per_cycle)
+        state.instructions, state.segments, state.layer_info = instructions, segments, info
+        return state
+
+    @staticmethod
+    def _encode(name, opcode, fields):
+        for key, value in fields.items():
+            if value > FIELD_LIMITS[key]:
+                _exceeds(name, f"instruction field {key} =", value, "its largest value", FIELD_LIMITS[key])
+        try:
+            return encode(opcode, **{k: int(v) for k, v in fields.items()})
+        except IsaError as error:
+            raise CompileError(f"{name}: {error}") from None
+
+
+class Verify:
+    """Run the program on the ISS for sample images; compare every layer with deploy_forward."""
+
+    name = "verify"
+
+    def apply(self, state):
+        if state.verify_images <= 0:
+            return state
+        from sw.iss import Iss, IssError
+        from sw.runtime import prepare_input
+        bundle = state_to_bundle(state)
+        rng = np.random.default_rng(state.seed)
+        images = rng.integers(0, 256, (state.verify_images,) + tuple(state.model.input_shape), dtype=np.uint8)
+        logits, trace = deploy_forward(state.model, images, intermediates=True)
+        iss = Iss(state.config, batch=len(images))
+        iss.load(bundle)
+        iss.write("act", bundle.input["act_base"], prepare_input(bundle, images))
+        ends = {entry["instructions"][-1]: entry for entry in bundle.layers}
+        c = state.config
+
+        def compare(pc, opcode, fields):
+            entry = ends.get(pc)
+            if entry is None or entry["output"] is None:
+                return
+            got = read_map(iss.act, entry["output"], c.word_bits)
+            want = trace[entry["index"]]                # (T, B, C, h, w) or (T, B, O)
+            if not np.array_equal(got.reshape(want.shape), want):
+                raise CompileError(f"{entry['name']}: internal error: the ISS's output planes differ from "
+                                   f"deploy_forward's")
+
+        try:
+            iss.run(on_step=compare)
+        except IssError as error:
+            raise CompileError(f"program: internal error: the ISS stopped with {error}") from None
+        got = iss.result[:, bundle.output["result_base"]:bundle.output["result_base"] + bundle.output["classes"]]
+        if not np.array_equal(got, logits):
+            raise CompileError("program: internal error: the ISS's logits differ from deploy_forward's")
+        state.checked.append(f"verify: ISS == deploy_forward at every layer on {len(images)} random images")
+        return state
+
+
+def read_map(act, spec, word_bits):
+    """A map's planes from activation words: (B, planes, h, w, cw, limbs) -> int8 (planes, B, C, h, w)."""
+    batch = act.shape[0]
+    words = act[:, spec["base"]:spec["base"] + _map_words(spec)]
+    words = words.reshape(batch, spec["planes"], spec["h"], spec["w"], spec["cw"], -1)
+    bits = unpack_words(words, word_bits, spec["channels"])          # (B, T, h, w, C)
+    return (bits.astype(np.int8) * 2 - 1).transpose(1, 0, 4, 2, 3)
+
+
+PASSES = (CheckConfig(), MergeBranches(), Lower(), CheckFit(), Allocate(), Emit(), Verify())
+
+
+def state_to_bundle(state):
+    return Bundle(state.config, list(state.instructions), list(state.segments), dict(state.input),
+                  dict(state.output), list(state.layer_info),
+                  {"input_shape": list(state.model.input_shape), "classes": int(state.model.classes),
+                   "training": state.model.training, "logit_unit": state.model.logit_unit})
+
+
+def compile_model(model, config=None, verify_images=2, seed=0, progress=None):
+    """Run `PASSES` on a BnnModel; returns the Bundle. `progress(pass_name)` is called before each."""
+    config = AccelConfig() if config is None else config
+    state = ProgramState(model, config, verify_images=verify_images, seed=seed)
+    for p in PASSES:
+        if progress is not None:
+            progress(p.name)
+        state = p.apply(state)
+    bundle = state_to_bundle(state).validate()
+    bundle.model["checked"] = state.checked
+    return bundle
+
+
+def compile_file(path, config=None, **options):
+    try:
+        model = load_model(path)
+    except ModelFormatError as error:
+        raise CompileError(str(error)) from None
+    return compile_model(model, config, **options)

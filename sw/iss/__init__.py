@@ -1,0 +1,350 @@
+"""Instruction-set simulator: executes a program exactly as docs/isa.md defines it. numpy only.
+
+    iss = Iss(config, batch=B)                    # B images run side by side (weights are shared)
+    iss.load(bundle)                              # program + the bundle's memory images
+    iss.write("act", base, words)                 # (entries, limbs) for all images or (B, entries, limbs)
+    status = iss.run()                            # IssStatus; raises IssError(code) like the controller
+    iss.result[:, base:base + n]                  # int64 sums
+
+Memories (numpy, names as in docs/isa.md): `act` (B, act_depth, limbs) uint64 words masked to W bits,
+`weight` (weight_depth, R, limbs) uint64, `scale` (scale_depth, R) int64, `threshold`
+(thr_depth, max_abases) int64 with `flip` (thr_depth,) bool, `result` (B, result_depth) int64,
+`program` (instr_depth,) Python ints. All start at zero, so an unwritten program word reads as END.
+
+The arithmetic is `sw.ref`'s: `binary_dot_packed` on the masked words of every pass, fixed-point
+scales summed exactly (then wrapped to acc_bits like the hardware's accumulator), `threshold`. The
+work is vectorised over images, pixels and output channels; Python loops run over words of K.
+
+Cycles follow the analytic model of docs/compiler.md ("Cycle model"), whose constants are the fields
+of `CycleModel` (`CYCLES` is the default): calibrate them there against the RTL.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+import sw.ref as ref
+from hw.config import AccelConfig
+from hw.isa import IsaError, Opcode, decode
+from sw.bundle import word_limbs, word_mask
+
+__all__ = ["IssError", "ERROR_CODES", "ILLEGAL_OPCODE", "OUT_OF_RANGE", "BAD_FIELD", "PROGRAM_END",
+           "CycleModel", "CYCLES", "conv_cycles", "pool_cycles", "IssStatus", "Iss"]
+
+ILLEGAL_OPCODE = 1
+OUT_OF_RANGE = 2
+BAD_FIELD = 3
+PROGRAM_END = 4
+ERROR_CODES = {ILLEGAL_OPCODE: "ILLEGAL_OPCODE", OUT_OF_RANGE: "OUT_OF_RANGE", BAD_FIELD: "BAD_FIELD",
+               PROGRAM_END: "PROGRAM_END"}
+
+
+class IssError(RuntimeError):
+    """The program stopped with an error status (docs/isa.md "Errors"): `code`, `name`, `pc`."""
+
+    def __init__(self, code, pc, detail):
+        self.code, self.pc, self.detail = code, pc, detail
+        self.name = ERROR_CODES[code]
+        super().__init__(f"Error {code} ({self.name}) at instruction {pc}: {detail}")
+
+
+@dataclass(frozen=True)
+class CycleModel:
+    """Constants of the analytic cycle model (one place; calibrate against the RTL).
+
+    CONV, per pixel tile of C pixels:
+        gather  = C * N * KW * gather_per_read          one activation-buffer read per cycle
+        compute = OT * M * N * max(KW, R)               a pass costs max(beats, R) (docs/gateware.md)
+        drain   = C + drain_base + R                    last pass through array, accumulator, writer
+    POOL: planes * out_h * out_w * cw * kernel**2 * pool_per_read.
+    Every instruction adds `instruction_overhead` (fetch and decode); END costs `end_cycles`.
+    """
+
+    gather_per_read: int = 1
+    drain_base: int = 12
+    pool_per_read: int = 1
+    instruction_overhead: int = 0
+    end_cycles: int = 1
+
+
+CYCLES = CycleModel()
+
+
+def conv_cycles(config, f, model=CYCLES):
+    """Analytic cycles of one CONV with decoded fields `f`."""
+    r, c = config.rows, config.cols
+    p = f["out_h"] * f["out_w"]
+    kw_words = f["kh"] * f["kw"] * f["in_cw"]
+    ot = -(-f["out_ch"] // r)
+    m, n = f["wbases"], f["in_planes"]
+    tiles = -(-p // c)
+    gather = c * n * kw_words * model.gather_per_read
+    compute = ot * m * n * max(kw_words, r)
+    drain = c + model.drain_base + r
+    return model.instruction_overhead + tiles * (gather + compute + drain)
+
+
+def pool_cycles(config, f, model=CYCLES):
+    reads = f["planes"] * f["out_h"] * f["out_w"] * f["cw"] * f["kernel"] * f["kernel"]
+    return model.instruction_overhead + reads * model.pool_per_read
+
+
+@dataclass
+class IssStatus:
+    """A finished run: total `cycles` and per executed instruction (pc, opcode name, cycles)."""
+
+    cycles: int
+    trace: list = field(default_factory=list)
+
+
+class Iss:
+    def __init__(self, config, batch=1, cycle_model=CYCLES):
+        if not isinstance(config, AccelConfig):
+            raise TypeError(f"Config must be an AccelConfig, not {config!r}")
+        if not isinstance(batch, int) or batch < 1:
+            raise ValueError(f"Batch must be a positive integer, not {batch!r}")
+        self.config = config
+        self.batch = batch
+        self.cycle_model = cycle_model
+        c = config
+        self.limbs = word_limbs(c.word_bits)
+        self.full_mask = word_mask(c.word_bits, c.word_bits)
+        self.act = np.zeros((batch, c.act_depth, self.limbs), dtype=np.uint64)
+        self.weight = np.zeros((c.weight_depth, c.rows, self.limbs), dtype=np.uint64)
+        self.scale = np.zeros((c.scale_depth, c.rows), dtype=np.int64)
+        self.threshold = np.zeros((c.thr_depth, c.max_abases), dtype=np.int64)
+        self.flip = np.zeros(c.thr_depth, dtype=bool)
+        self.result = np.zeros((batch, c.result_depth), dtype=np.int64)
+        self.program = [0] * c.instr_depth
+
+    # Host access ----------------------------------------------------------------------------------
+    def load_program(self, instructions):
+        if len(instructions) > self.config.instr_depth:
+            raise ValueError(f"{len(instructions)} instructions exceed instr_depth {self.config.instr_depth}")
+        for i, word in enumerate(instructions):
+            self.program[i] = int(word)
+
+    def write(self, memory, base, values):
+        """Write entries from `base` on, as the host would (values in the bundle's segment format)."""
+        values = np.asarray(values)
+        n = values.shape[1] if memory in ("act", "result") and values.ndim == (3 if memory == "act" else 2) \
+            else values.shape[0]
+        if memory == "act":
+            self.act[:, base:base + n] = values.astype(np.uint64) & self.full_mask
+        elif memory == "result":
+            self.result[:, base:base + n] = values
+        elif memory == "weight":
+            self.weight[base:base + n] = values.astype(np.uint64) & self.full_mask
+        elif memory == "scale":
+            self.scale[base:base + n] = values
+        elif memory == "threshold":
+            self.threshold[base:base + n] = values[:, :-1]
+            self.flip[base:base + n] = values[:, -1] != 0
+        else:
+            raise ValueError(f"Unknown memory {memory!r}")
+
+    def load(self, bundle):
+        """The bundle's program and memory images (not the input, which is per image)."""
+        self.load_program(bundle.instructions)
+        for segment in bundle.segments:
+            self.write(segment.memory, segment.base, segment.values)
+
+    # Execution ------------------------------------------------------------------------------------
+    def run(self, on_step=None):
+        """Execute from instruction 0 to END. `on_step(pc, opcode, fields)` is called after each one."""
+        cycles = 0
+        trace = []
+        pc = 0
+        while True:
+            if pc >= self.config.instr_depth:
+                raise IssError(PROGRAM_END, pc, f"the program counter ran past instr_depth "
+                                                f"{self.config.instr_depth} without END")
+            try:
+                opcode, fields = decode(self.program[pc])
+            except IsaError as error:
+                raise IssError(ILLEGAL_OPCODE, pc, str(error)) from None
+            if opcode == Opcode.END:
+                cycles += self.cycle_model.end_cycles
+                trace.append((pc, "END", self.cycle_model.end_cycles))
+                return IssStatus(cycles, trace)
+            if opcode == Opcode.CONV:
+                self._check_conv(pc, fields)
+                self._conv(fields)
+                spent = conv_cycles(self.config, fields, self.cycle_model)
+            else:
+                self._check_pool(pc, fields)
+                self._pool(fields)
+                spent = pool_cycles(self.config, fields, self.cycle_model)
+            cycles += spent
+            trace.append((pc, opcode.name, spent))
+            if on_step is not None:
+                on_step(pc, opcode, fields)
+            pc += 1
+
+    # Checks (docs/isa.md "Errors"; order: BAD_FIELD, then OUT_OF_RANGE) -----------------------------
+    def _check_conv(self, pc, f):
+        c = self.config
+        w = c.word_bits
+
+        def bad(detail):
+            raise IssError(BAD_FIELD, pc, detail)
+
+        dims = ["in_h", "in_w", "in_cw", "in_planes", "kh", "kw", "out_h", "out_w", "out_ch", "wbases"]
+        if not f["raw"]:
+            dims.append("out_planes")
+        for name in dims:
+            if f[name] == 0:
+                bad(f"CONV field {name} is 0")
+        if f["stride"] == 0:
+            bad("CONV stride is 0")
+        if not 1 <= f["in_tail"] <= w:
+            bad(f"CONV in_tail {f['in_tail']} is not in 1..{w}")
+        if f["k"] > c.max_k:
+            bad(f"CONV k {f['k']} exceeds max_k {c.max_k}")
+        valid = f["kh"] * f["kw"] * ((f["in_cw"] - 1) * w + f["in_tail"])
+        if f["k"] != valid:
+            bad(f"CONV k {f['k']} is not kh*kw*((in_cw-1)*W + in_tail) = {valid}")
+        if not f["raw"] and f["out_planes"] > c.max_abases:
+            bad(f"CONV out_planes {f['out_planes']} exceeds max_abases {c.max_abases}")
+        if f["wbases"] > c.max_wbases:
+            bad(f"CONV wbases {f['wbases']} exceeds max_wbases {c.max_wbases}")
+        if f["in_planes"] > c.patch_depth:
+            bad(f"CONV in_planes {f['in_planes']} exceeds patch_depth {c.patch_depth}")
+        for out, k, size in (("out_h", "kh", "in_h"), ("out_w", "kw", "in_w")):
+            if (f[out] - 1) * f["stride"] + f[k] > f[size] + 2 * f["pad"]:
+                bad(f"CONV's last window leaves the padded input ({out} {f[out]}, stride {f['stride']}, "
+                    f"{k} {f[k]}, {size} {f[size]}, pad {f['pad']})")
+        if not f["raw"] and f["out_ch_base"] % c.rows:
+            bad(f"CONV out_ch_base {f['out_ch_base']} is not a multiple of rows {c.rows}")
+        kw_words = f["kh"] * f["kw"] * f["in_cw"]
+        ot = -(-f["out_ch"] // c.rows)
+        m, n = f["wbases"], f["in_planes"]
+        regions = [
+            ("input", f["in_base"] + (n * f["in_h"] * f["in_w"] - 1) * f["in_stride"] + f["in_cw"],
+             "act_depth", c.act_depth),
+            ("weight", f["w_base"] + ot * m * kw_words, "weight_depth", c.weight_depth),
+            ("scale", f["s_base"] + ot * m * n, "scale_depth", c.scale_depth),
+            ("patch", n * kw_words, "patch_depth", c.patch_depth),
+        ]
+        if f["raw"]:
+            regions.append(("result", f["out_base"] + f["out_h"] * f["out_w"] * f["out_ch"],
+                            "result_depth", c.result_depth))
+        else:
+            last_word = (f["out_ch_base"] + ot * c.rows - 1) // w
+            regions.append(("output", f["out_base"] + (f["out_planes"] * f["out_h"] * f["out_w"] - 1)
+                            * f["out_stride"] + last_word + 1, "act_depth", c.act_depth))
+            regions.append(("threshold", f["t_base"] + ot * c.rows, "thr_depth", c.thr_depth))
+        for name, end, limit_name, limit in regions:
+            if end > limit:
+                raise IssError(OUT_OF_RANGE, pc, f"CONV {name} region ends at {end}, past {limit_name} {limit}")
+
+    def _check_pool(self, pc, f):
+        c = self.config
+        for name in ("in_h", "in_w", "cw", "planes", "kernel", "out_h", "out_w"):
+            if f[name] == 0:
+                raise IssError(BAD_FIELD, pc, f"POOL field {name} is 0")
+        if f["stride"] == 0:
+            raise IssError(BAD_FIELD, pc, "POOL stride is 0")
+        for out, size in (("out_h", "in_h"), ("out_w", "in_w")):
+            if (f[out] - 1) * f["stride"] + f["kernel"] > f[size]:
+                raise IssError(BAD_FIELD, pc, f"POOL's last window leaves the input ({out} {f[out]}, "
+                                              f"stride {f['stride']}, kernel {f['kernel']}, {size} {f[size]})")
+        for name, base, h, w in (("input", f["in_base"], f["in_h"], f["in_w"]),
+                                 ("output", f["out_base"], f["out_h"], f["out_w"])):
+            end = base + f["planes"] * h * w * f["cw"]
+            if end > c.act_depth:
+                raise IssError(OUT_OF_RANGE, pc, f"POOL {name} region ends at {end}, past act_depth {c.act_depth}")
+
+    # Semantics ------------------------------------------------------------------------------------
+    def _conv(self, f):
+        c = self.config
+        w_bits, rows = c.word_bits, c.rows
+        limbs = self.limbs
+        batch = self.batch
+        p_count = f["out_h"] * f["out_w"]
+        in_cw = f["in_cw"]
+        kw_words = f["kh"] * f["kw"] * in_cw
+        m_count, n_count = f["wbases"], f["in_planes"]
+        ot_count = -(-f["out_ch"] // rows)
+        o_pad = ot_count * rows
+        # Gather addresses, (P, KW) in K-word order (ky, kx, cw).
+        oy, ox = np.divmod(np.arange(p_count), f["out_w"])
+        ky, kx, cw = (a.reshape(-1) for a in np.meshgrid(np.arange(f["kh"]), np.arange(f["kw"]),
+                                                          np.arange(in_cw), indexing="ij"))
+        iy = oy[:, None] * f["stride"] + ky[None] - f["pad"]
+        ix = ox[:, None] * f["stride"] + kx[None] - f["pad"]
+        inside = (iy >= 0) & (iy < f["in_h"]) & (ix >= 0) & (ix < f["in_w"])
+        pixel = np.where(inside, iy * f["in_w"] + ix, 0)
+        plane = np.arange(n_count)[:, None, None] * (f["in_h"] * f["in_w"])
+        addr = f["in_base"] + (plane + pixel[None]) * f["in_stride"] + cw[None, None]
+        patch = self.act[:, addr]                                       # (B, N, P, KW, L)
+        pad_word = self.full_mask if f["pad_value"] else np.zeros(limbs, dtype=np.uint64)
+        patch[:, :, ~inside] = pad_word
+        # Per-beat masks: nbits = in_tail on a tap's last channel word, W otherwise.
+        masks = np.where((np.arange(kw_words) % in_cw == in_cw - 1)[:, None],
+                         word_mask(f["in_tail"], w_bits)[None], self.full_mask[None])  # (KW, L)
+        patch &= masks
+        a_words = patch.reshape(batch, n_count, p_count, kw_words * limbs)
+        wt = self.weight[f["w_base"]:f["w_base"] + ot_count * m_count * kw_words]
+        wt = wt.reshape(ot_count, m_count, kw_words, rows, limbs) & masks[None, None, :, None, :]
+        wt = wt.transpose(1, 0, 3, 2, 4).reshape(m_count, o_pad, kw_words * limbs)
+        sc = self.scale[f["s_base"]:f["s_base"] + ot_count * m_count * n_count]
+        sc = sc.reshape(ot_count, m_count, n_count, rows).transpose(1, 2, 0, 3).reshape(m_count, n_count, o_pad)
+        acc = np.zeros((batch * p_count, o_pad), dtype=np.int64)
+        for n in range(n_count):
+            a_n = a_words[:, n].reshape(batch * p_count, -1)
+            for m in range(m_count):
+                dots = ref.binary_dot_packed(a_n, wt[m], f["k"])
+                acc += sc[m, n][None, :] * dots
+        # The accumulator is acc_bits wide and wraps (never happens for a program the compiler made).
+        half = 1 << (c.acc_bits - 1)
+        if c.acc_bits < 64:
+            acc = ((acc + half) & ((1 << c.acc_bits) - 1)) - half
+        acc = acc.reshape(batch, p_count, o_pad)
+        if f["raw"]:
+            out_ch = f["out_ch"]
+            index = f["out_base"] + np.arange(p_count)[:, None] * out_ch + np.arange(out_ch)[None]
+            self.result[:, index] = acc[:, :, :out_ch]
+            return
+        t_count = f["out_planes"]
+        thr = self.threshold[f["t_base"]:f["t_base"] + o_pad, :t_count]
+        flip = self.flip[f["t_base"]:f["t_base"] + o_pad]
+        bits = (ref.threshold(acc, thr, flip) > 0).astype(np.uint8)     # (T, B, P, O_pad)
+        bits[..., f["out_ch"]:] = 0
+        self._write_fields(bits, f)
+
+    def _write_fields(self, bits, f):
+        """Write bit `o + out_ch_base` of each pixel's output words for every plane (R-bit fields)."""
+        w_bits, limbs = self.config.word_bits, self.limbs
+        t_count, batch, p_count, o_pad = bits.shape
+        pos = f["out_ch_base"] + np.arange(o_pad)
+        first, last = pos[0] // w_bits, pos[-1] // w_bits
+        n_words = last - first + 1
+        flat = (pos // w_bits - first) * (limbs * 64) + pos % w_bits
+        width = n_words * limbs * 64
+        full = np.zeros((batch, t_count, p_count, width), dtype=np.uint8)
+        full[..., flat] = bits.transpose(1, 0, 2, 3)
+        values = np.packbits(full, axis=-1, bitorder="little").view("<u8").reshape(
+            batch, t_count, p_count, n_words, limbs)
+        ones = np.zeros(width, dtype=np.uint8)
+        ones[flat] = 1
+        mask = np.packbits(ones, bitorder="little").view("<u8").reshape(n_words, limbs)
+        addr = (f["out_base"] + (np.arange(t_count * p_count).reshape(t_count, p_count, 1)) * f["out_stride"]
+                + first + np.arange(n_words)[None, None])
+        self.act[:, addr] = (self.act[:, addr] & ~mask) | values
+
+    def _pool(self, f):
+        cw_count, k = f["cw"], f["kernel"]
+        t = np.arange(f["planes"]).reshape(-1, 1, 1, 1, 1, 1)
+        py = np.arange(f["out_h"]).reshape(1, -1, 1, 1, 1, 1)
+        px = np.arange(f["out_w"]).reshape(1, 1, -1, 1, 1, 1)
+        ky = np.arange(k).reshape(1, 1, 1, -1, 1, 1)
+        kx = np.arange(k).reshape(1, 1, 1, 1, -1, 1)
+        cw = np.arange(cw_count).reshape(1, 1, 1, 1, 1, -1)
+        src = f["in_base"] + ((t * f["in_h"] + py * f["stride"] + ky) * f["in_w"] + px * f["stride"] + kx) \
+            * cw_count + cw
+        pooled = np.bitwise_or.reduce(self.act[:, src].reshape(
+            (self.batch, f["planes"], f["out_h"], f["out_w"], k * k, cw_count, self.limbs)), axis=4)
+        dst = f["out_base"] + ((t[..., 0, 0, :] * f["out_h"] + py[..., 0, 0, :]) * f["out_w"]
+                               + px[..., 0, 0, :]) * cw_count + cw[..., 0, 0, :]
+        self.act[:, dst] = pooled

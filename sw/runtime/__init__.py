@@ -1,0 +1,214 @@
+"""One host API over every backend that executes a program bundle. numpy only.
+
+    from sw.runtime import open_backend
+    with open_backend("iss", bundle) as backend:            # bundle: a Bundle or a path
+        logits, cycles, layer_cycles = backend.run(images)  # uint8 (B, C, H, W) or (B, H, W)
+
+`run` returns a `RunResult` (a named tuple): `logits` int64 (B, classes), `cycles` int64 (B,) the
+cycles of each image's run, `layer_cycles` int64 (B, layers) per model layer (analytic for the ISS,
+measured where a backend can; None where it cannot).
+
+A backend is a `Backend` subclass registered under a name (`register_backend`). The interface is small:
+
+* `__init__(self, bundle, config=None, **options)`: `config` is the backend's own AccelConfig (the
+  hardware it drives); `Backend.__init__` refuses a bundle whose fingerprint differs (`RuntimeApiError`).
+  The ISS takes the bundle's config when none is given.
+* `run(self, images) -> RunResult`.
+* `close(self)` (also through `with`).
+
+Hardware-like backends (Verilator, board) can subclass `MemoryBackend`, which implements `run` with
+four primitives: `write_memory(memory, base, values)` (the bundle's segment format),
+`start_and_wait() -> (cycles, error_code)`, `read_result(base, count) -> int64 array`, and optionally
+`instruction_cycles()`. The input preparation (the host unfold) is `prepare_input(bundle, images)`.
+"""
+
+from typing import NamedTuple
+
+import numpy as np
+
+import sw.ref as ref
+from sw.bundle import Bundle, BundleError, load_bundle, pack_words
+
+__all__ = ["RuntimeApiError", "RunResult", "Backend", "MemoryBackend", "IssBackend", "BACKENDS",
+           "register_backend", "open_backend", "prepare_input", "check_images"]
+
+
+class RuntimeApiError(ValueError):
+    """A user's mistake: unknown backend, a bundle for another config, images of the wrong shape, or a
+    program that stopped with an error status (`code` set then)."""
+
+    def __init__(self, message, code=None):
+        super().__init__(message)
+        self.code = code
+
+
+class RunResult(NamedTuple):
+    logits: np.ndarray
+    cycles: np.ndarray
+    layer_cycles: object
+
+
+def check_images(bundle, images):
+    """uint8 (B, C, H, W) images of the bundle's input shape (B, H, W accepted for one channel)."""
+    images = np.asarray(images)
+    shape = tuple(bundle.input["shape"])
+    if images.dtype != np.uint8:
+        raise RuntimeApiError(f"Images must be uint8 pixels, not {images.dtype}")
+    if images.ndim == 3 and shape[0] == 1 and images.shape[1:] == shape[1:]:
+        images = images[:, None]
+    if images.ndim != 4 or images.shape[1:] != shape:
+        raise RuntimeApiError(f"Images must have shape (B,) + {shape}, not {images.shape}")
+    return images
+
+
+def prepare_input(bundle, images):
+    """The host unfold of the first layer (docs/isa.md "First layer"): uint8 images -> activation words
+    (B, words, limbs) uint64 to write at `bundle.input["act_base"]`.
+
+    Plane t (bit t of the pixel) of output pixel (y, x) holds the receptive field in sw.ref.im2col's
+    (channel, ky, kx) order, packed W bits a word, `words_per_pixel` words per pixel:
+    word ((t * out_h + y) * out_w + x) * words_per_pixel + j.
+    """
+    images = check_images(bundle, images)
+    spec = bundle.input
+    kh, kw = spec["kernel"]
+    pad_bit = 1 if spec["pad_value"] > 0 else 0
+    batch = images.shape[0]
+    planes = (images[None] >> np.arange(8, dtype=np.uint8).reshape(8, 1, 1, 1, 1)) & 1
+    cols = ref.im2col(planes.reshape((8 * batch,) + images.shape[1:]), kh, kw, spec["stride"],
+                      spec["padding"], pad_bit)                        # (8B, oh, ow, K0)
+    words = pack_words(cols, bundle.config.word_bits)                   # (8B, oh, ow, cw, L)
+    words = words.reshape((8, batch) + words.shape[1:]).swapaxes(0, 1)
+    return np.ascontiguousarray(words.reshape(batch, -1, words.shape[-1]))
+
+
+class Backend:
+    """Base of every backend; see the module docstring."""
+
+    name = "?"
+
+    def __init__(self, bundle, config=None, **options):
+        if isinstance(bundle, (str, bytes)) or hasattr(bundle, "__fspath__"):
+            bundle = load_bundle(bundle)
+        if not isinstance(bundle, Bundle):
+            raise TypeError(f"A backend needs a Bundle or a bundle path, not {bundle!r}")
+        self.bundle = bundle
+        self.config = bundle.config if config is None else config
+        if self.config.fingerprint() != bundle.fingerprint:
+            raise RuntimeApiError(
+                f"The bundle was compiled for config {bundle.fingerprint}; the {self.name} backend has "
+                f"config {self.config.fingerprint()}: recompile for this config")
+        if options:
+            raise RuntimeApiError(f"The {self.name} backend has no option {sorted(options)[0]!r}")
+
+    def run(self, images):
+        raise NotImplementedError
+
+    def close(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def layer_cycles_from(self, instruction_cycles):
+        """Per model layer sums of per-instruction cycles (a list indexed by pc)."""
+        return np.array([sum(instruction_cycles[pc] for pc in layer["instructions"])
+                         for layer in self.bundle.layers], dtype=np.int64)
+
+
+class MemoryBackend(Backend):
+    """`run` for backends that execute one image at a time on a memory-mapped accelerator."""
+
+    def write_memory(self, memory, base, values):
+        raise NotImplementedError
+
+    def start_and_wait(self):
+        """Start the program; return (cycles, error_code) once done (error_code 0 when none)."""
+        raise NotImplementedError
+
+    def read_result(self, base, count):
+        raise NotImplementedError
+
+    def instruction_cycles(self):
+        """Cycles per pc of the last run, or None when the backend cannot measure them."""
+        return None
+
+    def load(self):
+        """Write the program (256-bit ints) and the bundle's memory images."""
+        self.write_memory("program", 0, np.array(self.bundle.instructions, dtype=object))
+        for segment in self.bundle.segments:
+            self.write_memory(segment.memory, segment.base, segment.values)
+
+    def run(self, images):
+        words = prepare_input(self.bundle, images)
+        out = self.bundle.output
+        logits, cycles, layers = [], [], []
+        for image_words in words:
+            self.write_memory("act", self.bundle.input["act_base"], image_words)
+            spent, error = self.start_and_wait()
+            if error:
+                raise RuntimeApiError(f"The {self.name} backend stopped with error code {error}", code=error)
+            logits.append(self.read_result(out["result_base"], out["classes"]))
+            cycles.append(spent)
+            per_pc = self.instruction_cycles()
+            layers.append(None if per_pc is None else self.layer_cycles_from(per_pc))
+        layer_cycles = None if any(x is None for x in layers) else np.stack(layers)
+        return RunResult(np.array(logits, dtype=np.int64), np.array(cycles, dtype=np.int64), layer_cycles)
+
+
+class IssBackend(Backend):
+    """The instruction-set simulator (sw.iss), all images of a call in one vectorised run.
+    Options: `batch` (images per ISS run, default 256)."""
+
+    name = "iss"
+
+    def __init__(self, bundle, config=None, batch=256, **options):
+        super().__init__(bundle, config, **options)
+        if not isinstance(batch, int) or batch < 1:
+            raise RuntimeApiError(f"batch must be a positive integer, not {batch!r}")
+        self.batch = batch
+        self.status = None
+
+    def run(self, images):
+        from sw.iss import Iss, IssError
+        words = prepare_input(self.bundle, images)
+        out = self.bundle.output
+        logits, cycles, layers = [], [], []
+        for start in range(0, len(words), self.batch):
+            chunk = words[start:start + self.batch]
+            iss = Iss(self.config, batch=len(chunk))
+            iss.load(self.bundle)
+            iss.write("act", self.bundle.input["act_base"], chunk)
+            try:
+                self.status = iss.run()
+            except IssError as error:
+                raise RuntimeApiError(f"The program stopped: {error}", code=error.code) from None
+            per_pc = {pc: spent for pc, _, spent in self.status.trace}
+            logits.append(iss.result[:, out["result_base"]:out["result_base"] + out["classes"]])
+            cycles.append(np.full(len(chunk), self.status.cycles, dtype=np.int64))
+            layers.append(np.tile(self.layer_cycles_from(per_pc), (len(chunk), 1)))
+        if not logits:
+            n = len(self.bundle.layers)
+            return RunResult(np.zeros((0, out["classes"]), np.int64), np.zeros(0, np.int64), np.zeros((0, n), np.int64))
+        return RunResult(np.concatenate(logits), np.concatenate(cycles), np.concatenate(layers))
+
+
+BACKENDS = {"iss": IssBackend}
+
+
+def register_backend(name, factory):
+    """Make `open_backend(name, ...)` call `factory(bundle, **options)` (a Backend subclass)."""
+    BACKENDS[name] = factory
+
+
+def open_backend(name, bundle, **options):
+    """A backend by name, for a Bundle or a bundle path (BundleError for a bad file)."""
+    if name not in BACKENDS:
+        raise RuntimeApiError(f"Unknown backend {name!r}; the backends are: {', '.join(sorted(BACKENDS))}")
+    return BACKENDS[name](bundle, **options)
+
+
+__all__ += ["BundleError"]
