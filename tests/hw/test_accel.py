@@ -10,7 +10,7 @@ from amaranth.sim import Simulator
 from hw.accel import AccelError, Accelerator
 from hw.config import AccelConfig
 from hw.isa import ConvArgs, ErrorCode, MemoryTarget, Opcode, encode
-from hw.layouts import pack_payload
+from hw.layouts import CoreLayouts, pack_payload
 from sim.accel_sim import read_entries, run_program, write_entries
 from sw import ref
 
@@ -60,7 +60,7 @@ def conv_image(cfg, x_bits, w_bits, scales, thresholds, flip, *, stride, pad, pa
                             lanes.append(word)
                         weights.append(sum(v << (r * W) for r, v in enumerate(lanes)))
     assert len(weights) == ot_count * m_bases * kwords
-    lay = Accelerator(cfg).core_layouts
+    lay = CoreLayouts(cfg)
     scale_entries = [pack_payload(lay.scale_entry, [int(scales[m, n, ot * R + r]) if ot * R + r < o else 0
                                                     for r in range(R)])
                      for ot in range(ot_count) for m in range(m_bases) for n in range(n_planes)]
