@@ -29,7 +29,8 @@ from hw.isa import IsaError, Opcode, decode
 from sw.bundle import word_limbs, word_mask
 
 __all__ = ["IssError", "ERROR_CODES", "ILLEGAL_OPCODE", "OUT_OF_RANGE", "BAD_FIELD", "PROGRAM_END",
-           "CycleModel", "CYCLES", "conv_cycles", "pool_cycles", "IssStatus", "Iss"]
+           "CycleModel", "CYCLES", "conv_cycles", "pool_cycles", "IssStatus", "Iss", "analytic_cycles",
+           "layer_report", "format_report"]
 
 ILLEGAL_OPCODE = 1
 OUT_OF_RANGE = 2
@@ -348,3 +349,45 @@ class Iss:
         dst = f["out_base"] + ((t[..., 0, 0, :] * f["out_h"] + py[..., 0, 0, :]) * f["out_w"]
                                + px[..., 0, 0, :]) * cw_count + cw[..., 0, 0, :]
         self.act[:, dst] = pooled
+
+
+def analytic_cycles(config, instructions, model=CYCLES):
+    """Cycles of every instruction of a program (a list; the analytic model does not depend on data).
+    Stops after the first END; an undecodable word counts 0."""
+    out = []
+    for word in instructions:
+        try:
+            opcode, fields = decode(word)
+        except IsaError:
+            out.append(0)
+            continue
+        if opcode == Opcode.END:
+            out.append(model.end_cycles)
+            break
+        out.append(conv_cycles(config, fields, model) if opcode == Opcode.CONV else pool_cycles(config, fields, model))
+    return out
+
+
+def layer_report(bundle, model=CYCLES):
+    """Per model layer of a bundle: name, kind, binary MACs, ideal and analytic cycles, utilization."""
+    per_pc = analytic_cycles(bundle.config, bundle.instructions, model)
+    rows = []
+    for layer in bundle.layers:
+        cycles = sum(per_pc[pc] for pc in layer["instructions"])
+        rows.append({"name": layer["name"], "kind": layer["kind"], "macs": layer["macs"],
+                     "ideal_cycles": layer["ideal_cycles"], "cycles": cycles,
+                     "utilization": layer["ideal_cycles"] / cycles if cycles else 0.0})
+    return rows
+
+
+def format_report(rows):
+    """The per-layer table as text lines (with a total)."""
+    lines = [f"{'layer':<18} {'binary MACs':>12} {'ideal':>10} {'cycles':>10} {'util':>6}"]
+    for r in rows:
+        lines.append(f"{r['name']:<18} {r['macs']:>12} {r['ideal_cycles']:>10} {r['cycles']:>10} "
+                     f"{100 * r['utilization']:>5.1f}%")
+    macs = sum(r["macs"] for r in rows)
+    ideal = sum(r["ideal_cycles"] for r in rows)
+    cycles = sum(r["cycles"] for r in rows)
+    lines.append(f"{'total':<18} {macs:>12} {ideal:>10} {cycles:>10} {100 * ideal / max(1, cycles):>5.1f}%")
+    return lines

@@ -29,7 +29,7 @@ import numpy as np
 import sw.ref as ref
 from sw.bundle import Bundle, BundleError, load_bundle, pack_words
 
-__all__ = ["RuntimeApiError", "RunResult", "Backend", "MemoryBackend", "IssBackend", "BACKENDS",
+__all__ = ["RuntimeApiError", "RunResult", "Backend", "MemoryBackend", "IssBackend", "BACKENDS", "PROVIDERS",
            "register_backend", "open_backend", "prepare_input", "check_images"]
 
 
@@ -198,6 +198,10 @@ class IssBackend(Backend):
 
 BACKENDS = {"iss": IssBackend}
 
+# Backends registered by modules that are imported on first use (so importing sw.runtime stays light
+# and numpy-only): name -> module that calls register_backend(name, ...) when imported.
+PROVIDERS = {"verilator": "sim.verilator_backend", "board": "boards.runtime"}
+
 
 def register_backend(name, factory):
     """Make `open_backend(name, ...)` call `factory(bundle, **options)` (a Backend subclass)."""
@@ -206,8 +210,16 @@ def register_backend(name, factory):
 
 def open_backend(name, bundle, **options):
     """A backend by name, for a Bundle or a bundle path (BundleError for a bad file)."""
+    if name not in BACKENDS and name in PROVIDERS:
+        import importlib
+        try:
+            importlib.import_module(PROVIDERS[name])
+        except ImportError as error:
+            raise RuntimeApiError(f"The {name} backend is not available: its module {PROVIDERS[name]} cannot "
+                                  f"be imported ({error})") from None
     if name not in BACKENDS:
-        raise RuntimeApiError(f"Unknown backend {name!r}; the backends are: {', '.join(sorted(BACKENDS))}")
+        raise RuntimeApiError(f"Unknown backend {name!r}; the backends are: "
+                              f"{', '.join(sorted(set(BACKENDS) | set(PROVIDERS)))}")
     return BACKENDS[name](bundle, **options)
 
 

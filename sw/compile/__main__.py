@@ -1,0 +1,116 @@
+"""python -m sw.compile model.bnn (--board NAME | --config FILE.json) --out prog.bundle
+
+Compiles a .bnn model for one AccelConfig, verifies the program on the ISS against the model's
+deploy forward pass, writes the program bundle and prints the per-layer cycle report.
+"""
+
+import argparse
+import sys
+
+PROG = "python -m sw.compile"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        sys.stderr.write(f"{PROG}: error: {message}\n")
+        raise SystemExit(2)
+
+
+def parser():
+    p = _Parser(prog=PROG, description="Compile a .bnn model into a program bundle for the accelerator.")
+    p.add_argument("model", help="the .bnn model file (python -m sw.train writes one)")
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--board", help="compile for this board's default AccelConfig (the boards registry)")
+    target.add_argument("--config", help="AccelConfig JSON file (default: AccelConfig())")
+    p.add_argument("--out", required=True, help="the program bundle to write")
+    p.add_argument("--verify-images", type=int, default=2,
+                   help="random images the ISS runs against deploy_forward after compiling (0: none)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the verification images")
+    p.add_argument("--quiet", action="store_true", help="print only the output path")
+    return p
+
+
+class BoardError(ValueError):
+    pass
+
+
+def board_config(name):
+    """The default AccelConfig of a board from the `boards` registry."""
+    from hw.config import AccelConfig
+    try:
+        import boards
+    except ImportError as error:
+        raise BoardError(f"--board needs the boards package, which cannot be imported ({error}); "
+                         f"use --config FILE.json") from None
+    entry = None
+    for getter in ("get_board", "board", "lookup"):
+        fn = getattr(boards, getter, None)
+        if callable(fn):
+            try:
+                entry = fn(name)
+            except (KeyError, ValueError, LookupError) as error:
+                raise BoardError(str(error).strip("'\"")) from None
+            break
+    else:
+        registry = getattr(boards, "BOARDS", None) or getattr(boards, "REGISTRY", None)
+        if not isinstance(registry, dict):
+            raise BoardError("the boards package has no board registry yet (boards.BOARDS or "
+                             "boards.get_board); use --config FILE.json")
+        if name not in registry:
+            raise BoardError(f"Unknown board {name!r}; the boards are: {', '.join(sorted(registry))}")
+        entry = registry[name]
+    for attr in ("default_config", "config"):
+        value = getattr(entry, attr, None)
+        if value is None and isinstance(entry, dict):
+            value = entry.get(attr)
+        if callable(value):
+            value = value()
+        if isinstance(value, AccelConfig):
+            return value
+    if isinstance(entry, AccelConfig):
+        return entry
+    raise BoardError(f"board {name!r} in the registry has no default AccelConfig; use --config FILE.json")
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    from hw.config import AccelConfig, ConfigError
+    from sw.bundle import save_bundle
+    from sw.compile import CompileError, compile_model
+    from sw.iss import format_report, layer_report
+    from sw.model_format import ModelFormatError, load_model
+
+    def fail(message, status=1):
+        sys.stderr.write(f"{PROG}: error: {message}\n")
+        return status
+
+    try:
+        if args.board:
+            config = board_config(args.board)
+        elif args.config:
+            config = AccelConfig.load(args.config)
+        else:
+            config = AccelConfig()
+        model = load_model(args.model)
+        passes = []
+        bundle = compile_model(model, config, verify_images=max(0, args.verify_images), seed=args.seed,
+                               progress=None if args.quiet else passes.append)
+        save_bundle(args.out, bundle)
+    except (BoardError, ConfigError, ModelFormatError, CompileError) as error:
+        return fail(str(error))
+    except OSError as error:
+        return fail(f"Cannot write {args.out}: {error.strerror or error}")
+    if not args.quiet:
+        print(f"passes: {', '.join(passes)}")
+        for line in bundle.model.get("checked", []):
+            print(f"checked: {line}")
+        print(f"config {config.fingerprint()}: {config.rows}x{config.cols} array, W = {config.word_bits}, "
+              f"{len(bundle.instructions)} instructions")
+        for line in format_report(layer_report(bundle)):
+            print(line)
+    print(f"bundle written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
