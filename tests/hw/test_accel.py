@@ -218,3 +218,28 @@ def test_config_the_writer_cannot_serve_is_refused():
         Accelerator(CFG.replace(rows=3))
     with pytest.raises(AccelError, match="power of two, not 12"):
         Accelerator(CFG.replace(word_bits=12))
+
+
+@pytest.mark.parametrize("layer", [
+    # n_planes, ch, h, w, m_bases, o, k, stride, pad, raw, t_planes
+    (1, 8, 4, 4, 1, 2, 3, 1, 1, True, 1),
+    (2, 11, 5, 4, 2, 5, 3, 2, 1, False, 2),
+    (3, 20, 7, 7, 2, 7, 3, 1, 1, False, 2),
+    (1, 16, 3, 3, 2, 6, 3, 1, 0, True, 1),
+    (1, 8, 6, 6, 1, 8, 1, 1, 0, False, 2),       # writer-bound: 1x1 kernel, one word
+    (2, 8, 6, 6, 2, 6, 1, 1, 0, False, 2),
+])
+def test_cycle_model_matches_rtl(layer):
+    from hw.cycles import END_CYCLES, conv_cycles
+    from hw.isa import decode
+    n, ch, h, w, m, o, k, stride, pad, raw, t = layer
+    x, wb, sc, th, fl = random_layer(np.random.default_rng(0), n_planes=n, ch=ch, h=h, w=w, m_bases=m,
+                                     o=o, k=k, t_planes=t)
+    img = conv_image(CFG, x, wb, sc, th, fl, stride=stride, pad=pad, pad_value=-1, raw=raw,
+                     out_base=0 if raw else 512)
+    images = [(MemoryTarget.ACT, 0, img["act"]), (MemoryTarget.WEIGHT, 0, img["weight"]),
+              (MemoryTarget.SCALE, 0, img["scale"]), (MemoryTarget.THRESHOLD, 0, img["thr"])]
+    got = simulate(CFG, [img["instr"], encode(Opcode.END)], images, [])
+    assert got["error"] == 0
+    model = conv_cycles(CFG, decode(img["instr"])[1]) + END_CYCLES
+    assert abs(model - got["cycles"]) <= 0.02 * got["cycles"], (model, got["cycles"])
