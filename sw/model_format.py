@@ -18,7 +18,7 @@ import numpy as np
 import sw.ref as ref
 
 __all__ = ["MAGIC", "FORMAT_VERSION", "KIND", "ModelFormatError", "BnnModel", "save_model", "load_model",
-           "to_bytes", "from_bytes", "validate_model", "deploy_forward", "maxpool_planes"]
+           "to_bytes", "from_bytes", "validate_model", "deploy_forward", "deploy_trace", "maxpool_planes"]
 
 MAGIC = b"BNNMODEL"
 FORMAT_VERSION = 1
@@ -311,11 +311,12 @@ def maxpool_planes(planes, kernel, stride):
     return ref.from_bits(out)
 
 
-def deploy_forward(model, images, intermediates=False):
-    """The hardware's computation: uint8 images (B, C, H, W) -> int64 logits (B, classes).
+def deploy_trace(model, images):
+    """Every layer's result for uint8 images (B, C, H, W), for comparing simulators layer by layer.
 
-    With intermediates=True, also returns the list of every layer's output: int8 +-1 planes
-    (T, B, C, H, W) or (T, B, O) for hidden and pooling layers, the int64 sums for the last layer.
+    Returns a list with one dict per layer: "sums" is the int64 accumulator (B, O, H, W) or (B, O) of
+    a conv / linear layer (None for max pooling) and "planes" its int8 +-1 output planes
+    (T, B, C, H, W) or (T, B, O) (None for the last layer, whose sums are the logits).
     """
     images = np.asarray(images)
     if images.dtype != np.uint8:
@@ -326,27 +327,40 @@ def deploy_forward(model, images, intermediates=False):
         raise ModelFormatError(f"Images must have shape (B,) + {model.input_shape}, not {images.shape}")
     outputs = {-1: ref.pixel_planes(images)}
     trace = []
-    result = None
     for index, layer in enumerate(model.layers):
         if layer["kind"] == "maxpool":
-            result = maxpool_planes(outputs[layer["source"]], layer["kernel"], layer["stride"])
-        else:
-            acc = None
-            for branch in layer["branches"]:
-                x = outputs[branch["source"]]
-                if layer["kind"] == "linear":
-                    term = ref.multibasis_linear(x.reshape(x.shape[0], x.shape[1], -1), branch["weights"],
-                                                 branch["scales"])
-                else:
-                    term = ref.multibasis_conv2d(x, branch["weights"], branch["scales"], branch["stride"],
-                                                 branch["padding"], branch["pad_value"], branch["groups"])
-                acc = term if acc is None else acc + term
-            ref.check_acc_range(acc, model.acc_bits)
-            if "thresholds" not in layer:
-                result = acc.reshape(acc.shape[0], -1)
+            planes = maxpool_planes(outputs[layer["source"]], layer["kernel"], layer["stride"])
+            trace.append({"sums": None, "planes": planes})
+            outputs[index] = planes
+            continue
+        acc = None
+        for branch in layer["branches"]:
+            x = outputs[branch["source"]]
+            if layer["kind"] == "linear":
+                term = ref.multibasis_linear(x.reshape(x.shape[0], x.shape[1], -1), branch["weights"],
+                                             branch["scales"])
             else:
-                planes = ref.threshold(np.moveaxis(acc, 1, -1), layer["thresholds"], layer["flip"])
-                result = np.moveaxis(planes, -1, 2)
-        outputs[index] = result
-        trace.append(result)
-    return (result, trace) if intermediates else result
+                term = ref.multibasis_conv2d(x, branch["weights"], branch["scales"], branch["stride"],
+                                             branch["padding"], branch["pad_value"], branch["groups"])
+            acc = term if acc is None else acc + term
+        ref.check_acc_range(acc, model.acc_bits)
+        planes = None
+        if "thresholds" in layer:
+            planes = np.moveaxis(ref.threshold(np.moveaxis(acc, 1, -1), layer["thresholds"], layer["flip"]), -1, 2)
+            outputs[index] = planes
+        trace.append({"sums": acc, "planes": planes})
+    return trace
+
+
+def deploy_forward(model, images, intermediates=False):
+    """The hardware's computation: uint8 images (B, C, H, W) -> int64 logits (B, classes).
+
+    With intermediates=True, also returns the list of every layer's output: int8 +-1 planes
+    (T, B, C, H, W) or (T, B, O) for hidden and pooling layers, the int64 logits for the last layer.
+    """
+    trace = deploy_trace(model, images)
+    sums = trace[-1]["sums"]
+    logits = sums.reshape(sums.shape[0], -1)
+    if not intermediates:
+        return logits
+    return logits, [t["planes"] for t in trace[:-1]] + [logits]

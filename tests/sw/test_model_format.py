@@ -7,9 +7,10 @@ import sys
 import numpy as np
 import pytest
 
+import sw.ref as ref
 from hw.config import AccelConfig
-from sw.model_format import (FORMAT_VERSION, MAGIC, BnnModel, ModelFormatError, deploy_forward, from_bytes,
-                             load_model, maxpool_planes, save_model, to_bytes)
+from sw.model_format import (FORMAT_VERSION, MAGIC, BnnModel, ModelFormatError, deploy_forward, deploy_trace,
+                             from_bytes, load_model, maxpool_planes, save_model, to_bytes)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -206,3 +207,16 @@ def test_deploy_checks_images():
         deploy_forward(model, np.zeros((1, 2, 6, 6), np.float32))
     with pytest.raises(ModelFormatError, match="shape"):
         deploy_forward(model, np.zeros((1, 2, 5, 6), np.uint8))
+
+
+def test_deploy_trace_gives_sums_and_planes():
+    model = random_model(1)
+    images = np.random.default_rng(9).integers(0, 256, (2, 2, 6, 6), dtype=np.uint8)
+    trace = deploy_trace(model, images)
+    assert [t["sums"] is None for t in trace] == [False, True, False, False]
+    assert trace[0]["sums"].shape == (2, 4, 6, 6) and trace[0]["planes"].shape == (2, 2, 4, 6, 6)
+    layer = model.layers[0]
+    expected = ref.threshold(np.moveaxis(trace[0]["sums"], 1, -1), layer["thresholds"], layer["flip"])
+    assert np.array_equal(np.moveaxis(expected, -1, 2), trace[0]["planes"])
+    assert trace[3]["planes"] is None
+    assert np.array_equal(trace[3]["sums"], deploy_forward(model, images))
