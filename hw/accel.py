@@ -25,7 +25,7 @@ from .core import BinaryCore
 from .isa import INSTRUCTION_BITS, ErrorCode, Instruction, MemoryTarget, Opcode
 from .layouts import CoreLayouts
 
-__all__ = ["Accelerator", "AccelError"]
+__all__ = ["Accelerator", "AccelError", "HostLayouts"]
 
 _ADDR = 24          # width of address arithmetic (signed where padding makes it negative)
 _PRODUCT = 32
@@ -33,6 +33,19 @@ _PRODUCT = 32
 
 class AccelError(ValueError):
     """The accelerator cannot be built for this config."""
+
+
+class HostLayouts:
+    """The host port's payload layouts for one config (drivers encode with these)."""
+
+    def __init__(self, config):
+        r, w = config.rows, config.word_bits
+        core = CoreLayouts(config)
+        self.data_bits = max(INSTRUCTION_BITS, r * w, core.scale_entry.size, core.thr_entry.size,
+                             config.acc_bits)
+        self.write = data.StructLayout({"mem": MemoryTarget, "addr": 16, "data": self.data_bits})
+        self.read = data.StructLayout({"mem": MemoryTarget, "addr": 16})
+        self.resp = data.StructLayout({"data": self.data_bits})
 
 
 class Accelerator(wiring.Component):
@@ -64,15 +77,14 @@ class Accelerator(wiring.Component):
             raise AccelError(f"The accelerator needs rows to divide word_bits (the writer stores a tile's "
                              f"channels as one field of a word), not rows={r} with word_bits={w}")
         self._config = config
-        self.core_layouts = layouts = CoreLayouts(config)
-        self.data_bits = max(INSTRUCTION_BITS, r * w, layouts.scale_entry.size, layouts.thr_entry.size,
-                             config.acc_bits)
-        self.write_layout = data.StructLayout({"mem": MemoryTarget, "addr": 16, "data": self.data_bits})
-        self.read_layout = data.StructLayout({"mem": MemoryTarget, "addr": 16})
+        self.core_layouts = CoreLayouts(config)
+        host = HostLayouts(config)
+        self.data_bits = host.data_bits
+        self.write_layout, self.read_layout = host.write, host.read
         super().__init__({
-            "host_write": In(stream.Signature(self.write_layout)),
-            "read_req": In(stream.Signature(self.read_layout)),
-            "read_resp": Out(stream.Signature(data.StructLayout({"data": self.data_bits}))),
+            "host_write": In(stream.Signature(host.write)),
+            "read_req": In(stream.Signature(host.read)),
+            "read_resp": Out(stream.Signature(host.resp)),
             "start": In(1),
             "busy": Out(1),
             "done": Out(1),
