@@ -52,7 +52,7 @@ def _name(index, kind):
 
 
 def _exceeds(where, what, need, limit_name, limit):
-    raise CompileError(f"{where}: {what} {need} exceeds {limit_name} {limit} (by {need - limit})")
+    raise CompileError(f"{where}: {what} = {need} exceeds {limit_name} = {limit} by {need - limit}")
 
 
 class CheckConfig:
@@ -111,9 +111,8 @@ class MergeBranches:
             scales = np.concatenate([b["scales"] for b in branches], axis=0)
             m = weights.shape[0]
             if m > c.max_wbases:
-                what = f"{len(branches)} merged branches give" if len(branches) > 1 else "it has"
-                raise CompileError(f"{name}: {what} {m} weight bases, which exceeds max_wbases "
-                                   f"{c.max_wbases} (by {m - c.max_wbases})")
+                what = f"weight bases of {len(branches)} merged branches" if len(branches) > 1 else "weight bases"
+                _exceeds(name, what, m, "max_wbases", c.max_wbases)
             merged = {k: first[k] for k in first if k not in ("weights", "scales")}
             merged.update(weights=weights, scales=scales, wbases=m)
             entry = {"kind": layer["kind"], "name": name, "branch": merged, "out": int(layer["out_features"]),
@@ -263,23 +262,24 @@ class CheckFit:
             if op["out"] is not None and op["out"]["planes"] > c.max_abases:
                 _exceeds(name, "output bit-planes", op["out"]["planes"], "max_abases", c.max_abases)
             if op["k"] > c.max_k:
-                _exceeds(name, "a dot product of K =", op["k"], "max_k bits", c.max_k)
+                _exceeds(name, "K (bits of one dot product)", op["k"], "max_k", c.max_k)
             kw_words = op["kh"] * op["kw"] * op["in_cw"]
             if n * kw_words > c.patch_depth:
-                _exceeds(name, f"the patch ({n} planes x {kw_words} K-words) needs", n * kw_words,
-                         "words; patch_depth is", c.patch_depth)
+                _exceeds(name, f"patch words ({n} planes x {kw_words} K-words)", n * kw_words,
+                         "patch_depth", c.patch_depth)
             ot = -(-o // c.rows)
             need = {"weight": ot * m * kw_words, "scale": ot * m * n, "threshold": 0 if op["raw"] else ot * c.rows}
             for mem, amount in need.items():
                 totals[mem] += amount
                 if totals[mem] > getattr(c, limits[mem]):
-                    _exceeds(name, f"the program's {units[mem]} up to this layer:", totals[mem],
+                    _exceeds(name, f"{units[mem]} used up to this layer", totals[mem],
                              limits[mem], getattr(c, limits[mem]))
             if op["raw"] and op["out_h"] * op["out_w"] * o > c.result_depth:
-                _exceeds(name, "the logits need", op["out_h"] * op["out_w"] * o, "result_depth", c.result_depth)
+                _exceeds(name, "result-memory entries of the logits", op["out_h"] * op["out_w"] * o,
+                         "result_depth", c.result_depth)
             bound = int(np.abs(op["scales"]).sum(axis=(0, 1)).max()) * op["k"] if o else 0
             if bound > c.acc_max:
-                _exceeds(name, "the accumulator bound", bound, f"the {c.acc_bits}-bit limit", c.acc_max)
+                _exceeds(name, "accumulator bound", bound, f"the {c.acc_bits}-bit accumulator's limit", c.acc_max)
             if op["scales"].size and (op["scales"].min() < c.scale_min or op["scales"].max() > c.scale_max):
                 raise CompileError(f"{name}: a scale does not fit {c.scale_bits}-bit signed fixed point")
             self._check_act(state, op, seen_act)
@@ -300,9 +300,9 @@ class CheckFit:
         size_in = _map_words(op["in"])
         size_out = 0 if op["out"] is None else _map_words(op["out"])
         if size_in + size_out > c.act_depth:
-            what = f"input map ({size_in} words)" if op["out"] is None else \
-                f"input and output maps ({size_in} + {size_out} words)"
-            _exceeds(op["name"], f"the {what} need", size_in + size_out, "act_depth", c.act_depth)
+            what = "activation words of the input map" if op["out"] is None else \
+                f"activation words of the input and output maps ({size_in} + {size_out})"
+            _exceeds(op["name"], what, size_in + size_out, "act_depth", c.act_depth)
 
 
 def _map_words(spec):
@@ -418,7 +418,7 @@ class Emit:
     def _encode(name, opcode, fields):
         for key, value in fields.items():
             if value > FIELD_LIMITS[key]:
-                _exceeds(name, f"instruction field {key} =", value, "its largest value", FIELD_LIMITS[key])
+                _exceeds(name, f"instruction field {key}", value, "its largest value", FIELD_LIMITS[key])
         try:
             return encode(opcode, **{k: int(v) for k, v in fields.items()})
         except IsaError as error:

@@ -1,0 +1,180 @@
+"""sw.compile: random models run on the ISS bit-exactly like deploy_forward; refusals name the layer,
+the limit and the excess."""
+
+import numpy as np
+import pytest
+
+from hw.config import AccelConfig
+from sw.compile import CompileError, compile_model
+from sw.compile.testing import conv, linear, maxpool, random_model
+from sw.model_format import BnnModel, deploy_forward
+from sw.runtime import open_backend
+
+BIG = dict(scale_depth=2048, thr_depth=2048, weight_depth=8192, act_depth=16384, patch_depth=1024)
+
+CASES = {
+    # stride 2 with -1 padding, +1 padding, channels and K off the array and word sizes, M = N = 3, pool.
+    "cnn": ((1, 12, 12), AccelConfig(**BIG), [
+        conv(8, 3, stride=2, padding=1), conv(13, 3, padding=1, pad_value=1, wbases=3, planes=3),
+        maxpool(2), conv(6, 2, stride=1, planes=2, wbases=2), linear(10)]),
+    # grouped convolution (groups of 32 input channels), pooling with stride < kernel, FC head.
+    "grouped": ((3, 9, 9), AccelConfig(**BIG), [
+        conv(64, 3, padding=1, planes=2), conv(72, 3, stride=2, padding=1, groups=2, wbases=2, planes=2),
+        maxpool(3, 2), linear(17, wbases=3), linear(10)]),
+    # Group-Net: branches with one source merge into weight bases.
+    "branches": ((1, 8, 8), AccelConfig(**BIG), [
+        conv(12, 3, padding=1, branches=3), conv(9, 3, branches=2, wbases=2, planes=2), linear(7, branches=2)]),
+    # LFC-like MLP with multi-basis layers; the first linear layer is a whole-image unfold.
+    "mlp": ((1, 8, 8), AccelConfig(**BIG), [
+        linear(70, wbases=2, planes=3), linear(33, wbases=3, planes=2), linear(40, planes=1), linear(10)]),
+    # A last convolution that yields a 1x1 map; another array shape and word width.
+    "conv-head": ((2, 7, 7), AccelConfig(rows=8, cols=3, word_bits=16, **BIG), [
+        conv(20, 3, stride=2, padding=1, pad_value=1, planes=2), conv(24, 4, wbases=2)]),
+    # W = 100: words of two uint64 limbs.
+    "wide-words": ((3, 6, 6), AccelConfig(rows=4, cols=5, word_bits=100, max_k=8192, acc_bits=40, **BIG), [
+        conv(200, 3, padding=1, planes=2), conv(136, 3, stride=2, groups=2, wbases=2), maxpool(2),
+        linear(10)]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_iss_logits_equal_deploy_forward(case):
+    shape, config, specs = CASES[case]
+    model = random_model(specs, shape, config, seed=len(case))
+    bundle = compile_model(model, config)
+    assert "verify: ISS == deploy_forward at every layer on 2 random images" in bundle.model["checked"]
+    images = np.random.default_rng(1).integers(0, 256, (9,) + shape, dtype=np.uint8)
+    _, trace = deploy_forward(model, images, intermediates=True)
+    for planes in trace[:-1]:   # the generator's thresholds make every hidden map non-constant
+        assert 0.05 < (planes > 0).mean() < 0.95
+    result = open_backend("iss", bundle, batch=4).run(images)
+    assert result.logits.dtype == np.int64
+    assert np.array_equal(result.logits, deploy_forward(model, images))
+    assert result.cycles.shape == (9,) and result.layer_cycles.shape == (9, len(model.layers))
+    assert np.all(result.layer_cycles.sum(axis=1) + 1 == result.cycles)   # + END
+
+
+def test_layer_metadata_counts_macs_and_ideal_cycles():
+    config = AccelConfig()
+    model = random_model([conv(8, 3, padding=1), maxpool(2), linear(10)], (1, 8, 8), config)
+    bundle = compile_model(model, config)
+    names = [layer["name"] for layer in bundle.layers]
+    assert names == ["layer 0 (conv)", "layer 1 (maxpool)", "layer 2 (linear)"]
+    conv0, pool, fc = bundle.layers
+    assert conv0["macs"] == 1 * 8 * 8 * 64 * 9          # M N O P K (8 pixel planes, K = 1*3*3)
+    assert fc["macs"] == 1 * 1 * 10 * 1 * (8 * 4 * 4)
+    assert pool["macs"] == 0
+    assert conv0["ideal_cycles"] == -(-conv0["macs"] // (4 * 4 * 32))
+    assert bundle.input == {"shape": [1, 8, 8], "kernel": [3, 3], "stride": 1, "padding": 1, "pad_value": -1,
+                            "out_h": 8, "out_w": 8, "planes": 8, "k": 9, "words_per_pixel": 1, "act_base": 0}
+    assert bundle.output == {"result_base": 0, "classes": 10}
+
+
+# Refusals ------------------------------------------------------------------------------------------
+
+def _refusal(specs, shape=(1, 8, 8), config=None, model_config=None, **changes):
+    config = config or AccelConfig()
+    model = random_model(specs, shape, model_config or config)
+    with pytest.raises(CompileError) as info:
+        compile_model(model, config.replace(**changes) if changes else config)
+    return str(info.value)
+
+
+@pytest.mark.parametrize("specs, changes, message", [
+    ([conv(64, 3, padding=1), conv(64, 3, padding=1), linear(10)], {"act_depth": 600},
+     "layer 0 (conv): activation words of the input and output maps (512 + 128) = 640 exceeds act_depth = 600 "
+     "by 40"),
+    ([linear(300), linear(10)], {"weight_depth": 100},
+     "layer 0 (linear): weight-buffer entries used up to this layer = 150 exceeds weight_depth = 100 by 50"),
+    ([linear(20), linear(300), linear(10)], {"scale_depth": 100},
+     "layer 1 (linear): scale-memory entries used up to this layer = 115 exceeds scale_depth = 100 by 15"),
+    ([linear(20), linear(300), linear(10)], {"thr_depth": 300},
+     "layer 1 (linear): threshold-memory entries used up to this layer = 320 exceeds thr_depth = 300 by 20"),
+    ([linear(20), linear(100)], {"result_depth": 64},
+     "layer 1 (linear): result-memory entries of the logits = 100 exceeds result_depth = 64 by 36"),
+    ([conv(8, 3, padding=1), linear(10)], {"patch_depth": 40},
+     "layer 1 (linear): patch words (1 planes x 64 K-words) = 64 exceeds patch_depth = 40 by 24"),
+    ([linear(8)] * 5 + [linear(10)], {"instr_depth": 4},
+     "program: instructions (with END) = 7 exceeds instr_depth = 4 by 3"),
+    ([conv(80, 3, padding=1), linear(10)], {"act_depth": 16384, "weight_depth": 8192},
+     "layer 1 (linear): K (bits of one dot product) = 5120 exceeds max_k = 4096 by 1024"),
+])
+def test_refuses_a_network_that_does_not_fit(specs, changes, message):
+    assert _refusal(specs, **changes) == message
+
+
+def test_refuses_bases_past_the_config():
+    assert _refusal([conv(8, 3, branches=3), linear(10)], config=AccelConfig(max_wbases=2),
+                    model_config=AccelConfig()) == \
+        "layer 0 (conv): weight bases of 3 merged branches = 3 exceeds max_wbases = 2 by 1"
+    assert _refusal([linear(16, wbases=3), linear(10)], config=AccelConfig(max_wbases=2),
+                    model_config=AccelConfig()) == \
+        "layer 0 (linear): weight bases = 3 exceeds max_wbases = 2 by 1"
+    assert _refusal([linear(16, planes=3), linear(10)], config=AccelConfig(max_abases=2),
+                    model_config=AccelConfig()) == \
+        "layer 0 (linear): output bit-planes = 3 exceeds max_abases = 2 by 1"
+
+
+def test_refuses_instruction_fields_that_overflow():
+    config = AccelConfig(max_k=8192, weight_depth=8192, thr_depth=8192, scale_depth=16384)
+    model = random_model([linear(4100), linear(10)], (1, 8, 8), config)
+    with pytest.raises(CompileError) as info:
+        compile_model(model, config, verify_images=0)
+    assert str(info.value) == "layer 0 (linear): instruction field out_ch = 4100 exceeds its largest value = 4095 by 5"
+
+
+def test_refuses_accumulator_overflow_and_other_fixed_point_formats():
+    config = AccelConfig(acc_bits=30, scale_depth=8192, thr_depth=4096)
+    model = random_model([linear(2048, planes=4), linear(10, wbases=4)], (1, 8, 8), config)
+    model.layers[1]["branches"][0]["scales"][:] = 32767
+    with pytest.raises(CompileError) as info:
+        compile_model(model, config)
+    # 4 x 4 basis pairs x 32767 x K = 2048
+    assert str(info.value) == "layer 1 (linear): accumulator bound = 1073709056 exceeds the 30-bit " \
+                              "accumulator's limit = 536870911 by 536838145"
+    with pytest.raises(CompileError) as info:
+        compile_model(random_model([linear(10)], (1, 8, 8), AccelConfig()), AccelConfig(acc_bits=40))
+    assert str(info.value) == "model: it was exported for acc_bits = 32, the config has acc_bits = 40; " \
+                              "re-export it for this config"
+
+
+def test_refuses_unsupported_layers():
+    config = AccelConfig()
+    assert _refusal([conv(16, 3, padding=1), conv(16, 3, groups=2), linear(10)]) == \
+        "layer 1 (conv): a group's 8 input channels are not a multiple of word_bits 32 (each group must " \
+        "start on a channel word)"
+    assert _refusal([conv(64, 3, padding=1), conv(18, 3, groups=2), linear(10)], shape=(1, 6, 6),
+                    act_depth=8192) == \
+        "layer 1 (conv): a group's 9 output channels are not a multiple of rows 4 (each group must start " \
+        "on a writer field)"
+    model = random_model([conv(8, 3, padding=1, groups=2), linear(10)], (2, 6, 6), config)
+    with pytest.raises(CompileError) as info:
+        compile_model(model, config)
+    assert str(info.value) == "layer 0 (conv): a grouped first layer is not supported (the host unfolds the " \
+                              "image into one dense vector per pixel)"
+    # a shortcut branch from an earlier layer (ResNet)
+    model = random_model([conv(8, 3, padding=1), conv(8, 3, padding=1), conv(8, 3, padding=1, branches=2),
+                          linear(10)], (1, 6, 6), config)
+    model.layers[2]["branches"][1]["source"] = 0
+    with pytest.raises(CompileError) as info:
+        compile_model(model, config)
+    assert str(info.value) == "layer 2 (conv): branch 1 reads layer 0, not the previous layer's output; " \
+                              "branches of other sources (shortcuts) are not supported by the v1 controller"
+    # branches of different geometry
+    model = random_model([conv(8, 3, padding=1, branches=2), linear(10)], (1, 6, 6), config)
+    model.layers[0]["branches"][1]["stride"] = 2
+    with pytest.raises(CompileError) as info:
+        compile_model(model, config)
+    assert str(info.value) == "layer 0 (conv): branch 1 differs from branch 0 in stride (2 vs 1); only " \
+                              "branches of one geometry merge into weight bases"
+    # pooling that skips a layer
+    model = random_model([conv(8, 3, padding=1), conv(8, 3, padding=1), maxpool(2), linear(10)], (1, 6, 6), config)
+    model.layers[2]["source"] = 0
+    with pytest.raises(CompileError) as info:
+        compile_model(model, config)
+    assert str(info.value) == "layer 2 (maxpool): its source is layer 0, not the previous layer; the v1 " \
+                              "controller runs layers as a chain"
+    with pytest.raises(CompileError) as info:
+        compile_model(random_model([linear(10)], (1, 8, 8), config), AccelConfig(rows=3))
+    assert str(info.value) == "config: word_bits 32 is not a multiple of rows 3; the writer stores a " \
+                              "tile's 3 channels as one field of a word (docs/isa.md)"
