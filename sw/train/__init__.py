@@ -141,7 +141,9 @@ def float_predictions(net, images, batch_size=256, device="cpu"):
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
-def evaluate_deploy(model, images, batch_size=250):
+def evaluate_deploy(model, images, batch_size=250, progress=False):
     """Integer logits of the exported model for every image (batched to bound memory)."""
-    parts = [deploy_forward(model, images[s:s + batch_size]) for s in range(0, len(images), batch_size)]
+    starts = range(0, len(images), batch_size)
+    parts = [deploy_forward(model, images[s:s + batch_size])
+             for s in tqdm(starts, desc="deploy (integer) test", disable=not progress, leave=False)]
     return np.concatenate(parts)

@@ -117,7 +117,7 @@ def main(argv=None):
         float_pred = float_predictions(net.cpu(), data.test_x)
         float_acc = float(np.mean(float_pred == data.test_y))
         model = export_model(net, config, {"dataset": args.dataset, "seed": args.seed, "epochs": args.epochs})
-        deploy_pred = evaluate_deploy(model, data.test_x).argmax(1)
+        deploy_pred = evaluate_deploy(model, data.test_x, progress=not args.no_progress).argmax(1)
         deploy_acc = float(np.mean(deploy_pred == data.test_y))
         differ = float(np.mean(deploy_pred != float_pred))
         model.training.update({"float_accuracy": float_acc, "deploy_accuracy": deploy_acc,

@@ -100,3 +100,22 @@ def test_cli_resume_without_checkpoint(tmp_path, capsys):
     message = f"No checkpoint to resume from at {tmp_path / 'none.ckpt'}"
     assert capsys.readouterr().err == f"python -m sw.train: error: {message}\n"
     assert not (tmp_path / "x.bnn").exists()
+
+
+def test_cli_trains_on_a_folder_dataset(tmp_path, capsys):
+    from sw.data import write_idx
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 40), ("t10k", 12)):
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        # Class-dependent images so a network can learn something in one epoch.
+        images = (labels[:, None, None] * 25 + rng.integers(0, 5, (n, 28, 28))).astype(np.uint8)
+        write_idx(str(tmp_path / f"{prefix}-images-idx3-ubyte"), images)
+        write_idx(str(tmp_path / f"{prefix}-labels-idx1-ubyte"), labels)
+    out = tmp_path / "m.bnn"
+    status = main(["--model", "resnet", "--scheme", "groupnet", "--wbases", "2", "--dataset", "mnist",
+                   "--data-root", str(tmp_path), "--epochs", "1", "--width", "4", "--batch-size", "16",
+                   "--out", str(out), "--no-progress"])
+    assert status == 0, capsys.readouterr().err
+    model = load_model(out)
+    assert model.input_shape == (1, 28, 28) and model.training["dataset"] == "mnist"
+    assert model.training["test_images"] == 12
