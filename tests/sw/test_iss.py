@@ -1,0 +1,261 @@
+"""sw.iss against a literal, loop-by-loop reading of docs/isa.md; error codes; the cycle model."""
+
+import numpy as np
+import pytest
+
+from hw.config import AccelConfig
+from hw.isa import Opcode, encode
+from sw.iss import (BAD_FIELD, CYCLES, ILLEGAL_OPCODE, OUT_OF_RANGE, PROGRAM_END, Iss, IssError,
+                    analytic_cycles, conv_cycles, pool_cycles)
+
+CONFIG = AccelConfig(rows=4, cols=3, word_bits=16, max_abases=3, act_depth=1024, result_depth=256,
+                     instr_depth=8)
+
+
+def conv_fields(**changes):
+    fields = dict(in_base=0, in_h=5, in_w=4, in_cw=2, in_stride=3, in_tail=5, in_planes=2, kh=3, kw=2,
+                  stride=2, pad=1, pad_value=1, out_h=3, out_w=3, out_ch=6, out_ch_base=4, out_stride=2,
+                  out_planes=2, out_base=300, wbases=2, w_base=3, s_base=5, t_base=7, raw=0, k=0)
+    fields.update(changes)
+    if "k" not in changes:
+        fields["k"] = fields["kh"] * fields["kw"] * ((fields["in_cw"] - 1) * CONFIG.word_bits + fields["in_tail"])
+    return fields
+
+
+def pool_fields(**changes):
+    fields = dict(in_base=10, in_h=5, in_w=5, cw=2, planes=2, kernel=2, stride=2, out_h=2, out_w=2, out_base=200)
+    fields.update(changes)
+    return fields
+
+
+def random_iss(seed, batch=2):
+    """An ISS whose every memory holds random values, including junk bits the masks must ignore."""
+    rng = np.random.default_rng(seed)
+    c = CONFIG
+    iss = Iss(c, batch=batch)
+    iss.write("act", 0, rng.integers(0, 1 << 16, (batch, c.act_depth, 1)).astype(np.uint64))
+    iss.write("weight", 0, rng.integers(0, 1 << 16, (c.weight_depth, c.rows, 1)).astype(np.uint64))
+    iss.write("scale", 0, rng.integers(-300, 300, (c.scale_depth, c.rows)))
+    thr = np.concatenate([rng.integers(-3000, 3000, (c.thr_depth, c.max_abases)),
+                          rng.integers(0, 2, (c.thr_depth, 1))], axis=1)
+    iss.write("threshold", 0, thr)
+    iss.write("result", 0, rng.integers(-5, 5, (batch, c.result_depth)))
+    return iss
+
+
+def literal_conv(iss, b, f):
+    """docs/isa.md CONV, one pixel, one beat and one bit at a time with Python ints."""
+    c = CONFIG
+    w_bits, rows, cols = c.word_bits, c.rows, c.cols
+    act = [int(v) for v in iss.act[b, :, 0]]
+    result = [int(v) for v in iss.result[b]]
+    p_count = f["out_h"] * f["out_w"]
+    kw_words = f["kh"] * f["kw"] * f["in_cw"]
+    m_count, n_count = f["wbases"], f["in_planes"]
+    ot_count = -(-f["out_ch"] // rows)
+    ones = (1 << w_bits) - 1
+    for pt in range(-(-p_count // cols)):
+        patch = {}
+        for col in range(cols):
+            p = pt * cols + col
+            oy, ox = p // f["out_w"], p % f["out_w"]
+            for n in range(n_count):
+                for ky in range(f["kh"]):
+                    for kx in range(f["kw"]):
+                        for cw in range(f["in_cw"]):
+                            iy, ix = oy * f["stride"] + ky - f["pad"], ox * f["stride"] + kx - f["pad"]
+                            if 0 <= iy < f["in_h"] and 0 <= ix < f["in_w"]:
+                                word = act[f["in_base"] + ((n * f["in_h"] + iy) * f["in_w"] + ix) * f["in_stride"] + cw]
+                            else:
+                                word = ones if f["pad_value"] else 0
+                            patch[col, n * kw_words + (ky * f["kw"] + kx) * f["in_cw"] + cw] = word
+        for ot in range(ot_count):
+            acc = [[0] * cols for _ in range(rows)]
+            for m in range(m_count):
+                for n in range(n_count):
+                    for r in range(rows):
+                        for col in range(cols):
+                            pop = 0
+                            for j in range(kw_words):
+                                w = int(iss.weight[f["w_base"] + (ot * m_count + m) * kw_words + j, r, 0])
+                                a = patch[col, n * kw_words + j]
+                                nbits = f["in_tail"] if j % f["in_cw"] == f["in_cw"] - 1 else w_bits
+                                valid = (1 << nbits) - 1
+                                w, a = w & valid, a | (ones & ~valid)     # the array edge's masks
+                                pop += bin(~(w ^ a) & ones).count("1")
+                            scale = int(iss.scale[f["s_base"] + (ot * m_count + m) * n_count + n, r])
+                            acc[r][col] += scale * (2 * pop - f["k"])
+            for r in range(rows):
+                o = ot * rows + r
+                for col in range(cols):
+                    p = pt * cols + col
+                    if p >= p_count:
+                        continue
+                    if f["raw"]:
+                        if o < f["out_ch"]:
+                            result[f["out_base"] + p * f["out_ch"] + o] = acc[r][col]
+                        continue
+                    oy, ox = p // f["out_w"], p % f["out_w"]
+                    for t in range(f["out_planes"]):
+                        thr = int(iss.threshold[f["t_base"] + ot * rows + r, t])
+                        flip = bool(iss.flip[f["t_base"] + ot * rows + r])
+                        bit = int(acc[r][col] <= thr if flip else acc[r][col] >= thr) if o < f["out_ch"] else 0
+                        ch = o + f["out_ch_base"]
+                        addr = f["out_base"] + ((t * f["out_h"] + oy) * f["out_w"] + ox) * f["out_stride"] + ch // w_bits
+                        act[addr] = (act[addr] & ~(1 << ch % w_bits)) | (bit << ch % w_bits)
+    return act, result
+
+
+def run(iss, *instructions):
+    iss.load_program(list(instructions) + [encode(Opcode.END)])
+    return iss.run()
+
+
+@pytest.mark.parametrize("changes", [
+    {},                                                        # stride 2, +1 padding, two words per tap
+    {"pad_value": 0, "stride": 1, "pad": 1, "out_h": 5, "out_w": 4, "out_ch_base": 0},
+    {"in_cw": 1, "in_stride": 1, "in_tail": 16, "wbases": 3, "in_planes": 1, "out_planes": 3, "pad": 0,
+     "stride": 1, "out_h": 3, "out_w": 3, "out_ch": 9, "out_ch_base": 8},
+    {"raw": 1, "out_base": 17, "out_planes": 0},               # sums into the result memory
+    {"kh": 5, "kw": 4, "pad": 0, "stride": 1, "out_h": 1, "out_w": 1, "in_cw": 3, "in_stride": 3,
+     "in_tail": 1, "raw": 1, "out_base": 0, "out_ch": 5},       # a fully connected layer
+])
+def test_conv_matches_the_literal_semantics(changes):
+    f = conv_fields(**changes)
+    iss = random_iss(len(changes))
+    expected = [literal_conv(iss, b, f) for b in range(iss.batch)]
+    run(iss, encode(Opcode.CONV, **f))
+    for b, (act, result) in enumerate(expected):
+        assert [int(v) for v in iss.act[b, :, 0]] == act      # other bits of the written words survive
+        assert [int(v) for v in iss.result[b]] == result
+
+
+def test_pool_is_an_or_over_windows():
+    f = pool_fields()
+    iss = random_iss(9)
+    before = iss.act.copy()
+    run(iss, encode(Opcode.POOL, **f))
+    for b in range(iss.batch):
+        for t in range(2):
+            for py in range(2):
+                for px in range(2):
+                    for cw in range(2):
+                        want = 0
+                        for ky in range(2):
+                            for kx in range(2):
+                                want |= int(before[b, 10 + ((t * 5 + py * 2 + ky) * 5 + px * 2 + kx) * 2 + cw, 0])
+                        assert int(iss.act[b, 200 + ((t * 2 + py) * 2 + px) * 2 + cw, 0]) == want
+    untouched = np.ones(CONFIG.act_depth, bool)
+    untouched[200:216] = False
+    assert np.array_equal(iss.act[:, untouched], before[:, untouched])
+
+
+# Errors ---------------------------------------------------------------------------------------------
+
+def error_of(*instructions, config=CONFIG, end=True):
+    iss = Iss(config)
+    iss.load_program(list(instructions) + ([encode(Opcode.END)] if end else []))
+    with pytest.raises(IssError) as info:
+        iss.run()
+    return info.value
+
+
+def test_illegal_opcode():
+    error = error_of(encode(Opcode.POOL, **pool_fields()), 7)
+    assert (error.code, error.name, error.pc) == (ILLEGAL_OPCODE, "ILLEGAL_OPCODE", 1)
+    assert str(error) == "Error 1 (ILLEGAL_OPCODE) at instruction 1: Illegal opcode 7"
+
+
+@pytest.mark.parametrize("changes, detail", [
+    ({"in_base": 1025 - ((2 * 5 * 4 - 1) * 3 + 2)}, "CONV input region ends at 1025, past act_depth 1024"),
+    ({"w_base": CONFIG.weight_depth - 2 * 2 * 12 + 1}, "CONV weight region ends at 2049, past weight_depth 2048"),
+    ({"s_base": CONFIG.scale_depth - 7}, "CONV scale region ends at 257, past scale_depth 256"),
+    ({"t_base": CONFIG.thr_depth - 7}, "CONV threshold region ends at 513, past thr_depth 512"),
+    ({"out_base": 1025 - ((2 * 9 - 1) * 2 + 1)}, "CONV output region ends at 1025, past act_depth 1024"),
+    ({"raw": 1, "out_base": 256 - 9 * 6 + 1}, "CONV result region ends at 257, past result_depth 256"),
+    ({"kh": 5, "kw": 4, "pad": 2, "in_cw": 7, "in_stride": 7, "in_base": 0},
+     "CONV patch region ends at 280, past patch_depth 256"),
+])
+def test_conv_out_of_range(changes, detail):
+    error = error_of(encode(Opcode.CONV, **conv_fields(**changes)))
+    assert (error.code, error.pc, error.detail) == (OUT_OF_RANGE, 0, detail)
+
+
+def test_pool_out_of_range():
+    error = error_of(encode(Opcode.POOL, **pool_fields(out_base=1024 - 15)))
+    assert (error.code, error.detail) == (OUT_OF_RANGE, "POOL output region ends at 1025, past act_depth 1024")
+    error = error_of(encode(Opcode.POOL, **pool_fields(in_base=1024 - 99)))
+    assert (error.code, error.detail) == (OUT_OF_RANGE, "POOL input region ends at 1025, past act_depth 1024")
+
+
+@pytest.mark.parametrize("changes, detail", [
+    ({"out_ch": 0}, "CONV field out_ch is 0"),
+    ({"in_planes": 0}, "CONV field in_planes is 0"),
+    ({"stride": 0}, "CONV stride is 0"),
+    ({"in_tail": 0, "k": 0}, "CONV in_tail 0 is not in 1..16"),
+    ({"in_tail": 17}, "CONV in_tail 17 is not in 1..16"),
+    ({"k": 125}, "CONV k 125 is not kh*kw*((in_cw-1)*W + in_tail) = 126"),
+    ({"kh": 16, "kw": 16, "in_h": 16, "in_w": 16, "in_cw": 2, "in_tail": 16, "pad": 0},
+     "CONV k 8192 exceeds max_k 4096"),
+    ({"out_planes": 4}, "CONV out_planes 4 exceeds max_abases 3"),
+    ({"wbases": 5}, "CONV wbases 5 exceeds max_wbases 4"),
+    ({"out_h": 4}, "CONV's last window leaves the padded input (out_h 4, stride 2, kh 3, in_h 5, pad 1)"),
+    ({"out_w": 4}, "CONV's last window leaves the padded input (out_w 4, stride 2, kw 2, in_w 4, pad 1)"),
+    ({"out_ch_base": 2}, "CONV out_ch_base 2 is not a multiple of rows 4"),
+])
+def test_conv_bad_field(changes, detail):
+    error = error_of(encode(Opcode.CONV, **conv_fields(**changes)))
+    assert (error.code, error.name, error.detail) == (BAD_FIELD, "BAD_FIELD", detail)
+
+
+def test_raw_conv_ignores_output_planes_and_thresholds():
+    iss = random_iss(3)
+    run(iss, encode(Opcode.CONV, **conv_fields(raw=1, out_base=0, out_planes=0, t_base=65535, out_ch_base=2)))
+
+
+@pytest.mark.parametrize("changes, detail", [
+    ({"kernel": 0}, "POOL field kernel is 0"),
+    ({"stride": 0}, "POOL stride is 0"),
+    ({"out_h": 3}, "POOL's last window leaves the input (out_h 3, stride 2, kernel 2, in_h 5)"),
+])
+def test_pool_bad_field(changes, detail):
+    error = error_of(encode(Opcode.POOL, **pool_fields(**changes)))
+    assert (error.code, error.detail) == (BAD_FIELD, detail)
+
+
+def test_program_end_and_unwritten_words():
+    pool = encode(Opcode.POOL, **pool_fields())
+    error = error_of(*[pool] * CONFIG.instr_depth, end=False)
+    assert (error.code, error.name, error.pc) == (PROGRAM_END, "PROGRAM_END", CONFIG.instr_depth)
+    # an unwritten program word is 0, which is END
+    iss = Iss(CONFIG)
+    iss.load_program([pool, pool])
+    status = iss.run()
+    assert [op for _, op, _ in status.trace] == ["POOL", "POOL", "END"]
+
+
+def test_errors_are_checked_before_any_memory_changes():
+    iss = random_iss(4)
+    before = iss.act.copy()
+    iss.load_program([encode(Opcode.CONV, **conv_fields(out_base=1000))])
+    with pytest.raises(IssError):
+        iss.run()
+    assert np.array_equal(iss.act, before)
+
+
+# Cycle model ----------------------------------------------------------------------------------------
+
+def test_cycle_model():
+    f = conv_fields()                     # P = 9 -> 3 tiles, KW = 3*2*2 = 12, OT = 2, M = N = 2
+    c, r = CONFIG.cols, CONFIG.rows
+    per_tile = c * 2 * 12 + 2 * 2 * 2 * max(12, r) + (c + CYCLES.drain_base + r)
+    assert conv_cycles(CONFIG, f) == 3 * per_tile == 3 * (72 + 96 + 19)
+    short = conv_fields(in_cw=1, in_stride=1, in_tail=1, kh=1, kw=1, pad=0, stride=1, out_h=5, out_w=4)
+    assert conv_cycles(CONFIG, short) == 7 * (3 * 2 * 1 + 2 * 2 * 2 * 4 + 19)   # a pass costs at least R
+    assert pool_cycles(CONFIG, pool_fields()) == 2 * 2 * 2 * 2 * 4
+    iss = random_iss(5)
+    program = [encode(Opcode.CONV, **f), encode(Opcode.POOL, **pool_fields()), encode(Opcode.END)]
+    iss.load_program(program)
+    status = iss.run()
+    assert status.cycles == 3 * per_tile + 64 + CYCLES.end_cycles
+    assert [spent for _, _, spent in status.trace] == analytic_cycles(CONFIG, program)
