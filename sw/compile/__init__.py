@@ -209,6 +209,8 @@ class Lower:
                     raise CompileError(f"{name}: a group's {og} output channels are not a multiple of "
                                        f"rows {c.rows} (each group must start on a writer field)")
             in_cw = -(-cg // w_bits)
+            if groups > 1:
+                src["slack"] = max(src.get("slack", 0), (groups - 1) * (cg // w_bits))
             out_map = None if last else {"planes": int(layer["thresholds"].shape[1]), "channels": o,
                                          "cw": -(-o // w_bits), "h": out_h, "w": out_w}
             if last and out_h * out_w != 1:
@@ -274,6 +276,10 @@ class CheckFit:
                 if totals[mem] > getattr(c, limits[mem]):
                     _exceeds(name, f"{units[mem]} used up to this layer", totals[mem],
                              limits[mem], getattr(c, limits[mem]))
+            if op["raw"] and ot * c.rows > c.thr_depth:
+                # The controller checks t_base + OT*R even for raw sums (t_base is 0 then).
+                _exceeds(name, "threshold-memory entries a raw layer's tiles span", ot * c.rows, "thr_depth",
+                         c.thr_depth)
             if op["raw"] and op["out_h"] * op["out_w"] * o > c.result_depth:
                 _exceeds(name, "result-memory entries of the logits", op["out_h"] * op["out_w"] * o,
                          "result_depth", c.result_depth)
@@ -306,7 +312,9 @@ class CheckFit:
 
 
 def _map_words(spec):
-    return spec["planes"] * spec["h"] * spec["w"] * spec["cw"]
+    """Words a map occupies, plus the slack its grouped readers need: the controller checks a group's
+    input region as in_base + N*h*w*in_stride with in_base moved to the group's first word."""
+    return spec["planes"] * spec["h"] * spec["w"] * spec["cw"] + spec.get("slack", 0)
 
 
 class Allocate:
@@ -469,7 +477,7 @@ class Verify:
 def read_map(act, spec, word_bits):
     """A map's planes from activation words: (B, planes, h, w, cw, limbs) -> int8 (planes, B, C, h, w)."""
     batch = act.shape[0]
-    words = act[:, spec["base"]:spec["base"] + _map_words(spec)]
+    words = act[:, spec["base"]:spec["base"] + spec["planes"] * spec["h"] * spec["w"] * spec["cw"]]
     words = words.reshape(batch, spec["planes"], spec["h"], spec["w"], spec["cw"], -1)
     bits = unpack_words(words, word_bits, spec["channels"])          # (B, T, h, w, C)
     return (bits.astype(np.int8) * 2 - 1).transpose(1, 0, 4, 2, 3)

@@ -15,8 +15,8 @@ The arithmetic is `sw.ref`'s: `binary_dot_packed` on the masked words of every p
 scales summed exactly (then wrapped to acc_bits like the hardware's accumulator), `threshold`. The
 work is vectorised over images, pixels and output channels; Python loops run over words of K.
 
-Cycles follow the analytic model of docs/compiler.md ("Cycle model"), whose constants are the fields
-of `CycleModel` (`CYCLES` is the default): calibrate them there against the RTL.
+Cycles follow the controller's cycle model (docs/isa.md "Cycle model", implemented once in
+`hw/cycles.py` with its named constants and held to the RTL by tests/hw/test_accel.py).
 """
 
 from dataclasses import dataclass, field
@@ -24,18 +24,20 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import sw.ref as ref
+import hw.cycles as hw_cycles
 from hw.config import AccelConfig
 from hw.isa import IsaError, Opcode, decode
 from sw.bundle import word_limbs, word_mask
 
 __all__ = ["IssError", "ERROR_CODES", "ILLEGAL_OPCODE", "OUT_OF_RANGE", "BAD_FIELD", "PROGRAM_END",
-           "CycleModel", "CYCLES", "conv_cycles", "pool_cycles", "IssStatus", "Iss", "analytic_cycles",
+           "END_CYCLES", "conv_cycles", "pool_cycles", "IssStatus", "Iss", "analytic_cycles",
            "layer_report", "format_report"]
 
 ILLEGAL_OPCODE = 1
 OUT_OF_RANGE = 2
 BAD_FIELD = 3
 PROGRAM_END = 4
+END_CYCLES = hw_cycles.END_CYCLES
 ERROR_CODES = {ILLEGAL_OPCODE: "ILLEGAL_OPCODE", OUT_OF_RANGE: "OUT_OF_RANGE", BAD_FIELD: "BAD_FIELD",
                PROGRAM_END: "PROGRAM_END"}
 
@@ -49,45 +51,13 @@ class IssError(RuntimeError):
         super().__init__(f"Error {code} ({self.name}) at instruction {pc}: {detail}")
 
 
-@dataclass(frozen=True)
-class CycleModel:
-    """Constants of the analytic cycle model (one place; calibrate against the RTL).
-
-    CONV, per pixel tile of C pixels:
-        gather  = C * N * KW * gather_per_read          one activation-buffer read per cycle
-        compute = OT * M * N * max(KW, R)               a pass costs max(beats, R) (docs/gateware.md)
-        drain   = C + drain_base + R                    last pass through array, accumulator, writer
-    POOL: planes * out_h * out_w * cw * kernel**2 * pool_per_read.
-    Every instruction adds `instruction_overhead` (fetch and decode); END costs `end_cycles`.
-    """
-
-    gather_per_read: int = 1
-    drain_base: int = 12
-    pool_per_read: int = 1
-    instruction_overhead: int = 0
-    end_cycles: int = 1
+def conv_cycles(config, f):
+    """Cycles of one CONV with decoded fields `f`: the controller's model (hw/cycles.py)."""
+    return hw_cycles.conv_cycles(config, f)
 
 
-CYCLES = CycleModel()
-
-
-def conv_cycles(config, f, model=CYCLES):
-    """Analytic cycles of one CONV with decoded fields `f`."""
-    r, c = config.rows, config.cols
-    p = f["out_h"] * f["out_w"]
-    kw_words = f["kh"] * f["kw"] * f["in_cw"]
-    ot = -(-f["out_ch"] // r)
-    m, n = f["wbases"], f["in_planes"]
-    tiles = -(-p // c)
-    gather = c * n * kw_words * model.gather_per_read
-    compute = ot * m * n * max(kw_words, r)
-    drain = c + model.drain_base + r
-    return model.instruction_overhead + tiles * (gather + compute + drain)
-
-
-def pool_cycles(config, f, model=CYCLES):
-    reads = f["planes"] * f["out_h"] * f["out_w"] * f["cw"] * f["kernel"] * f["kernel"]
-    return model.instruction_overhead + reads * model.pool_per_read
+def pool_cycles(config, f):
+    return hw_cycles.pool_cycles(config, f)
 
 
 @dataclass
@@ -99,14 +69,13 @@ class IssStatus:
 
 
 class Iss:
-    def __init__(self, config, batch=1, cycle_model=CYCLES):
+    def __init__(self, config, batch=1):
         if not isinstance(config, AccelConfig):
             raise TypeError(f"Config must be an AccelConfig, not {config!r}")
         if not isinstance(batch, int) or batch < 1:
             raise ValueError(f"Batch must be a positive integer, not {batch!r}")
         self.config = config
         self.batch = batch
-        self.cycle_model = cycle_model
         c = config
         self.limbs = word_limbs(c.word_bits)
         self.full_mask = word_mask(c.word_bits, c.word_bits)
@@ -165,17 +134,17 @@ class Iss:
             except IsaError as error:
                 raise IssError(ILLEGAL_OPCODE, pc, str(error)) from None
             if opcode == Opcode.END:
-                cycles += self.cycle_model.end_cycles
-                trace.append((pc, "END", self.cycle_model.end_cycles))
+                cycles += END_CYCLES
+                trace.append((pc, "END", END_CYCLES))
                 return IssStatus(cycles, trace)
             if opcode == Opcode.CONV:
                 self._check_conv(pc, fields)
                 self._conv(fields)
-                spent = conv_cycles(self.config, fields, self.cycle_model)
+                spent = conv_cycles(self.config, fields)
             else:
                 self._check_pool(pc, fields)
                 self._pool(fields)
-                spent = pool_cycles(self.config, fields, self.cycle_model)
+                spent = pool_cycles(self.config, fields)
             cycles += spent
             trace.append((pc, opcode.name, spent))
             if on_step is not None:
@@ -190,14 +159,12 @@ class Iss:
         def bad(detail):
             raise IssError(BAD_FIELD, pc, detail)
 
-        dims = ["in_h", "in_w", "in_cw", "in_planes", "kh", "kw", "out_h", "out_w", "out_ch", "wbases"]
-        if not f["raw"]:
-            dims.append("out_planes")
-        for name in dims:
+        for name in ("in_h", "in_w", "in_cw", "in_planes", "kh", "kw", "stride", "out_h", "out_w", "out_ch",
+                     "wbases"):
             if f[name] == 0:
                 bad(f"CONV field {name} is 0")
-        if f["stride"] == 0:
-            bad("CONV stride is 0")
+        if f["in_stride"] < f["in_cw"]:
+            bad(f"CONV in_stride {f['in_stride']} is less than in_cw {f['in_cw']}")
         if not 1 <= f["in_tail"] <= w:
             bad(f"CONV in_tail {f['in_tail']} is not in 1..{w}")
         if f["k"] > c.max_k:
@@ -205,47 +172,45 @@ class Iss:
         valid = f["kh"] * f["kw"] * ((f["in_cw"] - 1) * w + f["in_tail"])
         if f["k"] != valid:
             bad(f"CONV k {f['k']} is not kh*kw*((in_cw-1)*W + in_tail) = {valid}")
-        if not f["raw"] and f["out_planes"] > c.max_abases:
-            bad(f"CONV out_planes {f['out_planes']} exceeds max_abases {c.max_abases}")
         if f["wbases"] > c.max_wbases:
             bad(f"CONV wbases {f['wbases']} exceeds max_wbases {c.max_wbases}")
-        if f["in_planes"] > c.patch_depth:
-            bad(f"CONV in_planes {f['in_planes']} exceeds patch_depth {c.patch_depth}")
         for out, k, size in (("out_h", "kh", "in_h"), ("out_w", "kw", "in_w")):
             if (f[out] - 1) * f["stride"] + f[k] > f[size] + 2 * f["pad"]:
                 bad(f"CONV's last window leaves the padded input ({out} {f[out]}, stride {f['stride']}, "
                     f"{k} {f[k]}, {size} {f[size]}, pad {f['pad']})")
-        if not f["raw"] and f["out_ch_base"] % c.rows:
-            bad(f"CONV out_ch_base {f['out_ch_base']} is not a multiple of rows {c.rows}")
+        if not f["raw"]:
+            if not 1 <= f["out_planes"] <= c.max_abases:
+                bad(f"CONV out_planes {f['out_planes']} is not in 1..max_abases {c.max_abases}")
+            if f["out_ch_base"] % c.rows:
+                bad(f"CONV out_ch_base {f['out_ch_base']} is not a multiple of rows {c.rows}")
+            if f["out_ch_base"] + f["out_ch"] > f["out_stride"] * w:
+                bad(f"CONV out_ch_base + out_ch = {f['out_ch_base'] + f['out_ch']} exceeds out_stride * W = "
+                    f"{f['out_stride'] * w}")
         kw_words = f["kh"] * f["kw"] * f["in_cw"]
         ot = -(-f["out_ch"] // c.rows)
         m, n = f["wbases"], f["in_planes"]
+        p = f["out_h"] * f["out_w"]
         regions = [
-            ("input", f["in_base"] + (n * f["in_h"] * f["in_w"] - 1) * f["in_stride"] + f["in_cw"],
-             "act_depth", c.act_depth),
+            ("input", f["in_base"] + n * f["in_h"] * f["in_w"] * f["in_stride"], "act_depth", c.act_depth),
+            ("patch", n * kw_words, "patch_depth", c.patch_depth),
             ("weight", f["w_base"] + ot * m * kw_words, "weight_depth", c.weight_depth),
             ("scale", f["s_base"] + ot * m * n, "scale_depth", c.scale_depth),
-            ("patch", n * kw_words, "patch_depth", c.patch_depth),
+            ("threshold", f["t_base"] + ot * c.rows, "thr_depth", c.thr_depth),
         ]
         if f["raw"]:
-            regions.append(("result", f["out_base"] + f["out_h"] * f["out_w"] * f["out_ch"],
-                            "result_depth", c.result_depth))
+            regions.append(("result", f["out_base"] + p * f["out_ch"], "result_depth", c.result_depth))
         else:
-            last_word = (f["out_ch_base"] + ot * c.rows - 1) // w
-            regions.append(("output", f["out_base"] + (f["out_planes"] * f["out_h"] * f["out_w"] - 1)
-                            * f["out_stride"] + last_word + 1, "act_depth", c.act_depth))
-            regions.append(("threshold", f["t_base"] + ot * c.rows, "thr_depth", c.thr_depth))
+            regions.append(("output", f["out_base"] + f["out_planes"] * p * f["out_stride"], "act_depth",
+                            c.act_depth))
         for name, end, limit_name, limit in regions:
             if end > limit:
                 raise IssError(OUT_OF_RANGE, pc, f"CONV {name} region ends at {end}, past {limit_name} {limit}")
 
     def _check_pool(self, pc, f):
         c = self.config
-        for name in ("in_h", "in_w", "cw", "planes", "kernel", "out_h", "out_w"):
+        for name in ("in_h", "in_w", "cw", "planes", "kernel", "stride", "out_h", "out_w"):
             if f[name] == 0:
                 raise IssError(BAD_FIELD, pc, f"POOL field {name} is 0")
-        if f["stride"] == 0:
-            raise IssError(BAD_FIELD, pc, "POOL stride is 0")
         for out, size in (("out_h", "in_h"), ("out_w", "in_w")):
             if (f[out] - 1) * f["stride"] + f["kernel"] > f[size]:
                 raise IssError(BAD_FIELD, pc, f"POOL's last window leaves the input ({out} {f[out]}, "
@@ -351,7 +316,7 @@ class Iss:
         self.act[:, dst] = pooled
 
 
-def analytic_cycles(config, instructions, model=CYCLES):
+def analytic_cycles(config, instructions):
     """Cycles of every instruction of a program (a list; the analytic model does not depend on data).
     Stops after the first END; an undecodable word counts 0."""
     out = []
@@ -362,15 +327,15 @@ def analytic_cycles(config, instructions, model=CYCLES):
             out.append(0)
             continue
         if opcode == Opcode.END:
-            out.append(model.end_cycles)
+            out.append(END_CYCLES)
             break
-        out.append(conv_cycles(config, fields, model) if opcode == Opcode.CONV else pool_cycles(config, fields, model))
+        out.append(conv_cycles(config, fields) if opcode == Opcode.CONV else pool_cycles(config, fields))
     return out
 
 
-def layer_report(bundle, model=CYCLES):
+def layer_report(bundle):
     """Per model layer of a bundle: name, kind, binary MACs, ideal and analytic cycles, utilization."""
-    per_pc = analytic_cycles(bundle.config, bundle.instructions, model)
+    per_pc = analytic_cycles(bundle.config, bundle.instructions)
     rows = []
     for layer in bundle.layers:
         cycles = sum(per_pc[pc] for pc in layer["instructions"])

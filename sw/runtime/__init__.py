@@ -79,7 +79,8 @@ def prepare_input(bundle, images):
                       spec["padding"], pad_bit)                        # (8B, oh, ow, K0)
     words = pack_words(cols, bundle.config.word_bits)                   # (8B, oh, ow, cw, L)
     words = words.reshape((8, batch) + words.shape[1:]).swapaxes(0, 1)
-    return np.ascontiguousarray(words.reshape(batch, -1, words.shape[-1]))
+    per_image = 8 * spec["out_h"] * spec["out_w"] * spec["words_per_pixel"]
+    return np.ascontiguousarray(words.reshape(batch, per_image, words.shape[-1]))
 
 
 class Backend:
@@ -200,7 +201,7 @@ BACKENDS = {"iss": IssBackend}
 
 # Backends registered by modules that are imported on first use (so importing sw.runtime stays light
 # and numpy-only): name -> module that calls register_backend(name, ...) when imported.
-PROVIDERS = {"verilator": "sim.verilator_backend", "board": "boards.runtime"}
+PROVIDERS = {"verilator": "sim.verilator_backend", "pysim": "sim.amaranth_backend", "board": "boards.runtime"}
 
 
 def register_backend(name, factory):

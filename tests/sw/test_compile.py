@@ -7,6 +7,7 @@ import pytest
 from hw.config import AccelConfig
 from sw.compile import CompileError, compile_model
 from sw.compile.testing import conv, linear, maxpool, random_model
+from sw.iss import END_CYCLES
 from sw.model_format import BnnModel, deploy_forward
 from sw.runtime import open_backend
 
@@ -51,7 +52,7 @@ def test_iss_logits_equal_deploy_forward(case):
     assert result.logits.dtype == np.int64
     assert np.array_equal(result.logits, deploy_forward(model, images))
     assert result.cycles.shape == (9,) and result.layer_cycles.shape == (9, len(model.layers))
-    assert np.all(result.layer_cycles.sum(axis=1) + 1 == result.cycles)   # + END
+    assert np.all(result.layer_cycles.sum(axis=1) + END_CYCLES == result.cycles)
 
 
 def test_layer_metadata_counts_macs_and_ideal_cycles():

@@ -5,7 +5,8 @@ import pytest
 
 from hw.config import AccelConfig
 from hw.isa import Opcode, encode
-from sw.iss import (BAD_FIELD, CYCLES, ILLEGAL_OPCODE, OUT_OF_RANGE, PROGRAM_END, Iss, IssError,
+import hw.cycles
+from sw.iss import (BAD_FIELD, END_CYCLES, ILLEGAL_OPCODE, OUT_OF_RANGE, PROGRAM_END, Iss, IssError,
                     analytic_cycles, conv_cycles, pool_cycles)
 
 CONFIG = AccelConfig(rows=4, cols=3, word_bits=16, max_abases=3, act_depth=1024, result_depth=256,
@@ -167,11 +168,12 @@ def test_illegal_opcode():
 
 
 @pytest.mark.parametrize("changes, detail", [
-    ({"in_base": 1025 - ((2 * 5 * 4 - 1) * 3 + 2)}, "CONV input region ends at 1025, past act_depth 1024"),
+    ({"in_base": 1025 - 2 * 5 * 4 * 3}, "CONV input region ends at 1025, past act_depth 1024"),
     ({"w_base": CONFIG.weight_depth - 2 * 2 * 12 + 1}, "CONV weight region ends at 2049, past weight_depth 2048"),
     ({"s_base": CONFIG.scale_depth - 7}, "CONV scale region ends at 257, past scale_depth 256"),
     ({"t_base": CONFIG.thr_depth - 7}, "CONV threshold region ends at 513, past thr_depth 512"),
-    ({"out_base": 1025 - ((2 * 9 - 1) * 2 + 1)}, "CONV output region ends at 1025, past act_depth 1024"),
+    ({"out_base": 1025 - 2 * 9 * 2}, "CONV output region ends at 1025, past act_depth 1024"),
+    ({"raw": 1, "out_base": 0, "t_base": CONFIG.thr_depth - 7}, "CONV threshold region ends at 513, past thr_depth 512"),
     ({"raw": 1, "out_base": 256 - 9 * 6 + 1}, "CONV result region ends at 257, past result_depth 256"),
     ({"kh": 5, "kw": 4, "pad": 2, "in_cw": 7, "in_stride": 7, "in_base": 0},
      "CONV patch region ends at 280, past patch_depth 256"),
@@ -190,14 +192,17 @@ def test_pool_out_of_range():
 
 @pytest.mark.parametrize("changes, detail", [
     ({"out_ch": 0}, "CONV field out_ch is 0"),
+    ({"in_stride": 1}, "CONV in_stride 1 is less than in_cw 2"),
+    ({"out_planes": 0}, "CONV out_planes 0 is not in 1..max_abases 3"),
+    ({"out_stride": 0}, "CONV out_ch_base + out_ch = 10 exceeds out_stride * W = 0"),
     ({"in_planes": 0}, "CONV field in_planes is 0"),
-    ({"stride": 0}, "CONV stride is 0"),
+    ({"stride": 0}, "CONV field stride is 0"),
     ({"in_tail": 0, "k": 0}, "CONV in_tail 0 is not in 1..16"),
     ({"in_tail": 17}, "CONV in_tail 17 is not in 1..16"),
     ({"k": 125}, "CONV k 125 is not kh*kw*((in_cw-1)*W + in_tail) = 126"),
     ({"kh": 16, "kw": 16, "in_h": 16, "in_w": 16, "in_cw": 2, "in_tail": 16, "pad": 0},
      "CONV k 8192 exceeds max_k 4096"),
-    ({"out_planes": 4}, "CONV out_planes 4 exceeds max_abases 3"),
+    ({"out_planes": 4}, "CONV out_planes 4 is not in 1..max_abases 3"),
     ({"wbases": 5}, "CONV wbases 5 exceeds max_wbases 4"),
     ({"out_h": 4}, "CONV's last window leaves the padded input (out_h 4, stride 2, kh 3, in_h 5, pad 1)"),
     ({"out_w": 4}, "CONV's last window leaves the padded input (out_w 4, stride 2, kw 2, in_w 4, pad 1)"),
@@ -208,14 +213,14 @@ def test_conv_bad_field(changes, detail):
     assert (error.code, error.name, error.detail) == (BAD_FIELD, "BAD_FIELD", detail)
 
 
-def test_raw_conv_ignores_output_planes_and_thresholds():
+def test_raw_conv_ignores_the_output_map_fields():
     iss = random_iss(3)
-    run(iss, encode(Opcode.CONV, **conv_fields(raw=1, out_base=0, out_planes=0, t_base=65535, out_ch_base=2)))
+    run(iss, encode(Opcode.CONV, **conv_fields(raw=1, out_base=0, out_planes=0, out_stride=0, out_ch_base=2)))
 
 
 @pytest.mark.parametrize("changes, detail", [
     ({"kernel": 0}, "POOL field kernel is 0"),
-    ({"stride": 0}, "POOL stride is 0"),
+    ({"stride": 0}, "POOL field stride is 0"),
     ({"out_h": 3}, "POOL's last window leaves the input (out_h 3, stride 2, kernel 2, in_h 5)"),
 ])
 def test_pool_bad_field(changes, detail):
@@ -245,17 +250,18 @@ def test_errors_are_checked_before_any_memory_changes():
 
 # Cycle model ----------------------------------------------------------------------------------------
 
-def test_cycle_model():
-    f = conv_fields()                     # P = 9 -> 3 tiles, KW = 3*2*2 = 12, OT = 2, M = N = 2
+def test_cycle_model_is_the_controllers():
+    f = conv_fields()                     # P = 9 -> 3 tiles, KW = 3*2*2 = 12, OT = 2, M = N = 2, T = 2
     c, r = CONFIG.cols, CONFIG.rows
-    per_tile = c * 2 * 12 + 2 * 2 * 2 * max(12, r) + (c + CYCLES.drain_base + r)
-    assert conv_cycles(CONFIG, f) == 3 * per_tile == 3 * (72 + 96 + 19)
-    short = conv_fields(in_cw=1, in_stride=1, in_tail=1, kh=1, kw=1, pad=0, stride=1, out_h=5, out_w=4)
-    assert conv_cycles(CONFIG, short) == 7 * (3 * 2 * 1 + 2 * 2 * 2 * 4 + 19)   # a pass costs at least R
-    assert pool_cycles(CONFIG, pool_fields()) == 2 * 2 * 2 * 2 * 4
+    gather = c * (2 * 12 + 1) + 1
+    c_ot = 2 * 2 * max(12, r)
+    w_ot = r + c * 2
+    per_tile = gather + hw.cycles.DRAIN_CYCLES + max(2 * c_ot + w_ot, c_ot + 2 * w_ot)
+    assert conv_cycles(CONFIG, f) == hw.cycles.SETUP_CYCLES + 3 * per_tile == 26 + 3 * (76 + 14 + 106)
+    assert pool_cycles(CONFIG, pool_fields()) == hw.cycles.POOL_OVERHEAD + 2 * 2 * 2 * 2 * 4
     iss = random_iss(5)
     program = [encode(Opcode.CONV, **f), encode(Opcode.POOL, **pool_fields()), encode(Opcode.END)]
     iss.load_program(program)
     status = iss.run()
-    assert status.cycles == 3 * per_tile + 64 + CYCLES.end_cycles
+    assert status.cycles == conv_cycles(CONFIG, f) + pool_cycles(CONFIG, pool_fields()) + END_CYCLES
     assert [spent for _, _, spent in status.trace] == analytic_cycles(CONFIG, program)
