@@ -4,12 +4,14 @@ to the RTL's cycle counter."""
 
 from .config import AccelConfig
 
-__all__ = ["SETUP_CYCLES", "DRAIN_CYCLES", "END_CYCLES", "POOL_OVERHEAD", "conv_cycles", "pool_cycles",
+__all__ = ["SETUP_CYCLES", "ARRIVAL_CYCLES", "TILE_OVERHEAD", "END_CYCLES", "POOL_OVERHEAD",
+           "conv_cycles", "conv_tile_cycles", "pool_cycles",
            "instruction_cycles", "conv_ideal_cycles", "conv_macs"]
 
 END_CYCLES = 3          # fetch, latch, decode
 SETUP_CYCLES = 26       # fetch, latch, decode, 22 set-up products, check
-DRAIN_CYCLES = 14       # last beat of a tile -> its first result at the writer
+ARRIVAL_CYCLES = 2      # + cols: a tile's last beat accepted -> its row 0 at the writer
+TILE_OVERHEAD = 9       # per pixel tile: gather turn-around, issue start, completion
 POOL_OVERHEAD = 15      # fetch, latch, decode, 10 set-up products, check, drain
 
 
@@ -17,17 +19,36 @@ def _ceil(a, b):
     return -(-a // b)
 
 
-def conv_cycles(config: AccelConfig, f):
-    """Cycles of one CONV with decoded fields `f` (a dict as `hw.isa.decode` returns)."""
+def conv_tile_cycles(config: AccelConfig, f):
+    """Cycles from the first beat of a pixel tile to its last write (issue and writer overlapped).
+
+    Passes issue back to back, each ending max(KW, R) cycles after the previous (the core's pass
+    spacing); a tile's rows reach the writer `cols + ARRIVAL_CYCLES` cycles after its last beat, one
+    per cycle; the writer takes a row per cycle and then writes C x T fields (bit-planes), or takes
+    C cycles per row (sums), and waits for rows it has not received yet.
+    """
     R, C = config.rows, config.cols
     kwords = f["kh"] * f["kw"] * f["in_cw"]
+    step = max(kwords, R)
+    passes = f["wbases"] * f["in_planes"]
+    writer_free = 0
+    for ot in range(_ceil(f["out_ch"], R)):
+        last_beat = kwords + ((ot + 1) * passes - 1) * step
+        first_row = last_beat + C + ARRIVAL_CYCLES
+        t = writer_free
+        for r in range(R):
+            t = max(t, first_row + r) + (C if f["raw"] else 1)
+        writer_free = t if f["raw"] else t + C * f["out_planes"]
+    return writer_free
+
+
+def conv_cycles(config: AccelConfig, f):
+    """Cycles of one CONV with decoded fields `f` (a dict as `hw.isa.decode` returns)."""
+    C = config.cols
+    kwords = f["kh"] * f["kw"] * f["in_cw"]
     tiles = _ceil(f["out_h"] * f["out_w"], C)
-    out_tiles = _ceil(f["out_ch"], R)
     gather = C * (f["in_planes"] * kwords + 1) + 1
-    c_ot = f["wbases"] * f["in_planes"] * max(kwords, R)
-    w_ot = R * C if f["raw"] else R + C * f["out_planes"]
-    return SETUP_CYCLES + tiles * (gather + DRAIN_CYCLES +
-                                   max(out_tiles * c_ot + w_ot, c_ot + out_tiles * w_ot))
+    return SETUP_CYCLES + tiles * (gather + conv_tile_cycles(config, f) + TILE_OVERHEAD)
 
 
 def pool_cycles(config: AccelConfig, f):

@@ -16,14 +16,15 @@ async def write_entries(ctx, dut, mem, base, values):
                          {"mem": int(MemoryTarget(mem).value), "addr": base + i, "data": int(value)})
 
 
-async def read_entries(ctx, dut, mem, base, count):
+async def read_entries(ctx, dut, mem, base, count, raw=False):
+    """Entries as ints; RESULT entries as signed sums unless `raw` (the port's data as it is)."""
     out = []
     for i in range(count):
         await stream_put(ctx, dut.read_req, dut.read_layout,
                          {"mem": int(MemoryTarget(mem).value), "addr": base + i})
         resp = await stream_get(ctx, dut.read_resp, dut.read_resp.payload.shape())
         value = resp["data"]
-        if MemoryTarget(mem) == MemoryTarget.RESULT:     # sums are signed acc_bits
+        if MemoryTarget(mem) == MemoryTarget.RESULT and not raw:     # sums are signed acc_bits
             bits = dut.config.acc_bits
             value &= (1 << bits) - 1
             value -= (value >> (bits - 1)) << bits

@@ -1,0 +1,51 @@
+"""Compiled bundles on the accelerator RTL in Amaranth's simulator, driven by the runtime's own host
+code: logits equal the ISS and deploy_forward exactly, and per-layer RTL cycles equal the analytic
+model (hw.cycles) exactly."""
+
+import numpy as np
+import pytest
+
+from hw.config import AccelConfig
+from hw.cycles import instruction_cycles
+from hw.isa import decode
+from sw.compile import compile_model
+from sw.compile.testing import conv, linear, maxpool, random_model
+from sw.model_format import deploy_forward
+from sw.runtime import RuntimeApiError, open_backend
+
+SMALL = AccelConfig(rows=2, cols=2, word_bits=8, max_wbases=2, max_abases=2, max_k=512, scale_depth=256,
+                    thr_depth=256, weight_depth=2048, act_depth=4096, patch_depth=256, result_depth=64,
+                    instr_depth=16)
+
+CASES = {
+    # stride 2 with -1 padding, +1 padding, two bases, pooling, a linear head; channels off the array.
+    "cnn": ((1, 8, 8), SMALL, [conv(5, 3, stride=2, padding=1),
+                               conv(6, 3, padding=1, pad_value=1, wbases=2, planes=2), maxpool(2), linear(4)]),
+    # an MLP (the first layer unfolds the whole image) with multi-basis layers, on a 4x2 array, W = 16.
+    "mlp": ((1, 6, 6), SMALL.replace(rows=4, cols=2, word_bits=16), [
+        linear(20, wbases=2, planes=2), linear(9, planes=1), linear(5)]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_rtl_equals_iss_and_deploy(case):
+    shape, config, specs = CASES[case]
+    model = random_model(specs, shape, config, seed=5)
+    bundle = compile_model(model, config)
+    images = np.random.default_rng(2).integers(0, 256, (2,) + shape, dtype=np.uint8)
+    rtl = open_backend("pysim", bundle).run(images)
+    iss = open_backend("iss", bundle).run(images)
+    assert np.array_equal(rtl.logits, deploy_forward(model, images))
+    assert np.array_equal(rtl.logits, iss.logits)
+    model_cycles = [instruction_cycles(config, *decode(word)) for word in bundle.instructions]
+    for layer, measured in zip(bundle.layers, rtl.layer_cycles[0]):
+        analytic = sum(model_cycles[pc] for pc in layer["instructions"])
+        assert analytic == measured, (layer["name"], analytic, measured)
+    assert rtl.cycles[0] == sum(rtl.layer_cycles[0]) + 3       # + END
+
+
+def test_pysim_refuses_a_bundle_for_another_config():
+    shape, config, specs = CASES["cnn"]
+    bundle = compile_model(random_model(specs, shape, config, seed=1), config)
+    with pytest.raises(RuntimeApiError, match="recompile for this config"):
+        open_backend("pysim", bundle, config=config.replace(cols=4))
