@@ -69,12 +69,14 @@ def _npy_inputs(path, shape):
         raise UserError(f"Cannot read {path}: {error}") from None
     if array.dtype != np.uint8:
         raise UserError(f"{path} holds {array.dtype}, not uint8 images")
+    original = array.shape
     if array.shape == shape or array.shape == shape[1:] and shape[0] == 1:
         array = array[None]
     if array.ndim == 3 and shape[0] == 1:
         array = array[:, None]
     if array.shape[1:] != shape:
-        raise UserError(f"{path} holds images of shape {array.shape[1:]}; the model takes {shape}")
+        raise UserError(f"{path} holds an array of shape {original}; the model takes images of shape {shape} "
+                        f"(arrays (B, C, H, W), or (B, H, W) for one channel)")
     return [(array[i], None, f"{os.path.basename(path)}[{i}]") for i in range(len(array))]
 
 

@@ -1,0 +1,92 @@
+"""python -m sw.compile: output, --config / --board, one-line errors."""
+
+import os
+import subprocess
+import sys
+import types
+
+import pytest
+
+from hw.config import AccelConfig
+from sw.bundle import load_bundle
+from sw.compile.__main__ import main
+from sw.compile.testing import conv, linear, maxpool, random_model
+from sw.model_format import save_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    path = tmp_path / "m.bnn"
+    save_model(path, random_model([conv(8, 3, padding=1), maxpool(2), linear(10)], (1, 8, 8), AccelConfig()))
+    return path
+
+
+def test_compile_with_a_config_file(tmp_path, model_file, capsys):
+    config = AccelConfig(rows=8, cols=2)
+    (tmp_path / "c.json").write_text(config.to_json())
+    out = tmp_path / "p.bundle"
+    assert main([str(model_file), "--config", str(tmp_path / "c.json"), "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "passes: check-config, merge-branches, lower, check-fit, allocate, emit, verify"
+    assert lines[1] == "checked: lower: re-laid weights unpack to the model's weights"
+    assert lines[2] == "checked: verify: ISS == deploy_forward at every layer on 2 random images"
+    assert lines[3] == f"config {config.fingerprint()}: 8x2 array, W = 32, 4 instructions"
+    assert lines[4].split() == ["layer", "binary", "MACs", "ideal", "cycles", "util"]
+    assert [line.split()[:2] for line in lines[5:9]] == [["layer", "0"], ["layer", "1"], ["layer", "2"], ["total", "38144"]]
+    assert lines[-1] == f"bundle written to {out}"
+    assert load_bundle(out).config == config
+
+
+def test_compile_for_a_board(tmp_path, model_file, capsys, monkeypatch):
+    config = AccelConfig(cols=8)
+
+    def get_board(name):
+        if name != "tiny":
+            raise KeyError(f"Unknown board {name!r}; the boards are: tiny")
+        return types.SimpleNamespace(name="tiny", config=config)
+
+    monkeypatch.setitem(sys.modules, "boards", types.SimpleNamespace(get_board=get_board))
+    out = tmp_path / "p.bundle"
+    assert main([str(model_file), "--board", "tiny", "--out", str(out), "--quiet"]) == 0
+    assert capsys.readouterr().out == f"bundle written to {out}\n"
+    assert load_bundle(out).config == config
+    assert main([str(model_file), "--board", "huge", "--out", str(out)]) == 1
+    assert capsys.readouterr().err == "python -m sw.compile: error: Unknown board 'huge'; the boards are: tiny\n"
+    monkeypatch.setitem(sys.modules, "boards", types.SimpleNamespace())
+    assert main([str(model_file), "--board", "tiny", "--out", str(out)]) == 1
+    assert capsys.readouterr().err == "python -m sw.compile: error: the boards package has no board registry " \
+                                      "yet (boards.BOARDS or boards.get_board); use --config FILE.json\n"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["none.bnn", "--out", "p.bundle"], "Cannot read model file none.bnn: No such file or directory"),
+    (["MODEL", "--config", "none.json", "--out", "p.bundle"],
+     "Cannot read config file none.json: No such file or directory"),
+    (["MODEL", "--config", "BADCONFIG", "--out", "p.bundle"],
+     "Unknown config field 'lanes'; the fields are: acc_bits, act_depth, clock_hz, cols, instr_depth, max_abases, "
+     "max_k, max_wbases, out_depth, patch_depth, result_depth, rows, scale_bits, scale_depth, scale_frac, "
+     "thr_depth, weight_depth, word_bits"),
+    (["MODEL", "--config", "SMALL", "--out", "p.bundle"],
+     "layer 0 (conv): activation words of the input and output maps (512 + 64) = 576 exceeds act_depth = 100 by 476"),
+    (["MODEL", "--out", "nodir/p.bundle"], "Cannot write nodir/p.bundle: No such file or directory"),
+])
+def test_errors_are_one_line(tmp_path, model_file, capsys, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad.json").write_text('{"lanes": 3}')
+    (tmp_path / "small.json").write_text(AccelConfig(act_depth=100).to_json())
+    args = [{"MODEL": str(model_file), "BADCONFIG": "bad.json", "SMALL": "small.json"}.get(a, a) for a in args]
+    assert main(args) == 1
+    assert capsys.readouterr().err == f"python -m sw.compile: error: {message}\n"
+
+
+def test_command_line_exit_status_and_usage_errors(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "sw.compile", str(tmp_path / "x.bnn"), "--out",
+                             str(tmp_path / "p.bundle")], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr == f"python -m sw.compile: error: Cannot read model file {tmp_path / 'x.bnn'}: " \
+                            f"No such file or directory\n"
+    result = subprocess.run([sys.executable, "-m", "sw.compile", "m.bnn"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr == "python -m sw.compile: error: the following arguments are required: --out\n"
