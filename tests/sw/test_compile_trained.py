@@ -1,0 +1,43 @@
+"""Trained models (short runs of the real trainer) compile and run on the ISS exactly like deploy_forward."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from hw.config import AccelConfig
+from sw.compile import compile_file
+from sw.data import load_dataset
+from sw.model_format import deploy_forward, load_model
+from sw.runtime import open_backend
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.mark.parametrize("args", [
+    ["--model", "lfc", "--scheme", "xnor", "--width", "64"],
+    ["--model", "cnv", "--scheme", "abc", "--wbases", "2", "--abases", "2", "--width", "8"],
+], ids=["lfc-xnor", "cnv-abc-2x2"])
+def test_trained_model_runs_bit_exactly_on_the_iss(tmp_path, args):
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    from sw.train.__main__ import main as train
+    out = tmp_path / "m.bnn"
+    assert train(args + ["--dataset", "digits", "--epochs", "1", "--seed", "1", "--out", str(out), "--no-progress"]) == 0
+    config = AccelConfig(scale_depth=1024)
+    bundle = compile_file(out, config)
+    model = load_model(out)
+    images = load_dataset("digits").test_x
+    with open_backend("iss", bundle) as backend:
+        result = backend.run(images)
+    assert np.array_equal(result.logits, deploy_forward(model, images))
+    assert len(bundle.layers) == len(model.layers)
+
+
+def test_the_compiler_iss_runtime_and_cli_do_not_import_torch():
+    code = ("import sys, sw.compile, sw.compile.__main__, sw.iss, sw.runtime, sw.bundle, sim.run; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
