@@ -17,7 +17,7 @@ that puts `UARTRx` / `UARTTx`, `ByteLink` and `BinaryCore` together on a platfor
 """
 
 from amaranth.hdl import Cat, Elaboratable, Module, Signal
-from amaranth.lib import enum, stream, wiring
+from amaranth.lib import enum, io, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .config import AccelConfig
@@ -209,9 +209,11 @@ class UARTShell(Elaboratable):
         wiring.connect(m, link.thr_write, core.thr_write)
         wiring.connect(m, core.results, link.results)
 
-        uart = platform.request("uart", 0)
+        uart = platform.request("uart", 0, dir="-")
+        m.submodules.rx_buffer = rx_buffer = io.Buffer("i", uart.rx)
+        m.submodules.tx_buffer = tx_buffer = io.Buffer("o", uart.tx)
         m.d.comb += [
-            rx.rx.eq(uart.rx.i),
-            uart.tx.o.eq(tx.tx),
+            rx.rx.eq(rx_buffer.i),
+            tx_buffer.o.eq(tx.tx),
         ]
         return m
