@@ -179,3 +179,28 @@ def test_refuses_unsupported_layers():
         compile_model(random_model([linear(10)], (1, 8, 8), config), AccelConfig(rows=3))
     assert str(info.value) == "config: word_bits 32 is not a multiple of rows 3; the writer stores a " \
                               "tile's 3 channels as one field of a word (docs/isa.md)"
+
+
+def test_verify_pass_catches_a_wrong_program():
+    from sw.compile import PASSES, ProgramState, Verify
+    config = AccelConfig()
+    model = random_model([conv(8, 3, padding=1), linear(10)], (1, 8, 8), config, seed=5)
+
+    def emitted():
+        state = ProgramState(model, config)
+        for p in PASSES[:-1]:
+            state = p.apply(state)
+        return state
+
+    state = emitted()
+    weights = next(s for s in state.segments if s.memory == "weight")
+    weights.values ^= np.uint64(0xFFFFFFFF)          # every weight bit of layer 0 inverted
+    with pytest.raises(CompileError, match=r"^layer 0 \(conv\): internal error: the ISS's output planes differ "
+                                           r"from deploy_forward's$"):
+        Verify().apply(state)
+    state = emitted()
+    scales = [s for s in state.segments if s.memory == "scale"][-1]
+    scales.values[0, 0] += 1                          # one logit's scale off by one unit
+    with pytest.raises(CompileError, match=r"^program: internal error: the ISS's logits differ from deploy_forward's$"):
+        Verify().apply(state)
+    assert Verify().apply(emitted()).checked[-1] == "verify: ISS == deploy_forward at every layer on 2 random images"
