@@ -51,6 +51,20 @@ class IssError(RuntimeError):
         super().__init__(f"Error {code} ({self.name}) at instruction {pc}: {detail}")
 
 
+def _dense(words, w_bits):
+    """Masked W-bit words (..., n) -> as few uint64 words as hold them when W divides 64 (so each
+    binary_dot_packed step popcounts 64 bits; the XOR popcount of the sum is unchanged)."""
+    per = 64 // w_bits
+    if w_bits >= 64 or 64 % w_bits:
+        return words
+    n = words.shape[-1]
+    padded = np.zeros(words.shape[:-1] + (-(-n // per) * per,), dtype=np.uint64)
+    padded[..., :n] = words
+    padded = padded.reshape(words.shape[:-1] + (-1, per))
+    shifts = (np.arange(per, dtype=np.uint64) * np.uint64(w_bits))
+    return np.bitwise_or.reduce(padded << shifts, axis=-1)
+
+
 def conv_cycles(config, f):
     """Cycles of one CONV with decoded fields `f`: the controller's model (hw/cycles.py)."""
     return hw_cycles.conv_cycles(config, f)
@@ -254,6 +268,7 @@ class Iss:
         wt = self.weight[f["w_base"]:f["w_base"] + ot_count * m_count * kw_words]
         wt = wt.reshape(ot_count, m_count, kw_words, rows, limbs) & masks[None, None, :, None, :]
         wt = wt.transpose(1, 0, 3, 2, 4).reshape(m_count, o_pad, kw_words * limbs)
+        a_words, wt = _dense(a_words, w_bits), _dense(wt, w_bits)
         sc = self.scale[f["s_base"]:f["s_base"] + ot_count * m_count * n_count]
         sc = sc.reshape(ot_count, m_count, n_count, rows).transpose(1, 2, 0, 3).reshape(m_count, n_count, o_pad)
         acc = np.zeros((batch * p_count, o_pad), dtype=np.int64)
