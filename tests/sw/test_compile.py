@@ -204,3 +204,15 @@ def test_verify_pass_catches_a_wrong_program():
     with pytest.raises(CompileError, match=r"^program: internal error: the ISS's logits differ from deploy_forward's$"):
         Verify().apply(state)
     assert Verify().apply(emitted()).checked[-1] == "verify: ISS == deploy_forward at every layer on 2 random images"
+
+
+def test_cnv_sized_network_on_the_iss():
+    """FINN's CNV on 32x32x3 (unpadded 3x3 convolutions, 64-128-256 channels, FC 512-512-10)."""
+    config = AccelConfig(rows=8, cols=8, weight_depth=65536, scale_depth=8192, thr_depth=8192, act_depth=32768,
+                         patch_depth=1024)
+    model = random_model([conv(64, 3), conv(64, 3), maxpool(2), conv(128, 3), conv(128, 3), maxpool(2),
+                          conv(256, 3), conv(256, 3), linear(512), linear(512), linear(10)], (3, 32, 32), config)
+    bundle = compile_model(model, config)
+    images = np.random.default_rng(0).integers(0, 256, (6, 3, 32, 32), dtype=np.uint8)
+    assert np.array_equal(open_backend("iss", bundle).run(images).logits, deploy_forward(model, images))
+    assert sum(layer["macs"] for layer in bundle.layers) == 70347776
