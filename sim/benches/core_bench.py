@@ -35,9 +35,18 @@ CLOCK_NS = 10
 
 def make_tile(cfg, rng, spec, scale_base, thr_base):
     """A `sim.tiles.Tile` for one spec, with the spec's threshold mode applied."""
+    most_negative = spec["scales"] == "most_negative"
     tile = random_tile(cfg, rng, k=spec["k"], wbases=spec["wbases"], abases=spec["abases"],
-                       scale_mode=spec["scales"], bits_mode=spec["bits"], raw=spec["raw"],
+                       scale_mode="extreme" if most_negative else spec["scales"],
+                       bits_mode=spec["bits"], raw=spec["raw"],
                        scale_base=scale_base, thr_base=thr_base)
+    if most_negative:
+        # random_tile keeps scales symmetric (-limit ..= limit); the format's most negative value
+        # (-2**(scale_bits-1)) has no positive twin and is worth a case of its own.
+        if -cfg.scale_min * spec["k"] * tile.passes > cfg.acc_max:
+            raise ValueError(f"Spec {spec}: scale {cfg.scale_min} could overflow the accumulator")
+        pick = rng.random(tile.scales.shape) < 0.5
+        tile.scales = np.where(pick, cfg.scale_min, tile.scales).astype(np.int64)
     t_min, t_max = -(1 << (cfg.acc_bits - 1)), (1 << (cfg.acc_bits - 1)) - 1
     shape = tile.thresholds.shape      # (rows, max_abases)
     if spec["thr"] == "exact":
@@ -60,7 +69,19 @@ def plan_batches(cfg, rng, specs, offset=True):
     """Tiles in batches whose parameters fit the memories together; with `offset` the first batch starts
     at a random address so high addresses are used too. Returns [[(spec, tile), ...], ...]."""
     batches, batch, scale_at, thr_at = [], [], None, None
+    tiles = []
     for spec in specs:
+        if "share" in spec:
+            # Reuse an earlier tile's parameter regions and values (see scenarios.full_rate_specs).
+            owner = tiles[spec["share"]]
+            tile = make_tile(cfg, rng, dict(spec, thr="random"), owner.scale_base, owner.thr_base)
+            tile.scales, tile.thresholds, tile.flip = owner.scales, owner.thresholds, owner.flip
+            tile.shared = True
+            if not batch or all(t is not owner for _, t in batch):
+                raise ValueError(f"Spec {spec} shares parameters with a tile of another batch")
+            batch.append((spec, tile))
+            tiles.append(tile)
+            continue
         need_s, need_t = spec["wbases"] * spec["abases"], cfg.rows
         if need_s > cfg.scale_depth or need_t > cfg.thr_depth:
             raise ValueError(f"Spec {spec} does not fit the parameter memories of {cfg}")
@@ -70,7 +91,10 @@ def plan_batches(cfg, rng, specs, offset=True):
             batch = []
             scale_at = int(rng.integers(0, cfg.scale_depth - need_s + 1)) if offset and not batches else 0
             thr_at = int(rng.integers(0, cfg.thr_depth - need_t + 1)) if offset and not batches else 0
-        batch.append((spec, make_tile(cfg, rng, spec, scale_at, thr_at)))
+        tile = make_tile(cfg, rng, spec, scale_at, thr_at)
+        tile.shared = False
+        batch.append((spec, tile))
+        tiles.append(tile)
         scale_at += need_s
         thr_at += need_t
     if batch:
@@ -107,6 +131,8 @@ class CoreHarness:
 
     async def write_parameters(self, batch):
         for _, tile in batch:
+            if tile.shared:
+                continue
             self.scale_write.send_many(tile_scale_writes(self.cfg, tile))
             self.thr_write.send_many(tile_thr_writes(self.cfg, tile))
         await self.scale_write.wait()

@@ -2,7 +2,8 @@
 them, pass them to the bench through the environment and compute the same expectations).
 
 A spec is a dict: `k` (bits of the dot product), `wbases` (M), `abases` (N), `bits` and `scales`
-(the `bits_mode` / `scale_mode` of `sim.tiles.random_tile`), `thr` (threshold mode, see
+(the `bits_mode` / `scale_mode` of `sim.tiles.random_tile`, plus scales "most_negative":
+extreme scales with about half set to -2**(scale_bits-1)), `thr` (threshold mode, see
 `core_bench.make_tile`: "random", "exact" = thresholds equal to sums the tile produces, "extreme" =
 the accumulator's limits) and `raw`.
 """
@@ -49,6 +50,10 @@ def edge_specs(cfg: AccelConfig):
         # Several bases, one at a time and all together.
         spec(w, m, 1), spec(w, 1, n), spec(w, m, n, scales="extreme", thr="exact"),
     ]
+    # The scale format's most negative value, where the accumulator has room for it.
+    for k, mm, nn in ((1, 1, 1), (w, m, n), (top, m, n)):
+        if -cfg.scale_min * k * mm * nn <= cfg.acc_max:
+            specs.append(spec(k, mm, nn, bits="random", scales="most_negative", thr="exact"))
     for k in _ks(cfg):
         specs.append(spec(k, m, n, bits="random", scales="random", thr="exact", raw=k % 2 == 0))
     return specs
@@ -71,24 +76,35 @@ def random_specs(cfg: AccelConfig, count, seed):
 
 
 def full_rate_specs(cfg: AccelConfig, count, seed):
-    """A long back-to-back run whose parameters fit the memories at once (one batch, no waiting).
+    """A long back-to-back run of `count` tiles whose parameters fit the memories at once.
 
-    K varies from 1 word (pass limited by the array's `rows`-cycle drain) to several words (limited by
-    the beats), so both terms of `pass_cycles` are exercised.
+    The first tiles get parameter-memory regions of their own until the memories are full; later
+    tiles name an earlier one in `share` and reuse its scales and thresholds (with fresh operand
+    bits), so the run can be longer than the memories. K varies from 1 bit (a pass then lasts `rows`
+    cycles, the array's drain) to several words (limited by the beats), so both terms of
+    `pass_cycles` are exercised.
     """
     rng = np.random.default_rng(seed)
     out, scale_used, thr_used = [], 0, 0
     ks = sorted({min(cfg.max_k, k) for k in (1, cfg.word_bits, cfg.word_bits * cfg.rows + 1,
                                               cfg.max_k)})
     while len(out) < count:
+        k = int(rng.choice(ks))
         m = int(rng.integers(1, cfg.max_wbases + 1))
         n = int(rng.integers(1, cfg.max_abases + 1))
-        if scale_used + m * n > cfg.scale_depth or thr_used + cfg.rows > cfg.thr_depth:
-            break
-        scale_used += m * n
-        thr_used += cfg.rows
-        out.append(spec(int(rng.choice(ks)), m, n, scales=str(rng.choice(["random", "extreme"])),
-                        thr="exact"))
+        if scale_used + m * n <= cfg.scale_depth and thr_used + cfg.rows <= cfg.thr_depth:
+            scale_used += m * n
+            thr_used += cfg.rows
+            out.append(spec(k, m, n, scales=str(rng.choice(["random", "extreme"])), thr="exact"))
+        else:
+            owners = [i for i, s in enumerate(out) if "share" not in s]
+            if not owners:
+                raise ValueError(f"One tile's parameters do not fit the memories of {cfg}")
+            owner = int(rng.choice(owners))
+            shared = dict(out[owner], k=k, share=owner)
+            # The owner's scales were sized for its K; a longer K could overflow the accumulator.
+            shared["k"] = min(k, out[owner]["k"])
+            out.append(shared)
     return out
 
 
