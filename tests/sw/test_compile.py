@@ -8,7 +8,7 @@ from hw.config import AccelConfig
 from sw.compile import CompileError, compile_model
 from sw.compile.testing import conv, linear, maxpool, random_model
 from sw.iss import END_CYCLES
-from sw.model_format import BnnModel, deploy_forward
+from sw.model_format import deploy_forward
 from sw.runtime import open_backend
 
 BIG = dict(scale_depth=2048, thr_depth=2048, weight_depth=8192, act_depth=16384, patch_depth=1024)
