@@ -90,3 +90,14 @@ def test_command_line_exit_status_and_usage_errors(tmp_path):
     result = subprocess.run([sys.executable, "-m", "sw.compile", "m.bnn"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr == "python -m sw.compile: error: the following arguments are required: --out\n"
+
+
+def test_compile_for_a_registered_board(tmp_path, model_file, capsys):
+    boards = pytest.importorskip("boards")
+    out = tmp_path / "p.bundle"
+    assert main([str(model_file), "--board", "arty_a7", "--out", str(out), "--quiet"]) == 0
+    assert load_bundle(out).config == boards.get_board("arty_a7").config
+    capsys.readouterr()
+    assert main([str(model_file), "--board", "nope", "--out", str(out)]) == 1
+    assert capsys.readouterr().err == f"python -m sw.compile: error: Unknown board 'nope'; supported boards: " \
+                                      f"{', '.join(boards.BOARDS)}\n"
