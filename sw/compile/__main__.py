@@ -49,7 +49,7 @@ def board_config(name):
             try:
                 entry = fn(name)
             except (KeyError, ValueError, LookupError) as error:
-                raise BoardError(str(error).strip("'\"")) from None
+                raise BoardError(str(error.args[0]) if error.args else str(error)) from None
             break
     else:
         registry = getattr(boards, "BOARDS", None) or getattr(boards, "REGISTRY", None)
