@@ -32,13 +32,20 @@ from pathlib import Path
 
 from hw.config import AccelConfig
 
-__all__ = ["BenchFailure", "CoreBuild", "verilator_env", "core_verilog", "build_core", "run_bench",
-           "bench_config", "bench_params", "REPO_ROOT", "BUILD_ROOT", "TOPLEVEL"]
+__all__ = ["BenchFailure", "CoreBuild", "verilator_env", "core_verilog", "design_verilog", "build_core",
+           "build_design", "run_bench", "bench_config", "bench_params", "REPO_ROOT", "BUILD_ROOT", "TOPLEVEL",
+           "DESIGNS"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Generated output, ignored by git (`sim_build/` in .gitignore).
 BUILD_ROOT = Path(os.environ.get("BNN_SIM_BUILD", REPO_ROOT / "sim_build"))
 TOPLEVEL = "binary_core"
+
+# design name -> (Verilog top-level name, "module:Class" of the Amaranth component built from a config)
+DESIGNS = {
+    "core": (TOPLEVEL, "hw.core:BinaryCore"),
+    "accel": ("bnn_accel", "hw.accel:Accelerator"),
+}
 
 # Amaranth's Verilog trips many of Verilator's lint and style warnings (unused bits, width casts in
 # generated expressions); they are not errors, so they are neither fatal nor printed.
@@ -93,12 +100,21 @@ def _verilator_version():
 
 
 @functools.lru_cache(maxsize=8)
-def core_verilog(config: AccelConfig, name=TOPLEVEL):
-    """The Verilog of `hw.core.BinaryCore` for `config` (ports flattened: beats__payload, ...)."""
+def design_verilog(config: AccelConfig, design="core"):
+    """The Verilog of a design (`DESIGNS`) for `config`, ports flattened (beats__payload, ...)."""
+    import importlib
     from amaranth.back import verilog
-    from hw.core import BinaryCore
-    core = BinaryCore(config)
-    return verilog.convert(core, name=name)
+    if design not in DESIGNS:
+        raise ValueError(f"Unknown design {design!r}; the designs are: {', '.join(DESIGNS)}")
+    name, target = DESIGNS[design]
+    module, cls = target.split(":")
+    component = getattr(importlib.import_module(module), cls)(config)
+    return verilog.convert(component, name=name)
+
+
+def core_verilog(config: AccelConfig, name=TOPLEVEL):
+    """The Verilog of `hw.core.BinaryCore` for `config`."""
+    return design_verilog(config, "core")
 
 
 @contextlib.contextmanager
@@ -127,30 +143,38 @@ def _locked(path):
 
 
 def build_core(config: AccelConfig, *, build_root=None, always=False):
-    """Write the Verilog for `config` and build it with Verilator, unless an identical build exists."""
+    """Write BinaryCore's Verilog for `config` and build it with Verilator, unless an identical build
+    exists."""
+    return build_design(config, "core", build_root=build_root, always=always)
+
+
+def build_design(config: AccelConfig, design="core", *, build_root=None, always=False):
+    """Write the Verilog of `design` for `config` and build it with Verilator, unless an identical
+    build exists."""
     import cocotb
     from cocotb_tools.runner import get_runner
 
     if not isinstance(config, AccelConfig):
         raise TypeError(f"Config must be an AccelConfig, not {config!r}")
     tool = verilator_env()
-    source = core_verilog(config)
+    source = design_verilog(config, design)
+    toplevel = DESIGNS[design][0]
     stamp_text = hashlib.sha256("\n".join(
         [source, " ".join(VERILATOR_ARGS + VERILATOR_MAKE_OVERRIDES), tool, cocotb.__version__]
     ).encode()).hexdigest()
     # Named by what is built (the Verilog and the tools), not by the whole config: config fields the
     # core does not use (e.g. the controller's buffer depths) then do not force a rebuild.
-    build_dir = Path(build_root or BUILD_ROOT) / f"core-{stamp_text[:16]}"
+    build_dir = Path(build_root or BUILD_ROOT) / f"{design}-{stamp_text[:16]}"
     stamp = build_dir / "build.stamp"
-    binary = build_dir / TOPLEVEL
-    verilog_path = build_dir / f"{TOPLEVEL}.v"
+    binary = build_dir / toplevel
+    verilog_path = build_dir / f"{toplevel}.v"
 
     with _locked(build_dir.with_name(build_dir.name + ".lock")):
         (build_dir.parent / "configs").mkdir(parents=True, exist_ok=True)
         (build_dir.parent / "configs" / f"{config.fingerprint()}.txt").write_text(build_dir.name + "\n")
         if (not always and binary.exists() and stamp.exists()
                 and stamp.read_text().strip() == stamp_text):
-            return CoreBuild(config, build_dir, verilog_path, TOPLEVEL, False, 0.0)
+            return CoreBuild(config, build_dir, verilog_path, toplevel, False, 0.0)
         if build_dir.exists():
             # A failed or stale build can leave Verilator believing its C++ is up to date.
             shutil.rmtree(build_dir)
@@ -164,7 +188,7 @@ def build_core(config: AccelConfig, *, build_root=None, always=False):
             with _make_overrides(VERILATOR_MAKE_OVERRIDES):
                 runner.build(
                     sources=[verilog_path],
-                    hdl_toplevel=TOPLEVEL,
+                    hdl_toplevel=toplevel,
                     build_dir=build_dir,
                     build_args=list(VERILATOR_ARGS),
                     always=True,
@@ -176,7 +200,7 @@ def build_core(config: AccelConfig, *, build_root=None, always=False):
                 + _tail(log, 40)) from None
         seconds = time.monotonic() - start
         stamp.write_text(stamp_text + "\n")
-        return CoreBuild(config, build_dir, verilog_path, TOPLEVEL, True, seconds)
+        return CoreBuild(config, build_dir, verilog_path, toplevel, True, seconds)
 
 
 def run_bench(build: CoreBuild, test_module, *, testcase=None, params=None, seed=1, name=None,
