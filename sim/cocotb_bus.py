@@ -11,7 +11,9 @@ needs. A transfer happens at the next rising edge exactly when valid and ready a
 ReadOnly sample. Nothing is written in ReadOnly.
 
 Pause generators are plain iterators of bools, one value per cycle: True makes a source idle (valid
-low) or a sink back-pressure (ready low) for that cycle, e.g. `random_pauses(rng, 0.3)`.
+low) or a sink back-pressure (ready low) for that cycle, e.g. `random_pauses(rng, 0.3)`. A source
+pauses only between transfers: once it has offered a payload, valid stays high and the payload stable
+until the sink takes it (the rule of `amaranth.lib.stream`, which `StreamMonitor` checks).
 """
 
 import itertools
@@ -113,14 +115,15 @@ class StreamSource(_StreamPort):
             await self._idle.wait()
 
     async def _run(self):
-        offered = False
+        taken = False       # valid and ready were both high in the last ReadOnly sample
+        waiting = False     # valid was high without ready: the payload must stay on the bus
         while True:
             await RisingEdge(self.clock)
-            if offered:             # the handshake of the previous cycle took the head of the queue
+            if taken:           # the handshake at this edge took the head of the queue
                 self.queue.popleft()
                 self.count += 1
                 self.transfer_times.append(get_sim_time("ns"))
-                offered = False
+                taken = False
             if not self.queue:
                 self.valid.value = 0
                 self._busy = False
@@ -129,13 +132,15 @@ class StreamSource(_StreamPort):
                 await self._wake.wait()   # no per-cycle Python work while nothing is queued
                 continue
             self._busy = True
-            if next(self._pause):
+            # Pauses only fall between transfers: once offered, a payload stays valid until taken.
+            if not waiting and next(self._pause):
                 self.valid.value = 0
                 continue
             self.payload.value = self.queue[0]
             self.valid.value = 1
             await ReadOnly()
-            offered = bool(self.ready.value)
+            taken = bool(self.ready.value)
+            waiting = not taken
 
 
 class StreamSink(_StreamPort):

@@ -45,7 +45,7 @@ def metrics_of(result):
 def test_edge_cases_with_backpressure(name, record_property):
     """Every edge case plus random tiles, idle cycles on the input and back-pressure on the output."""
     cfg = GEOMETRIES[name]
-    specs = edge_specs(cfg) + random_specs(cfg, 24, seed=11)
+    specs = edge_specs(cfg) + random_specs(cfg, 100, seed=11)
     result = run_bench(built(name), BENCH, testcase="tiles", seed=3,
                        params={"specs": specs, "seed": 3, "src_pause": 0.3, "sink_pause": 0.5})
     metrics = metrics_of(result)
@@ -58,7 +58,7 @@ def test_edge_cases_with_backpressure(name, record_property):
 def test_random_tiles_back_to_back(name):
     """Random tiles with no idle cycles and an always-ready sink (every pass admitted at once)."""
     cfg = GEOMETRIES[name]
-    specs = random_specs(cfg, 30, seed=23)
+    specs = random_specs(cfg, 100, seed=23)
     result = run_bench(built(name), BENCH, testcase="tiles", seed=4,
                        params={"specs": specs, "seed": 4, "src_pause": 0.0, "sink_pause": 0.0})
     assert metrics_of(result)["results"] == len(specs) * cfg.rows
