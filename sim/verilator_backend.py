@@ -51,6 +51,8 @@ class VerilatorBackend(Backend):
                 raise RuntimeApiError(f"The Verilator run failed: {str(failure).splitlines()[1].strip()}") \
                     from failure
             out = json.loads((tmp / "out.json").read_text())
+        if "error" in out:
+            raise RuntimeApiError(out["error"], code=out["code"])
         self.instruction_cycles = out["instruction_cycles"]
         layer_cycles = None if out["layer_cycles"] is None else np.array(out["layer_cycles"], dtype=np.int64)
         return RunResult(np.array(out["logits"], dtype=np.int64).reshape(len(images), -1),

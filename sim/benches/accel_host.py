@@ -22,7 +22,7 @@ from hw.accel import HostLayouts
 from hw.layouts import pack_payload
 from sim.runner import bench_config, bench_params
 from sw.bundle import load_bundle
-from sw.runtime import MemoryBackend
+from sw.runtime import MemoryBackend, RuntimeApiError
 from sw.runtime.host_port import TARGETS, entry_ints, result_value
 
 CLOCK_NS = 10
@@ -135,7 +135,13 @@ async def run_images(dut):
     images = np.load(params["images"])
     host = SimulatedAccelerator(dut, bundle, config, params["watchdog"])
     await bridge(host.load)()
-    result = await bridge(host.run)(images)
+    try:
+        result = await bridge(host.run)(images)
+    except RuntimeApiError as error:
+        # The program stopped with an error status: the caller raises it again with its code.
+        with open(params["out"], "w") as file:
+            json.dump({"error": str(error), "code": error.code}, file)
+        return
     with open(params["out"], "w") as file:
         json.dump({
             "logits": result.logits.tolist(),
