@@ -113,7 +113,8 @@ class Accelerator(wiring.Component):
             shape=signed(cfg.acc_bits), depth=cfg.result_depth, init=[])
         patches = []
         for c in range(C):
-            patch = memory.Memory(shape=W, depth=cfg.patch_depth, init=[])
+            # Two banks: the gather fills one while the issue unit reads the other.
+            patch = memory.Memory(shape=W, depth=2 * cfg.patch_depth, init=[])
             m.submodules[f"patch{c}"] = patch
             patches.append(patch)
 
@@ -322,11 +323,15 @@ class Accelerator(wiring.Component):
         g_iyk = Signal(signed(_ADDR))         # g_iy + ky
         g_ixk = Signal(signed(_ADDR))         # g_ix + kx
         g_pw = Signal(range(cfg.patch_depth + 1))
+        g_p0 = Signal(_PRODUCT)               # first pixel of the tile being gathered
+        g_bank = Signal()                     # patch bank the gather fills
+        c_bank = Signal()                     # patch bank the issue unit reads
+        bank_full = Signal(2)                 # bank b holds a gathered tile not yet issued
         # Gather pipeline stage 1 (act data arrives).
         g1_valid = Signal()
         g1_pad = Signal()
         g1_col = Signal(range(C))
-        g1_pw = Signal(range(cfg.patch_depth + 1))
+        g1_pw = Signal(range(2 * cfg.patch_depth + 1))
         pad_word = Signal(W)
         m.d.comb += pad_word.eq(Mux(cv.pad_value, (1 << W) - 1, 0))
         for c in range(C):
@@ -363,6 +368,8 @@ class Accelerator(wiring.Component):
         i_saddr = Signal(_PRODUCT)
         i_taddr = Signal(_PRODUCT)
         i_active = Signal()
+        conv_running = Signal()
+        i_pbase = Signal(range(cfg.patch_depth + 1))   # first word of the bank being read
         # Stage 1: memory data valid, waiting for the core.
         b_valid = Signal()
         b_ctl = Signal(data.StructLayout({"nbits": range(W + 1), "first": 1, "last": 1,
@@ -410,14 +417,28 @@ class Accelerator(wiring.Component):
                         m.d.sync += [i_n.eq(i_n + 1), i_waddr.eq(i_wstart),
                                      i_pstart.eq(i_pstart + kwords), i_paddr.eq(i_pstart + kwords)]
                     with m.Else():
-                        m.d.sync += [i_n.eq(0), i_pstart.eq(0), i_paddr.eq(0),
+                        m.d.sync += [i_n.eq(0), i_pstart.eq(i_pbase), i_paddr.eq(i_pbase),
                                      i_wstart.eq(i_wstart + kwords), i_waddr.eq(i_wstart + kwords)]
                         with m.If(i_m != cv.wbases - 1):
                             m.d.sync += i_m.eq(i_m + 1)
                         with m.Else():
                             m.d.sync += [i_m.eq(0), i_ot.eq(i_ot + 1), i_taddr.eq(i_taddr + R)]
                             with m.If(i_ot == out_tiles - 1):
-                                m.d.sync += i_active.eq(0)
+                                # Every patch word of this tile has been read: the bank is free.
+                                m.d.sync += [i_active.eq(0), c_bank.eq(~c_bank)]
+                                for b in range(2):
+                                    with m.If(c_bank == b):
+                                        m.d.sync += bank_full[b].eq(0)
+
+        # Start issuing a tile as soon as its bank is full.
+        with m.If(conv_running & ~i_active & bank_full.bit_select(c_bank, 1)):
+            bank_base = Mux(c_bank, cfg.patch_depth, 0)
+            m.d.sync += [
+                i_active.eq(1), i_ot.eq(0), i_m.eq(0), i_n.eq(0), i_j.eq(0), i_cwj.eq(0),
+                i_wstart.eq(cv.w_base), i_waddr.eq(cv.w_base), i_pbase.eq(bank_base),
+                i_pstart.eq(bank_base), i_paddr.eq(bank_base),
+                i_saddr.eq(cv.s_base), i_taddr.eq(cv.t_base),
+            ]
 
         # ---------------------------------------------------------------- CONV: writer
         res = core.results.payload
@@ -436,7 +457,16 @@ class Accelerator(wiring.Component):
         wr_field = Signal(range(W // R + 1))  # ((o0 + out_ch_base) % W) // R
         bits_buf = [Signal(data.ArrayLayout(cfg.max_abases, C), name=f"bits_buf{r}") for r in range(R)]
         wr_writing = Signal()
-        conv_running = Signal()
+
+        def next_pixel_tile():
+            """The writer finished a pixel tile's last output tile: move to the next pixel tile."""
+            m.d.sync += [
+                wr_tiles.eq(0), wr_o0.eq(0), wr_col.eq(0),
+                wr_word.eq(cv.out_ch_base // W), wr_field.eq((cv.out_ch_base % W) // R),
+                wr_p0.eq(wr_p0 + C), wr_res_tile.eq(wr_res_tile + tile_res_step),
+                wr_res_addr.eq(wr_res_tile + tile_res_step),
+                wr_out_tile.eq(wr_out_tile + tile_out_step),
+            ]
 
         m.d.comb += [res_w_en.eq(0), act_w_en.eq(0), act_r_en.eq(0)]
         with m.If(conv_running & cv.raw):
@@ -455,6 +485,8 @@ class Accelerator(wiring.Component):
                     with m.If(res.last):
                         m.d.sync += [wr_o0.eq(wr_o0 + R), wr_tiles.eq(wr_tiles + 1),
                                      wr_res_addr.eq(wr_res_tile + wr_o0 + R)]
+                        with m.If(wr_tiles == out_tiles - 1):
+                            next_pixel_tile()
                     with m.Else():
                         m.d.sync += wr_res_addr.eq(wr_res_tile + o + 1)
                 with m.Else():
@@ -497,6 +529,8 @@ class Accelerator(wiring.Component):
                             m.d.sync += [wr_field.eq(0), wr_word.eq(wr_word + 1)]
                         with m.Else():
                             m.d.sync += wr_field.eq(wr_field + 1)
+                        with m.If(wr_tiles == out_tiles - 1):
+                            next_pixel_tile()
 
         # ---------------------------------------------------------------- POOL state
         q_t = Signal(4)
@@ -526,6 +560,58 @@ class Accelerator(wiring.Component):
                 m.d.sync += q_acc.eq(ored)
                 with m.If(q1_last):
                     m.d.comb += [act_w_addr.eq(q1_out), act_w_data.eq(ored), act_w_en.eq(all_granules)]
+
+        # ---------------------------------------------------------------- CONV: gather engine
+        # Fills the free patch bank with the next pixel tile while the issue unit reads the other.
+        with m.FSM(name="gather"):
+            with m.State("IDLE"):
+                with m.If(conv_running & (g_p0 < npix) & ~bank_full.bit_select(g_bank, 1)):
+                    m.d.sync += [
+                        g_col.eq(0), g_n.eq(0), g_ky.eq(0), g_kx.eq(0), g_cw.eq(0),
+                        g_pw.eq(Mux(g_bank, cfg.patch_depth, 0)),
+                        g_an.eq(g_pix), g_aky.eq(g_pix), g_akx.eq(g_pix), g_iyk.eq(g_iy), g_ixk.eq(g_ix),
+                    ]
+                    m.next = "RUN"
+            with m.State("RUN"):
+                addr = g_akx + g_cw
+                inside = (g_iyk >= 0) & (g_iyk < cv.in_h) & (g_ixk >= 0) & (g_ixk < cv.in_w)
+                m.d.comb += [act_r_addr.eq(addr[:len(act_r_addr)]), act_r_en.eq(inside)]
+                m.d.sync += [g1_valid.eq(1), g1_pad.eq(~inside), g1_col.eq(g_col), g1_pw.eq(g_pw),
+                             g_pw.eq(g_pw + 1)]
+                # Loops: cw innermost, then kx, ky, n, then the column.
+                with m.If(g_cw != cv.in_cw - 1):
+                    m.d.sync += g_cw.eq(g_cw + 1)
+                with m.Else():
+                    m.d.sync += g_cw.eq(0)
+                    with m.If(g_kx != cv.kw - 1):
+                        m.d.sync += [g_kx.eq(g_kx + 1), g_akx.eq(g_akx + cv.in_stride),
+                                     g_ixk.eq(g_ixk + 1)]
+                    with m.Else():
+                        m.d.sync += [g_kx.eq(0), g_ixk.eq(g_ix)]
+                        with m.If(g_ky != cv.kh - 1):
+                            m.d.sync += [g_ky.eq(g_ky + 1), g_aky.eq(g_aky + row_words),
+                                         g_akx.eq(g_aky + row_words), g_iyk.eq(g_iyk + 1)]
+                        with m.Else():
+                            m.d.sync += [g_ky.eq(0), g_iyk.eq(g_iy)]
+                            with m.If(g_n != cv.in_planes - 1):
+                                m.d.sync += [g_n.eq(g_n + 1), g_an.eq(g_an + plane_words),
+                                             g_aky.eq(g_an + plane_words), g_akx.eq(g_an + plane_words)]
+                            with m.Else():
+                                # Next column: the next pixel.
+                                m.d.sync += [g_n.eq(0), g_pw.eq(Mux(g_bank, cfg.patch_depth, 0)),
+                                             g_col.eq(Mux(g_col == C - 1, 0, g_col + 1))]
+                                advance_pixel()
+                                m.next = "NEXT_COLUMN"
+            with m.State("NEXT_COLUMN"):
+                m.d.sync += [g_an.eq(g_pix), g_aky.eq(g_pix), g_akx.eq(g_pix), g_iyk.eq(g_iy), g_ixk.eq(g_ix)]
+                with m.If(g_col == 0):      # wrapped: all C columns gathered (the last word lands now)
+                    m.d.sync += [g_p0.eq(g_p0 + C), g_bank.eq(~g_bank)]
+                    for b in range(2):
+                        with m.If(g_bank == b):
+                            m.d.sync += bank_full[b].eq(1)
+                    m.next = "IDLE"
+                with m.Else():
+                    m.next = "RUN"
 
         # ---------------------------------------------------------------- main FSM
         done_r = Signal()
@@ -573,71 +659,20 @@ class Accelerator(wiring.Component):
                     start_row = cv.in_base - pad_rows - pad_cols
                     m.d.sync += [
                         g_oy.eq(0), g_ox.eq(0), g_iy.eq(-cv.pad), g_ix.eq(-cv.pad),
-                        g_pix.eq(start_row), g_row.eq(start_row),
+                        g_pix.eq(start_row), g_row.eq(start_row), g_p0.eq(0),
+                        g_bank.eq(0), c_bank.eq(0), bank_full.eq(0),
                         wr_p0.eq(0), wr_res_tile.eq(cv.out_base), wr_out_tile.eq(cv.out_base),
+                        wr_res_addr.eq(cv.out_base), wr_tiles.eq(0), wr_o0.eq(0), wr_col.eq(0),
+                        wr_writing.eq(0),
+                        wr_word.eq(cv.out_ch_base // W), wr_field.eq((cv.out_ch_base % W) // R),
                         conv_running.eq(1),
                     ]
-                    m.next = "GATHER_START"
-            with m.State("GATHER_START"):
-                m.d.sync += [
-                    g_col.eq(0), g_n.eq(0), g_ky.eq(0), g_kx.eq(0), g_cw.eq(0), g_pw.eq(0),
-                    g_an.eq(g_pix), g_aky.eq(g_pix), g_akx.eq(g_pix), g_iyk.eq(g_iy), g_ixk.eq(g_ix),
-                ]
-                m.next = "GATHER"
-            with m.State("GATHER"):
-                addr = g_akx + g_cw
-                inside = (g_iyk >= 0) & (g_iyk < cv.in_h) & (g_ixk >= 0) & (g_ixk < cv.in_w)
-                m.d.comb += [act_r_addr.eq(addr[:len(act_r_addr)]), act_r_en.eq(inside)]
-                m.d.sync += [g1_valid.eq(1), g1_pad.eq(~inside), g1_col.eq(g_col), g1_pw.eq(g_pw),
-                             g_pw.eq(g_pw + 1)]
-                # Loops: cw innermost, then kx, ky, n, then the column.
-                with m.If(g_cw != cv.in_cw - 1):
-                    m.d.sync += g_cw.eq(g_cw + 1)
-                with m.Else():
-                    m.d.sync += g_cw.eq(0)
-                    with m.If(g_kx != cv.kw - 1):
-                        m.d.sync += [g_kx.eq(g_kx + 1), g_akx.eq(g_akx + cv.in_stride),
-                                     g_ixk.eq(g_ixk + 1)]
-                    with m.Else():
-                        m.d.sync += [g_kx.eq(0), g_ixk.eq(g_ix)]
-                        with m.If(g_ky != cv.kh - 1):
-                            m.d.sync += [g_ky.eq(g_ky + 1), g_aky.eq(g_aky + row_words),
-                                         g_akx.eq(g_aky + row_words), g_iyk.eq(g_iyk + 1)]
-                        with m.Else():
-                            m.d.sync += [g_ky.eq(0), g_iyk.eq(g_iy)]
-                            with m.If(g_n != cv.in_planes - 1):
-                                m.d.sync += [g_n.eq(g_n + 1), g_an.eq(g_an + plane_words),
-                                             g_aky.eq(g_an + plane_words), g_akx.eq(g_an + plane_words)]
-                            with m.Else():
-                                # Next column: the next pixel.
-                                m.d.sync += [g_n.eq(0), g_pw.eq(0),
-                                             g_col.eq(Mux(g_col == C - 1, 0, g_col + 1))]
-                                advance_pixel()
-                                m.next = "GATHER_NEXT_COLUMN"
-            with m.State("GATHER_NEXT_COLUMN"):
-                m.d.sync += [g_an.eq(g_pix), g_aky.eq(g_pix), g_akx.eq(g_pix), g_iyk.eq(g_iy), g_ixk.eq(g_ix)]
-                with m.If(g_col == 0):      # wrapped: all C columns gathered
-                    m.d.sync += [
-                        i_active.eq(1), i_ot.eq(0), i_m.eq(0), i_n.eq(0), i_j.eq(0), i_cwj.eq(0),
-                        i_wstart.eq(cv.w_base), i_waddr.eq(cv.w_base), i_pstart.eq(0), i_paddr.eq(0),
-                        i_saddr.eq(cv.s_base), i_taddr.eq(cv.t_base),
-                        wr_tiles.eq(0), wr_o0.eq(0), wr_col.eq(0),
-                        wr_word.eq(cv.out_ch_base // W), wr_field.eq((cv.out_ch_base % W) // R),
-                        wr_res_addr.eq(wr_res_tile),
-                    ]
-                    m.next = "COMPUTE"
-                with m.Else():
-                    m.next = "GATHER"
-            with m.State("COMPUTE"):
-                with m.If(~i_active & ~b_valid & (wr_tiles == out_tiles)):
-                    next_p0 = wr_p0 + C
-                    m.d.sync += [wr_p0.eq(next_p0), wr_res_tile.eq(wr_res_tile + tile_res_step),
-                                 wr_out_tile.eq(wr_out_tile + tile_out_step)]
-                    with m.If(next_p0 >= npix):
-                        m.d.sync += [conv_running.eq(0), pc.eq(pc + 1)]
-                        m.next = "FETCH"
-                    with m.Else():
-                        m.next = "GATHER_START"
+                    m.next = "CONV_RUN"
+            with m.State("CONV_RUN"):
+                # Gather, issue and writer run on their own; the instruction ends with the last write.
+                with m.If(wr_p0 >= npix):
+                    m.d.sync += [conv_running.eq(0), pc.eq(pc + 1)]
+                    m.next = "FETCH"
             with m.State("POOL_SETUP"):
                 run_steps(pool_steps, "POOL_CHECK")
             with m.State("POOL_CHECK"):
