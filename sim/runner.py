@@ -170,8 +170,6 @@ def build_design(config: AccelConfig, design="core", *, build_root=None, always=
     verilog_path = build_dir / f"{toplevel}.v"
 
     with _locked(build_dir.with_name(build_dir.name + ".lock")):
-        (build_dir.parent / "configs").mkdir(parents=True, exist_ok=True)
-        (build_dir.parent / "configs" / f"{config.fingerprint()}.txt").write_text(build_dir.name + "\n")
         if (not always and binary.exists() and stamp.exists()
                 and stamp.read_text().strip() == stamp_text):
             return CoreBuild(config, build_dir, verilog_path, toplevel, False, 0.0)
