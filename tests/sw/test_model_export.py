@@ -191,3 +191,14 @@ def test_model_errors():
         build_model("alexnet", "xnor", (1, 8, 8), 10)
     with pytest.raises(ModelError, match="Width must be a positive integer, not 0"):
         build_model("lfc", "xnor", (1, 8, 8), 10, 0)
+
+
+def test_benchmark_costs_count_bits_and_binary_ops():
+    from benchmarks.accuracy import model_costs
+    exported = export_model(_net("lfc", "abc", 2, 2, width=8))  # K: 64 -> 8 -> 8 -> 8 -> 10 classes
+    weight_bits, total_bits, ops = model_costs(exported)
+    assert weight_bits == 2 * (8 * 64 + 8 * 8 + 8 * 8 + 10 * 8)
+    assert ops == 2 * 8 * 8 * 64 + 2 * (2 * 2 * 8 * 8) + 2 * 2 * 10 * 8
+    scale_bits = (2 * 8 * 8 + 2 * 2 * 8 * 2 + 2 * 2 * 10) * 16
+    threshold_bits = 3 * (8 * 2 * 32 + 8)
+    assert total_bits == weight_bits + scale_bits + threshold_bits
