@@ -18,32 +18,41 @@ a whole.
 `xnor_popcount(m, w, a)` adds the logic to module `m` and returns the count as a Value.
 """
 
-from amaranth.hdl import Cat, Const
+from amaranth.hdl import Cat, Const, Signal
 
 __all__ = ["xnor_popcount", "popcount"]
 
 
-def _full_adder(x, y, z):
-    return x ^ y ^ z, (x & y) | (x & z) | (y & z)
+def _net(m, value):
+    """A named signal for `value`: every full-adder output is used twice or more, and an Amaranth
+    expression used twice is emitted twice, so without signals the Verilog grows exponentially with
+    the heap depth (40x larger for W = 32, which Verilator then takes minutes to build)."""
+    signal = Signal(1)
+    m.d.comb += signal.eq(value)
+    return signal
 
 
-def _count_bits(bits):
+def _full_adder(m, x, y, z):
+    return _net(m, x ^ y ^ z), _net(m, (x & y) | (x & z) | (y & z))
+
+
+def _count_bits(m, bits):
     """Count of set bits among at most three one-bit Values, as logic: [sum, carry][:needed]."""
     if len(bits) == 1:
-        return [bits[0]]
+        return [_net(m, bits[0])]
     if len(bits) == 2:
-        return [bits[0] ^ bits[1], bits[0] & bits[1]]
-    return list(_full_adder(*bits))
+        return [_net(m, bits[0] ^ bits[1]), _net(m, bits[0] & bits[1])]
+    return list(_full_adder(m, *bits))
 
 
-def _reduce_heap(columns):
+def _reduce_heap(m, columns):
     """Full-adder layers until every weight holds at most two bits; returns the two rows' sum."""
     while any(len(col) > 2 for col in columns):
         new = [[] for _ in range(len(columns) + 1)]
         for weight, col in enumerate(columns):
             i = 0
             while len(col) - i >= 3:
-                s, c = _full_adder(col[i], col[i + 1], col[i + 2])
+                s, c = _full_adder(m, col[i], col[i + 1], col[i + 2])
                 new[weight].append(s)
                 new[weight + 1].append(c)
                 i += 3
@@ -63,12 +72,12 @@ def xnor_popcount(m, w, a, *, name="pc"):
         raise ValueError(f"Operands must have equal widths, not {width} and {len(a)}")
     columns = [[], []]
     for i in range(0, width, 3):
-        leaf = _count_bits([~(w[j] ^ a[j]) for j in range(i, min(i + 3, width))])
+        leaf = _count_bits(m, [~(w[j] ^ a[j]) for j in range(i, min(i + 3, width))])
         for weight, bit in enumerate(leaf):
             columns[weight].append(bit)
     while not columns[-1]:
         columns.pop()
-    return _reduce_heap(columns)
+    return _reduce_heap(m, columns)
 
 
 def popcount(m, bits, *, name="pc"):
@@ -76,4 +85,4 @@ def popcount(m, bits, *, name="pc"):
     width = len(bits)
     if width == 0:
         return Const(0, 1)
-    return _reduce_heap([[bits[i] for i in range(width)]])
+    return _reduce_heap(m, [[bits[i] for i in range(width)]])
