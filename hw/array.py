@@ -24,6 +24,7 @@ from amaranth.lib.wiring import In, Out
 
 from .config import AccelConfig
 from .popcount import xnor_popcount
+from .pipeline import delay
 
 __all__ = ["ProcessingElement", "SystolicArray", "control_layout"]
 
@@ -145,16 +146,10 @@ class SystolicArray(wiring.Component):
             ctl_edge.last.eq(self.edge.last),
         ]
 
-        def delay(value, cycles, name):
-            for i in range(cycles):
-                stage = Signal.like(value, name=f"{name}_d{i}")
-                m.d.sync += stage.eq(value)
-                value = stage
-            return value
 
-        w_left = [delay(w_edge[r], r, f"w_skew{r}") for r in range(rows)]
-        a_top = [delay(a_edge[c], c, f"a_skew{c}") for c in range(cols)]
-        ctl_top = [delay(ctl_edge, c, f"ctl_skew{c}") for c in range(cols)]
+        w_left = [delay(m, w_edge[r], r, f"w_skew{r}") for r in range(rows)]
+        a_top = [delay(m, a_edge[c], c, f"a_skew{c}") for c in range(cols)]
+        ctl_top = [delay(m, ctl_edge, c, f"ctl_skew{c}") for c in range(cols)]
 
         pes = [[ProcessingElement(width, cfg.count_bits) for _ in range(cols)] for _ in range(rows)]
         for r in range(rows):
@@ -178,7 +173,7 @@ class SystolicArray(wiring.Component):
             col_count = Signal(cfg.count_bits, name=f"col_count{c}")
             col_valid = Signal(name=f"col_valid{c}")
             m.d.sync += [col_count.eq(selected), col_valid.eq(any_valid)]
-            m.d.comb += self.counts[c].eq(delay(col_count, cols - 1 - c, f"deskew{c}"))
+            m.d.comb += self.counts[c].eq(delay(m, col_count, cols - 1 - c, f"deskew{c}"))
             if c == cols - 1:
                 m.d.comb += self.counts_valid.eq(col_valid)
         return m

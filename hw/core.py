@@ -14,6 +14,7 @@ from amaranth.lib.wiring import In, Out
 from .array import SystolicArray
 from .config import AccelConfig
 from .layouts import CoreLayouts
+from .pipeline import delay
 from .scale import ScaleAccumulator
 from .threshold import ThresholdUnit
 
@@ -162,19 +163,12 @@ class BinaryCore(wiring.Component):
             scale_acc.last_pass.eq(info_b.last_pass),
         ]
 
-        # Side information travels beside the accumulator's pipeline.
-        def delay(value, cycles, name):
-            for i in range(cycles):
-                stage = Signal.like(value, name=f"{name}_d{i}")
-                m.d.sync += stage.eq(value)
-                value = stage
-            return value
 
         # The threshold entry is read one cycle before the accumulator's sums are ready.
         lead = ScaleAccumulator.LATENCY - 1
-        thr_addr_c = delay(info_b.thr_addr, lead, "thr_addr")
-        row_c = delay(row_b, lead, "row_thr")
-        valid_c = delay(valid_b, lead, "valid_thr")
+        thr_addr_c = delay(m, info_b.thr_addr, lead, "thr_addr")
+        row_c = delay(m, row_b, lead, "row_thr")
+        valid_c = delay(m, valid_b, lead, "valid_thr")
         thr_rp = thr_mem.read_port()
         m.d.comb += [
             thr_rp.addr.eq(thr_addr_c + row_c),
@@ -186,8 +180,8 @@ class BinaryCore(wiring.Component):
 
         # Stage D: results into the output FIFO.
         total = ScaleAccumulator.LATENCY + ThresholdUnit.LATENCY
-        row_d = delay(row_b, total, "row_out")
-        raw_d = delay(info_b.raw, total, "raw_out")
+        row_d = delay(m, row_b, total, "row_out")
+        raw_d = delay(m, info_b.raw, total, "raw_out")
         result = Signal(lay.result)
         m.d.comb += [
             result.acc.eq(thr_unit.acc_out),
