@@ -65,8 +65,10 @@ def save_checkpoint(path, net, optimizer, scheduler, epoch, settings):
 def load_checkpoint(path, net, optimizer, scheduler, settings):
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError) as error:
-        raise TrainError(f"Cannot read checkpoint {path}: {error}") from None
+    except OSError as error:
+        raise TrainError(f"Cannot read checkpoint {path}: {error.strerror or error}") from None
+    except Exception:  # torch reports a damaged file with many exception types and long texts
+        raise TrainError(f"Checkpoint {path} is damaged or not a torch checkpoint") from None
     if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
         raise TrainError(f"{path} is not a checkpoint of this trainer (version {CHECKPOINT_VERSION})")
     if state["settings"] != settings.identity():

@@ -119,3 +119,14 @@ def test_cli_trains_on_a_folder_dataset(tmp_path, capsys):
     model = load_model(out)
     assert model.input_shape == (1, 28, 28) and model.training["dataset"] == "mnist"
     assert model.training["test_images"] == 12
+
+
+def test_cli_damaged_checkpoint_is_one_line(tmp_path, capsys):
+    checkpoint = tmp_path / "bad.ckpt"
+    checkpoint.write_bytes(b"garbage, not a checkpoint\n")
+    status = main(["--model", "lfc", "--scheme", "xnor", "--dataset", "digits", "--out", str(tmp_path / "x.bnn"),
+                   "--resume", "--checkpoint", str(checkpoint), "--width", "8"])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert err.startswith(f"python -m sw.train: error: Checkpoint {checkpoint} is damaged or not a torch checkpoint")
+    assert err.count("\n") == 1
