@@ -103,6 +103,8 @@ def main(argv=None):
     if args.device == "cuda" and not torch.cuda.is_available():
         return fail("--device cuda: no CUDA device is available (this torch build: "
                     f"{torch.__version__})", 2)
+    if os.path.isdir(args.out):
+        return fail(f"--out: {args.out} is a folder, not a file name", 2)
     out_dir = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(out_dir):
         return fail(f"--out: folder {out_dir} does not exist", 2)
