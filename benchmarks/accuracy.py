@@ -81,18 +81,16 @@ def model_costs(exported):
 def float_costs(net, input_shape):
     """(parameter bits at 32 bits each, multiply-accumulates per image) of a float network."""
     import torch
+
+    from sw.models import Branch
     params = sum(p.numel() for p in net.parameters())
     macs = 0
     hooks = []
 
     def count(module, inputs, output):
         nonlocal macs
-        from sw.models import Branch
-        if isinstance(module, Branch):
-            out = output[0]
-            macs += out.numel() * module.k
+        macs += output[0].numel() * module.k  # output of one image: O x H' x W' sums of K products
 
-    from sw.models import Branch
     for module in net.modules():
         if isinstance(module, Branch):
             hooks.append(module.register_forward_hook(count))

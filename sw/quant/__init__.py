@@ -12,7 +12,6 @@ Activations travel between layers as `Act` (planes and their scales), so max poo
 planes (a bitwise OR in the hardware) and convolutions pad every plane with -1, like the hardware.
 """
 
-import math
 import statistics
 from dataclasses import dataclass
 
@@ -425,7 +424,3 @@ def _describe(allowed):
     allowed = list(allowed)
     return str(allowed[0]) if len(allowed) == 1 else f"{allowed[0]} to {allowed[-1]}"
 
-
-def kaiming_latent(shape, fan_in, generator=None):
-    bound = math.sqrt(3.0 / fan_in)
-    return (torch.rand(shape, generator=generator) * 2 - 1) * bound
