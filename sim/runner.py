@@ -142,15 +142,20 @@ def _locked(path):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def build_core(config: AccelConfig, *, build_root=None, always=False):
+def build_core(config: AccelConfig, *, build_root=None, always=False, opt=None):
     """Write BinaryCore's Verilog for `config` and build it with Verilator, unless an identical build
     exists."""
-    return build_design(config, "core", build_root=build_root, always=always)
+    return build_design(config, "core", build_root=build_root, always=always, opt=opt)
 
 
-def build_design(config: AccelConfig, design="core", *, build_root=None, always=False):
+def build_design(config: AccelConfig, design="core", *, build_root=None, always=False, opt=None):
     """Write the Verilog of `design` for `config` and build it with Verilator, unless an identical
-    build exists."""
+    build exists.
+
+    `opt` is the C++ optimisation of the model (e.g. "-O0"; None keeps Verilator's default, -Os).
+    For an 8x8, W=64 core -O0 builds about 4 times faster and simulates about 2.5 times slower: the
+    better choice for short regression runs, the worse one for long simulations.
+    """
     import cocotb
     from cocotb_tools.runner import get_runner
 
@@ -159,8 +164,12 @@ def build_design(config: AccelConfig, design="core", *, build_root=None, always=
     tool = verilator_env()
     source = design_verilog(config, design)
     toplevel = DESIGNS[design][0]
+    if opt is not None and not re.fullmatch(r"-O[0-3sgz]", opt):
+        raise ValueError(f"Optimisation must be a flag like -O0 or -Os, not {opt!r}")
+    make_overrides = VERILATOR_MAKE_OVERRIDES + (
+        (f"OPT_FAST={opt}", f"OPT_SLOW={opt}") if opt else ())
     stamp_text = hashlib.sha256("\n".join(
-        [source, " ".join(VERILATOR_ARGS + VERILATOR_MAKE_OVERRIDES), tool, cocotb.__version__]
+        [source, " ".join(VERILATOR_ARGS + make_overrides), tool, cocotb.__version__]
     ).encode()).hexdigest()
     # Named by what is built (the Verilog and the tools), not by the whole config: config fields the
     # core does not use (e.g. the controller's buffer depths) then do not force a rebuild.
@@ -183,7 +192,7 @@ def build_design(config: AccelConfig, design="core", *, build_root=None, always=
         runner = get_runner("verilator")
         start = time.monotonic()
         try:
-            with _make_overrides(VERILATOR_MAKE_OVERRIDES):
+            with _make_overrides(make_overrides):
                 runner.build(
                     sources=[verilog_path],
                     hdl_toplevel=toplevel,

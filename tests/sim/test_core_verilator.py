@@ -33,8 +33,13 @@ GEOMETRIES = {
 }
 
 
+# The C++ of the model is compiled without optimisation: an 8x8, W=64 build then takes about a minute
+# instead of three or four on a loaded 2-core machine, and the runs here are seconds either way.
+OPT = "-O0"
+
+
 def built(name):
-    return build_core(GEOMETRIES[name])
+    return build_core(GEOMETRIES[name], opt=OPT)
 
 
 def metrics_of(result):
@@ -125,7 +130,7 @@ SWEEP = {
 @pytest.mark.parametrize("name", SWEEP)
 def test_sweep(name, seed):
     cfg = SWEEP[name]
-    build = build_core(cfg)
+    build = build_core(cfg, opt=OPT)
     for src_pause, sink_pause in ((0.0, 0.8), (0.5, 0.5), (0.0, 0.0)):
         specs = edge_specs(cfg) + random_specs(cfg, 80, seed=100 + seed)
         result = run_bench(build, BENCH, testcase="tiles", seed=seed,
