@@ -210,8 +210,7 @@ def build_design(config: AccelConfig, design="core", *, build_root=None, always=
         return CoreBuild(config, build_dir, verilog_path, toplevel, True, seconds)
 
 
-def run_bench(build: CoreBuild, test_module, *, testcase=None, params=None, seed=1, name=None,
-              timeout=None):
+def run_bench(build: CoreBuild, test_module, *, testcase=None, params=None, seed=1, name=None):
     """Run the cocotb test module `test_module` (a dotted name) against a built core.
 
     `params` (JSON-serialisable) reach the bench as `bench_params()`, the config as `bench_config()`.

@@ -146,7 +146,7 @@ class CoreHarness:
         await self.scale_write.wait()
         await self.thr_write.wait()
 
-    async def run_batch(self, batch, log):
+    async def run_batch(self, batch):
         """Stream a batch's beats back to back and check every result. Returns mismatch messages."""
         cfg = self.cfg
         for _, tile in batch:
@@ -194,7 +194,7 @@ async def tiles(dut):
     for batch in batches:
         await h.write_parameters(batch)
         await RisingEdge(dut.clk)   # the writes are in; the batch's passes may now read them
-        errors += await with_timeout(h.run_batch(batch, dut._log),
+        errors += await with_timeout(h.run_batch(batch),
                                      _timeout_ns(cfg, [s for s, _ in batch], src_pause, sink_pause),
                                      "ns")
     cycles = (cocotb.utils.get_sim_time("ns") - start_ns) / CLOCK_NS
@@ -230,7 +230,7 @@ async def full_rate(dut):
     await h.write_parameters(batches[0])
     await RisingEdge(dut.clk)
     start_wall = time.perf_counter()
-    errors = await with_timeout(h.run_batch(batches[0], dut._log),
+    errors = await with_timeout(h.run_batch(batches[0]),
                                 _timeout_ns(cfg, specs, 0.0, 0.0), "ns")
     wall = time.perf_counter() - start_wall
     beat_times = h.beats.transfer_times
