@@ -163,19 +163,22 @@ class BinaryCore(wiring.Component):
             scale_acc.last_pass.eq(info_b.last_pass),
         ]
 
-
-        # The threshold entry is read one cycle before the accumulator's sums are ready.
-        lead = ScaleAccumulator.LATENCY - 1
+        # The threshold entry is read two cycles before the accumulator's sums are ready and
+        # registered once more before the comparators: the memory's output delay and a
+        # full-width comparison in one cycle were the ULX3S build's critical path.
+        lead = ScaleAccumulator.LATENCY - 2
         thr_addr_c = delay(m, info_b.thr_addr, lead, "thr_addr")
         row_c = delay(m, row_b, lead, "row_thr")
         valid_c = delay(m, valid_b, lead, "valid_thr")
         thr_rp = thr_mem.read_port()
+        thr_entry = Signal(lay.thr_entry)
+        m.d.sync += thr_entry.eq(thr_rp.data)
         m.d.comb += [
             thr_rp.addr.eq(thr_addr_c + row_c),
             thr_rp.en.eq(valid_c),
             thr_unit.in_valid.eq(scale_acc.out_valid),
             thr_unit.acc.eq(scale_acc.acc),
-            thr_unit.entry.eq(thr_rp.data),
+            thr_unit.entry.eq(thr_entry),
         ]
 
         # Stage D: results into the output FIFO.
