@@ -21,7 +21,8 @@ from sw.compile import compile_model
 from sw.compile.testing import conv, linear, maxpool, random_model
 from sw.runtime import open_backend
 
-from .report import write_section
+from ._sections import update_section
+from .report import PERFORMANCE
 
 CONFIG = AccelConfig(rows=8, cols=8, word_bits=32, weight_depth=65536, scale_depth=8192, thr_depth=8192,
                      act_depth=32768, patch_depth=1024, result_depth=64, instr_depth=64)
@@ -105,7 +106,7 @@ def main(argv=None):
     print(body)
     if args.no_write:
         return
-    write_section("Cycles and array utilization (CNV-sized network)", body)
+    update_section(PERFORMANCE, "Cycles and array utilization (CNV-sized network)", body)
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -15,7 +15,8 @@ import numpy as np
 
 from sw import ref
 
-from .report import write_section
+from ._sections import update_section
+from .report import PERFORMANCE
 
 
 def best_time(fn, repeats):
@@ -73,7 +74,7 @@ def main(argv=None):
     ])
     print(body)
     if not args.no_write:
-        write_section("Golden model (sw.ref) against torch", body)
+        update_section(PERFORMANCE, "Golden model (sw.ref) against torch", body)
 
 
 if __name__ == "__main__":
