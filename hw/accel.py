@@ -2,12 +2,14 @@
 
 It executes the instruction set of docs/isa.md (version 1: one instruction at a time, to completion):
 
-* CONV: per tile of `cols` output pixels, the gather unit copies each column's receptive field (all
-  activation bases) from the activation buffer into that column's patch buffer, substituting the
-  padding word outside the map; then the issue unit streams one beat per cycle (weight entry + the C
-  patch words) for every (output tile, weight basis, activation basis, K-word) into the core; the writer
-  takes the core's results and writes either sums to the result memory (`raw`) or bit-planes to the
-  activation buffer, a tile's `rows` channels of one pixel and plane as one R-bit field.
+* CONV: three engines overlap. Per tile of `cols` output pixels, the gather engine copies each
+  column's receptive field (all activation bases) from the activation buffer into one of two patch
+  banks, substituting the padding word outside the map; the issue unit streams a filled bank as one
+  beat per cycle (weight entry + the C patch words) for every (output tile, weight basis, activation
+  basis, K-word) into the core while the gather fills the other bank; the writer takes the core's
+  results and writes either sums to the result memory (`raw`) or bit-planes to the activation buffer,
+  a tile's `rows` channels of one pixel and plane as one R-bit field. `hw/cycles.py` models the three
+  exactly.
 * POOL: OR over each window, one activation-buffer read per cycle.
 * Every instruction is checked before it runs (docs/isa.md "Errors"); a failing check halts with the
   error code, so an illegal program never hangs and never writes.
