@@ -143,22 +143,20 @@ class BinaryCore(wiring.Component):
                 row_a.eq(Mux(row_a == rows - 1, 0, row_a + 1)),
             ]
 
-        # Stage B: the pass's scale entry is on the read port; feed the accumulator.
-        valid_b = Signal()
-        counts_b = Signal.like(array.counts)
-        row_b = Signal(range(rows))
-        info_b = Signal(lay.pass_info)
-        m.d.sync += [
-            valid_b.eq(array.counts_valid),
-            counts_b.eq(array.counts),
-            row_b.eq(row_a),
-            info_b.eq(info_a),
-        ]
+        # Stage B, two cycles after A: the pass's scale entry, read at row 0 and registered once
+        # (the memory's output delay and the row select in one cycle were the ULX3S build's critical
+        # path), feeds the accumulator; the entry stays for all of the pass's rows.
+        valid_b = delay(m, array.counts_valid, 2, "valid_b")
+        counts_b = delay(m, array.counts, 2, "counts_b")
+        row_b = delay(m, row_a, 2, "row_b")
+        info_b = delay(m, info_a, 2, "info_b")
+        scale_entry = Signal(lay.scale_entry)
+        m.d.sync += scale_entry.eq(scale_rp.data)
         m.d.comb += [
             scale_acc.in_valid.eq(valid_b),
             scale_acc.counts.eq(counts_b),
             scale_acc.k.eq(info_b.k),
-            scale_acc.scale.eq(scale_rp.data[row_b]),
+            scale_acc.scale.eq(scale_entry[row_b]),
             scale_acc.first_pass.eq(info_b.first_pass),
             scale_acc.last_pass.eq(info_b.last_pass),
         ]

@@ -10,7 +10,7 @@ __all__ = ["SETUP_CYCLES", "ARRIVAL_CYCLES", "ISSUE_START", "BANK_REUSE", "TILE_
 
 END_CYCLES = 3          # fetch, latch, decode
 SETUP_CYCLES = 26       # fetch, latch, decode, 22 set-up products, check
-ARRIVAL_CYCLES = 2      # + cols: a tile's last beat accepted -> its row 0 at the writer
+ARRIVAL_CYCLES = 3      # + cols: a tile's last beat accepted -> its row 0 at the writer
 ISSUE_START = 2         # a bank filled (or the previous tile issued) -> the next tile's first beat
 BANK_REUSE = 1          # a bank's last beat read -> the gather may refill it
 TILE_OVERHEAD = 9       # the last write -> the next instruction's fetch
