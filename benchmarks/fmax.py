@@ -140,12 +140,13 @@ is reused from its folder).
 
 {text}
 
-Critical path of the default ULX3S build (nextpnr's report in `build/bench_fmax/top.tim`): the
-threshold memory's read data (a DP16KD without its output register: 5.8 ns clock-to-out) straight
-into the 32-bit threshold comparison (a CCU2C carry chain) and the `bits` register, about 15 ns.
-Registering the threshold entry (the EBR's output register, one more cycle of latency in
-`ThresholdUnit` / `BinaryCore`) is the first fix toward 100 MHz; the small build, whose memories
-are small enough for distributed RAM, already passes 100 MHz.
+Critical path of the default ULX3S build (nextpnr's report in `build/bench_fmax/nextpnr.log`): inside
+a processing element, from the activation register through the XNOR-popcount tree to the registered
+count (about 10 ns), i.e. the array itself. The two paths that limited it before (65.8 MHz, then 96.1
+MHz) were block-RAM reads used in the same cycle: the threshold entry into the 32-bit comparison and
+the scale entry into the row select; `BinaryCore` now registers both reads. Next steps, if a design
+needs more: a register inside the popcount tree for W >= 64, and a PLL (the board runs from its 25 MHz
+oscillator today).
 """
 
 
