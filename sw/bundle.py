@@ -14,14 +14,12 @@ header (padded to 8 bytes), the segments' arrays one after another (each padded 
 sha256 of every byte before it.
 """
 
-import hashlib
-import json
-import struct
 from dataclasses import dataclass
 
 import numpy as np
 
 from hw.config import AccelConfig, ConfigError
+from sw.container import pack_container, pad, unpack_container
 
 __all__ = ["MAGIC", "FORMAT_VERSION", "KIND", "MEMORIES", "BundleError", "Segment", "Bundle",
            "save_bundle", "load_bundle", "to_bytes", "from_bytes", "word_limbs", "pack_words", "unpack_words",
@@ -30,9 +28,6 @@ __all__ = ["MAGIC", "FORMAT_VERSION", "KIND", "MEMORIES", "BundleError", "Segmen
 MAGIC = b"BNNBUNDL"
 FORMAT_VERSION = 1
 KIND = "bnn-program-bundle"
-_PREAMBLE = struct.Struct("<8sII")
-_DIGEST = 32
-_ALIGN = 8
 
 # memory name -> (dtype, shape of one entry given the config), for segment values.
 #   act       : one W-bit word as ceil(W/64) uint64 limbs (limb i holds bits 64i .. 64i+63)
@@ -126,8 +121,7 @@ class Bundle:
 
 
 def _array_bytes(values):
-    data = np.ascontiguousarray(values).tobytes()
-    return data + b"\0" * ((-len(data)) % _ALIGN)
+    return pad(np.ascontiguousarray(values).tobytes())
 
 
 def to_bytes(bundle):
@@ -147,36 +141,13 @@ def to_bytes(bundle):
         "segments": segments, "input": bundle.input, "output": bundle.output,
         "layers": bundle.layers, "model": bundle.model,
     }
-    text = json.dumps(header, sort_keys=True).encode()
-    text += b" " * ((-(_PREAMBLE.size + len(text))) % _ALIGN)
-    body = _PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(text)) + text + b"".join(blobs)
-    return body + hashlib.sha256(body).digest()
+    return pack_container(MAGIC, FORMAT_VERSION, header, blobs)
 
 
 def from_bytes(data, origin="bundle"):
     """Parse bytes written by `to_bytes`; any defect raises BundleError."""
-    data = bytes(data)
-    if len(data) < _PREAMBLE.size or data[:len(MAGIC)] != MAGIC:
-        if len(data) < _PREAMBLE.size and MAGIC.startswith(data[:len(MAGIC)]):
-            _fail(f"{origin} is truncated ({len(data)} bytes)")
-        _fail(f"{origin} is not a program bundle (its first bytes are not {MAGIC!r})")
-    _, version, header_len = _PREAMBLE.unpack_from(data)
-    if version != FORMAT_VERSION:
-        _fail(f"{origin} has bundle format version {version}; this reader reads version {FORMAT_VERSION}")
-    if len(data) < _PREAMBLE.size + header_len + _DIGEST:
-        _fail(f"{origin} is truncated ({len(data)} bytes, its header alone needs "
-              f"{_PREAMBLE.size + header_len + _DIGEST})")
-    body, digest = data[:-_DIGEST], data[-_DIGEST:]
-    if hashlib.sha256(body).digest() != digest:
-        _fail(f"{origin} is corrupt or truncated (sha256 checksum mismatch)")
-    try:
-        header = json.loads(body[_PREAMBLE.size:_PREAMBLE.size + header_len].decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        _fail(f"{origin} has an unreadable header: {error}")
-    if not isinstance(header, dict) or header.get("kind") != KIND:
-        kind = header.get("kind") if isinstance(header, dict) else None
-        _fail(f"{origin} holds a {kind!r}, not a {KIND!r}")
-    blob = body[_PREAMBLE.size + header_len:]
+    header, blob = unpack_container(data, magic=MAGIC, version=FORMAT_VERSION, kind=KIND, origin=origin,
+                                    what="a program bundle", version_name="bundle format", fail=_fail)
     try:
         try:
             config = AccelConfig.from_dict(header["config"])

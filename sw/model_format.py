@@ -9,13 +9,11 @@ The compiler and the simulators import this module without torch:
 pixel_planes, check_acc_range), so its logits are what the hardware must return.
 """
 
-import hashlib
-import json
-import struct
 
 import numpy as np
 
 import sw.ref as ref
+from sw.container import pack_container, pad, unpack_container
 
 __all__ = ["MAGIC", "FORMAT_VERSION", "KIND", "ModelFormatError", "BnnModel", "save_model", "load_model",
            "to_bytes", "from_bytes", "validate_model", "deploy_forward", "deploy_trace", "maxpool_planes"]
@@ -23,9 +21,6 @@ __all__ = ["MAGIC", "FORMAT_VERSION", "KIND", "ModelFormatError", "BnnModel", "s
 MAGIC = b"BNNMODEL"
 FORMAT_VERSION = 1
 KIND = "bnn-model"
-_PREAMBLE = struct.Struct("<8sII")  # magic, format version, header length
-_DIGEST = 32  # sha256 of every byte before it
-_ALIGN = 8
 _DTYPES = {"uint64": "<u8", "int64": "<i8", "uint8": "u1"}
 
 
@@ -175,8 +170,7 @@ def validate_model(model):
 def _tensor(tensors, blobs, name, array, dtype):
     data = np.ascontiguousarray(array).astype(_DTYPES[dtype]).tobytes()
     offset = sum(len(b) for b in blobs)
-    pad = (-len(data)) % _ALIGN
-    blobs.append(data + b"\0" * pad)
+    blobs.append(pad(data))
     tensors.append({"name": name, "dtype": dtype, "shape": list(np.shape(array)), "offset": offset,
                     "nbytes": len(data)})
     return name
@@ -210,36 +204,13 @@ def to_bytes(model):
         "classes": model.classes, "config": model.config, "training": model.training,
         "logit_unit": model.logit_unit, "layers": layers, "tensors": tensors,
     }
-    text = json.dumps(header, sort_keys=True).encode()
-    text += b" " * ((-(_PREAMBLE.size + len(text))) % _ALIGN)
-    body = _PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(text)) + text + b"".join(blobs)
-    return body + hashlib.sha256(body).digest()
+    return pack_container(MAGIC, FORMAT_VERSION, header, blobs)
 
 
 def from_bytes(data, origin="model"):
     """Parse bytes written by `to_bytes`; any defect raises ModelFormatError."""
-    data = bytes(data)
-    if len(data) < _PREAMBLE.size or data[:len(MAGIC)] != MAGIC:
-        if len(data) < len(MAGIC) and MAGIC.startswith(data):
-            _fail(f"{origin} is truncated ({len(data)} bytes)")
-        _fail(f"{origin} is not a .bnn model file (its first bytes are not {MAGIC!r})")
-    _, version, header_len = _PREAMBLE.unpack_from(data)
-    if version != FORMAT_VERSION:
-        _fail(f"{origin} has model format version {version}; this reader reads version {FORMAT_VERSION}")
-    if len(data) < _PREAMBLE.size + header_len + _DIGEST:
-        _fail(f"{origin} is truncated ({len(data)} bytes, its header alone needs "
-              f"{_PREAMBLE.size + header_len + _DIGEST})")
-    body, digest = data[:-_DIGEST], data[-_DIGEST:]
-    if hashlib.sha256(body).digest() != digest:
-        _fail(f"{origin} is corrupt or truncated (sha256 checksum mismatch)")
-    try:
-        header = json.loads(body[_PREAMBLE.size:_PREAMBLE.size + header_len].decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        _fail(f"{origin} has an unreadable header: {error}")
-    if not isinstance(header, dict) or header.get("kind") != KIND:
-        kind = header.get("kind") if isinstance(header, dict) else None
-        _fail(f"{origin} holds a {kind!r}, not a {KIND!r}")
-    blob = body[_PREAMBLE.size + header_len:]
+    header, blob = unpack_container(data, magic=MAGIC, version=FORMAT_VERSION, kind=KIND, origin=origin,
+                                    what="a .bnn model file", version_name="model format", fail=_fail)
     try:
         arrays = {}
         for t in header["tensors"]:
