@@ -563,6 +563,10 @@ class Accelerator(wiring.Component):
                 with m.If(q1_last):
                     m.d.comb += [act_w_addr.eq(q1_out), act_w_data.eq(ored), act_w_en.eq(all_granules)]
 
+        def start_pixel():
+            """Point the gather's running addresses at the current pixel's first (n, ky, kx)."""
+            m.d.sync += [g_an.eq(g_pix), g_aky.eq(g_pix), g_akx.eq(g_pix), g_iyk.eq(g_iy), g_ixk.eq(g_ix)]
+
         # ---------------------------------------------------------------- CONV: gather engine
         # Fills the free patch bank with the next pixel tile while the issue unit reads the other.
         with m.FSM(name="gather"):
@@ -571,8 +575,8 @@ class Accelerator(wiring.Component):
                     m.d.sync += [
                         g_col.eq(0), g_n.eq(0), g_ky.eq(0), g_kx.eq(0), g_cw.eq(0),
                         g_pw.eq(Mux(g_bank, cfg.patch_depth, 0)),
-                        g_an.eq(g_pix), g_aky.eq(g_pix), g_akx.eq(g_pix), g_iyk.eq(g_iy), g_ixk.eq(g_ix),
                     ]
+                    start_pixel()
                     m.next = "RUN"
             with m.State("RUN"):
                 addr = g_akx + g_cw
@@ -605,7 +609,7 @@ class Accelerator(wiring.Component):
                                 advance_pixel()
                                 m.next = "NEXT_COLUMN"
             with m.State("NEXT_COLUMN"):
-                m.d.sync += [g_an.eq(g_pix), g_aky.eq(g_pix), g_akx.eq(g_pix), g_iyk.eq(g_iy), g_ixk.eq(g_ix)]
+                start_pixel()
                 with m.If(g_col == 0):      # wrapped: all C columns gathered (the last word lands now)
                     m.d.sync += [g_p0.eq(g_p0 + C), g_bank.eq(~g_bank)]
                     for b in range(2):

@@ -9,10 +9,10 @@ logits, then the cycles per layer. `--inputs` takes any number of:
 * image files (PNG, JPEG, ...; needs Pillow): converted to the model's channels and resized to its size.
 """
 
-import argparse
 import os
 import sys
 import time
+from hw.cli import OneLineParser
 
 PROG = "python -m sim.run"
 
@@ -21,14 +21,9 @@ class UserError(ValueError):
     pass
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        sys.stderr.write(f"{PROG}: error: {message}\n")
-        raise SystemExit(2)
-
 
 def parser():
-    p = _Parser(prog=PROG, description="Run a program bundle on a backend and print predictions and cycles.")
+    p = OneLineParser(prog=PROG, description="Run a program bundle on a backend and print predictions and cycles.")
     p.add_argument("bundle", help="the program bundle (python -m sw.compile writes one)")
     p.add_argument("--backend", default="iss", help="iss (default), verilator or board")
     p.add_argument("--inputs", nargs="+", required=True, metavar="INPUT",

@@ -7,15 +7,10 @@ import sys
 
 import boards
 from .. import config as _config_module
+from ..cli import OneLineParser
 from ..config import AccelConfig, ConfigError
 from . import BuildError, build
 
-
-class _OneLineParser(argparse.ArgumentParser):
-    """Usage mistakes are one line on stderr (no usage dump), exit status 2."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def _fields():
@@ -25,7 +20,7 @@ def _fields():
 def make_parser():
     board_lines = "\n".join(f"  {name:<12} {b.description}" + (" (default)" if name == boards.DEFAULT_BOARD else "")
                             for name, b in boards.BOARDS.items())
-    parser = _OneLineParser(
+    parser = OneLineParser(
         prog="python -m hw.build",
         description="Build the BNN accelerator for a board: Verilog and a build plan or a bitstream, "
                     "plus resource and timing reports.",

@@ -4,20 +4,15 @@ Compiles a .bnn model for one AccelConfig, verifies the program on the ISS again
 deploy forward pass, writes the program bundle and prints the per-layer cycle report.
 """
 
-import argparse
 import sys
+from hw.cli import OneLineParser
 
 PROG = "python -m sw.compile"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        sys.stderr.write(f"{PROG}: error: {message}\n")
-        raise SystemExit(2)
-
 
 def parser():
-    p = _Parser(prog=PROG, description="Compile a .bnn model into a program bundle for the accelerator.")
+    p = OneLineParser(prog=PROG, description="Compile a .bnn model into a program bundle for the accelerator.")
     p.add_argument("model", help="the .bnn model file (python -m sw.train writes one)")
     target = p.add_mutually_exclusive_group()
     target.add_argument("--board", help="compile for this board's default AccelConfig (the boards registry)")

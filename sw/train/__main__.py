@@ -10,6 +10,7 @@ mistake gives one line on stderr and exit status 2 (bad arguments) or 1 (bad fil
 import argparse
 import os
 import sys
+from hw.cli import OneLineParser
 
 __all__ = ["main"]
 
@@ -17,11 +18,6 @@ MODEL_NAMES = ("lfc", "cnv", "vgg_small", "resnet")
 SCHEME_NAMES = ("xnor", "trained", "abc", "pa", "groupnet", "ftbnn")
 DATASET_NAMES = ("digits", "mnist5k", "mnist", "cifar10", "svhn")
 
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
-        sys.exit(2)
 
 
 def _positive(text):
@@ -53,7 +49,7 @@ def _choice(names, what):
 
 
 def parser():
-    p = _Parser(prog="python -m sw.train", description=__doc__.split("\n\n")[0])
+    p = OneLineParser(prog="python -m sw.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", type=_choice(MODEL_NAMES, "model"), required=True,
                    help="topology: " + ", ".join(MODEL_NAMES))
     p.add_argument("--scheme", type=_choice(SCHEME_NAMES, "scheme"), required=True,
