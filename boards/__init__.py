@@ -6,8 +6,11 @@ device's capacity and its flow:
 * ``vivado-plan``: Amaranth writes the Vivado build plan (Verilog, XDC, TCL, script); it runs when
   Vivado is on PATH. Resource estimates come from YoWASP Yosys ``synth_xilinx``.
 * ``ecp5``: a real bitstream from YoWASP Yosys ``synth_ecp5``, nextpnr-ecp5 and ecppack.
+* ``ice40``: a real bitstream from YoWASP Yosys ``synth_ice40``, nextpnr-ice40 and icepack.
 
-Adding a board is one module here with a `BOARD`; `boards.BOARDS` finds it.
+A board also lists its `Programmer` commands (`python -m hw.build --program`), tried in order.
+Adding a board is one module here with a `BOARD`; `boards.BOARDS` finds it (docs/build.md, "Adding a
+board").
 """
 
 import importlib
@@ -16,12 +19,31 @@ from dataclasses import dataclass, field
 
 from hw.config import AccelConfig
 
-__all__ = ["Board", "BOARDS", "DEFAULT_BOARD", "get_board", "FLOWS"]
+__all__ = ["Board", "Programmer", "BOARDS", "DEFAULT_BOARD", "get_board", "FLOWS", "openfpgaloader",
+           "vivado_hardware_manager"]
 
-FLOWS = ("vivado-plan", "ecp5")
+FLOWS = ("vivado-plan", "ecp5", "ice40")
 
 #: Resource kinds a device capacity lists; utilization reports use the same keys.
 RESOURCES = ("LUT", "FF", "BRAM", "DSP")
+
+
+@dataclass(frozen=True)
+class Programmer:
+    """One way to program a board: `<tool> <args...> <bitstream>`.
+
+    tool      : the executable, looked up on PATH ("openFPGALoader", "iceprog", "vivado").
+    env       : the environment variable that overrides the tool's path, as Amaranth's platforms
+                read it ("OPENFPGALOADER", "ICEPROG", "VIVADO").
+    args      : arguments before the bitstream file.
+    bitstream : the build output it loads ("top.bit", "top.bin").
+    script    : (file name, text) written next to the bitstream before the tool runs, or None.
+    """
+    tool: str
+    env: str
+    args: tuple = ()
+    bitstream: str = "top.bit"
+    script: tuple = None
 
 
 @dataclass(frozen=True)
@@ -36,6 +58,7 @@ class Board:
                   block RAMs (36 Kb on Xilinx, 18 Kb EBR on ECP5) and DSP / multiplier blocks.
     flow        : one of `FLOWS`.
     device      : the FPGA part, for messages.
+    programmers : `Programmer`s for `--program`, the first one installed is used.
     """
     name: str
     description: str
@@ -44,6 +67,7 @@ class Board:
     capacity: dict = field(hash=False)
     flow: str
     device: str
+    programmers: tuple = ()
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name.isidentifier():
@@ -57,6 +81,34 @@ class Board:
             raise ValueError(
                 f"Board capacity must give positive integers for {', '.join(RESOURCES)}, "
                 f"not {self.capacity!r}")
+        if not all(isinstance(p, Programmer) for p in self.programmers):
+            raise TypeError(f"Board programmers must be Programmer objects, not {self.programmers!r}")
+
+
+def openfpgaloader(board, *args, bitstream="top.bit"):
+    """openFPGALoader for one of its board names (`openFPGALoader --list-boards`), into SRAM."""
+    return Programmer("openFPGALoader", "OPENFPGALOADER", ("-b", board, *args), bitstream)
+
+
+# Vivado's hardware manager: the first device on the first JTAG target, as `program.tcl <bit>`.
+_VIVADO_PROGRAM_TCL = """\
+set bitstream [lindex $argv 0]
+open_hw_manager
+connect_hw_server
+open_hw_target
+set device [lindex [get_hw_devices] 0]
+current_hw_device $device
+set_property PROGRAM.FILE $bitstream $device
+program_hw_devices $device
+close_hw_manager
+"""
+
+
+def vivado_hardware_manager():
+    """Vivado in batch mode running `program_vivado.tcl` (written next to the bitstream)."""
+    return Programmer("vivado", "VIVADO", ("-mode", "batch", "-nojournal", "-nolog", "-source",
+                                           "program_vivado.tcl", "-tclargs"), "top.bit",
+                      script=("program_vivado.tcl", _VIVADO_PROGRAM_TCL))
 
 
 def _discover():

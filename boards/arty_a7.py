@@ -4,7 +4,7 @@ from amaranth_boards.arty_a7 import ArtyA7_35Platform
 
 from hw.config import AccelConfig
 
-from . import Board
+from . import Board, openfpgaloader, vivado_hardware_manager
 
 BOARD = Board(
     name="arty_a7",
@@ -17,5 +17,6 @@ BOARD = Board(
                        clock_hz=100_000_000),
     capacity={"LUT": 20_800, "FF": 41_600, "BRAM": 50, "DSP": 90},
     flow="vivado-plan",
+    programmers=(openfpgaloader("arty_a7_35t"), vivado_hardware_manager()),
     device="xc7a35t",
 )

