@@ -1,0 +1,267 @@
+"""The framed host link (hw.link.Link) in Amaranth's simulator, byte streams straight into the link in
+front of a real Accelerator: CRC, negative replies, duplicates, truncation; and the host side
+(sw.runtime.link) against scripted transports: retries, refusals, clear errors."""
+
+import binascii
+
+import pytest
+from amaranth.hdl import Module
+from amaranth.lib import stream, wiring
+from amaranth.sim import Simulator
+
+from hw.accel import Accelerator
+from hw.config import AccelConfig
+from hw.isa import MemoryTarget, Opcode, encode
+from hw.link import Command, Link, LinkError as GatewareLinkError, Reply, entry_bytes
+from hw.board_top import BoardTop
+from sw.runtime.link import (REPLY_OVERHEAD, Link as HostLink, LinkError, Transport, crc16, encode_reply,
+                             encode_request)
+
+CFG = AccelConfig(rows=2, cols=2, word_bits=8, max_wbases=2, max_abases=2, max_k=64, scale_depth=16,
+                  thr_depth=16, out_depth=8, act_depth=64, weight_depth=32, patch_depth=32, result_depth=16,
+                  instr_depth=8, acc_bits=24)
+TIMEOUT = 60
+
+
+class LinkedAccelerator(wiring.Component):
+    """Link + Accelerator without the UART: the link's byte streams are the ports."""
+
+    def __init__(self, config):
+        self.link = Link(config, frame_bytes=64, timeout_cycles=TIMEOUT)
+        super().__init__({"rx": wiring.In(stream.Signature(8)), "tx": wiring.Out(stream.Signature(8))})
+        self.accel = Accelerator(config)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.link = link = self.link
+        m.submodules.accel = accel = self.accel
+        wiring.connect(m, wiring.flipped(self.rx), link.rx)
+        wiring.connect(m, link.tx, wiring.flipped(self.tx))
+        wiring.connect(m, link.host_write, accel.host_write)
+        wiring.connect(m, link.read_req, accel.read_req)
+        wiring.connect(m, accel.read_resp, link.read_resp)
+        m.d.comb += [accel.start.eq(link.start), link.busy.eq(accel.busy), link.done.eq(accel.done),
+                     link.error.eq(accel.error), link.cycles.eq(accel.cycles), link.pc.eq(accel.pc)]
+        return m
+
+
+async def send(ctx, dut, data, max_wait=200):
+    for i, byte in enumerate(data):
+        ctx.set(dut.rx.payload, byte)
+        ctx.set(dut.rx.valid, 1)
+        for _ in range(max_wait):
+            _, _, ready = await ctx.tick().sample(dut.rx.ready)
+            if ready:
+                break
+        else:
+            raise AssertionError(f"the link did not take byte {i} of {bytes(data).hex()}")
+    ctx.set(dut.rx.valid, 0)
+
+
+async def receive(ctx, dut, max_cycles=2000):
+    """One reply frame as (cmd, seq, status, payload), or None if nothing starts within max_cycles."""
+    ctx.set(dut.tx.ready, 1)
+    data = bytearray()
+    for _ in range(max_cycles):
+        _, _, valid, byte = await ctx.tick().sample(dut.tx.valid, dut.tx.payload)
+        if valid:
+            data.append(byte)
+            if len(data) >= 6 and len(data) == REPLY_OVERHEAD + int.from_bytes(data[4:6], "little"):
+                break
+    ctx.set(dut.tx.ready, 0)
+    if not data:
+        return None
+    assert data[0] == 0x5A and len(data) >= REPLY_OVERHEAD, data.hex()
+    assert binascii.crc_hqx(bytes(data[1:-2]), 0xFFFF) == int.from_bytes(data[-2:], "little")
+    return data[1], data[2], Reply(data[3]), bytes(data[6:-2])
+
+
+def args(target, addr, count):
+    return bytes([target.value]) + addr.to_bytes(2, "little") + count.to_bytes(2, "little")
+
+
+def simulate(bench):
+    dut = LinkedAccelerator(CFG)
+    starts = []
+
+    async def count_starts(ctx):
+        async for _, _, start in ctx.tick().sample(dut.link.start):
+            if start:
+                starts.append(1)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    async def testbench(ctx):
+        await bench(ctx, dut, starts)
+
+    sim.add_testbench(testbench)
+    sim.add_process(count_starts)
+    sim.run()
+
+
+def test_crc_is_ccitt_false():
+    assert crc16(b"123456789") == 0x29B1
+    frame = encode_request(Command.STATUS, 7)
+    assert frame == bytes([0xA5, 0x05, 0x07, 0, 0]) + crc16(bytes([5, 7, 0, 0])).to_bytes(2, "little")
+
+
+def test_write_read_start_status_and_negative_replies():
+    async def bench(ctx, dut, starts):
+        # INFO: version 1, no stream port, frame size, the config's fingerprint.
+        await send(ctx, dut, encode_request(Command.INFO, 1))
+        cmd, seq, status, payload = await receive(ctx, dut)
+        assert (cmd, seq, status) == (Command.INFO.value, 1, Reply.OK)
+        assert payload == bytes([1, 0]) + (64).to_bytes(2, "little") + bytes.fromhex(CFG.fingerprint())
+
+        # WRITE three ACT words, READ them back.
+        await send(ctx, dut, encode_request(Command.WRITE, 2, args(MemoryTarget.ACT, 5, 3) + bytes([0x11, 0x22, 0x33])))
+        assert (await receive(ctx, dut))[2] == Reply.OK
+        await send(ctx, dut, encode_request(Command.READ, 3, args(MemoryTarget.ACT, 4, 5)))
+        _, _, status, payload = await receive(ctx, dut)
+        assert status == Reply.OK and payload == bytes([0, 0x11, 0x22, 0x33, 0])
+
+        # A corrupted WRITE (one payload bit flipped after the CRC was computed): NAK, nothing written.
+        frame = bytearray(encode_request(Command.WRITE, 4, args(MemoryTarget.ACT, 5, 1) + bytes([0x99])))
+        frame[-3] ^= 0x10
+        await send(ctx, dut, frame)
+        assert (await receive(ctx, dut))[1:3] == (4, Reply.BAD_CRC)
+        # The same seq again, now intact, with other data: applied (a NAK'd frame was not executed).
+        await send(ctx, dut, encode_request(Command.WRITE, 4, args(MemoryTarget.ACT, 6, 1) + bytes([0x44])))
+        assert (await receive(ctx, dut))[2] == Reply.OK
+        # Repeated (same seq as the last executed) with different data: answered OK, not applied.
+        await send(ctx, dut, encode_request(Command.WRITE, 4, args(MemoryTarget.ACT, 7, 1) + bytes([0x55])))
+        assert (await receive(ctx, dut))[1:3] == (4, Reply.OK)
+        await send(ctx, dut, encode_request(Command.READ, 5, args(MemoryTarget.ACT, 5, 3)))
+        assert (await receive(ctx, dut))[3] == bytes([0x11, 0x44, 0x33])
+
+        # A truncated frame gets no reply; after the inter-byte timeout the next frame is understood.
+        await send(ctx, dut, encode_request(Command.WRITE, 6, args(MemoryTarget.ACT, 5, 2) + bytes([1, 2]))[:-3])
+        assert await receive(ctx, dut, max_cycles=TIMEOUT + 10) is None
+        await send(ctx, dut, encode_request(Command.READ, 7, args(MemoryTarget.ACT, 5, 2)))
+        assert (await receive(ctx, dut))[2:] == (Reply.OK, bytes([0x11, 0x44]))
+
+        # Program: END at 0. START runs once even when repeated; STATUS reports done.
+        word = encode(Opcode.END).to_bytes(entry_bytes(CFG)[MemoryTarget.PROGRAM], "little")
+        await send(ctx, dut, encode_request(Command.WRITE, 8, args(MemoryTarget.PROGRAM, 0, 1) + word))
+        assert (await receive(ctx, dut))[2] == Reply.OK
+        for _ in range(2):
+            await send(ctx, dut, encode_request(Command.START, 9))
+            assert (await receive(ctx, dut))[1:3] == (9, Reply.OK)
+        assert len(starts) == 1
+        await send(ctx, dut, encode_request(Command.STATUS, 10))
+        _, _, status, payload = await receive(ctx, dut)
+        assert status == Reply.OK and payload[0] == 0b10 and payload[1] == 0       # done, not busy, no error
+        assert int.from_bytes(payload[4:8], "little") == 3                          # END: 3 cycles
+
+        # Negative replies: each names its reason and changes nothing.
+        cases = [
+            (bytes([0xA5, 0x4C, 11, 0, 0]) + crc16(bytes([0x4C, 11, 0, 0])).to_bytes(2, "little"), Reply.BAD_COMMAND),
+            (encode_request(Command.STATUS, 12, b"\x00"), Reply.BAD_LENGTH),
+            (encode_request(Command.WRITE, 13, args(MemoryTarget.ACT, 5, 2) + b"\x01"), Reply.BAD_LENGTH),
+            (encode_request(Command.WRITE, 14, bytes([7, 0, 0, 1, 0, 1])), Reply.BAD_TARGET),
+            (encode_request(Command.READ, 15, args(MemoryTarget.WEIGHT, 0, 1)), Reply.BAD_TARGET),
+            (encode_request(Command.WRITE, 16, args(MemoryTarget.ACT, 63, 2) + b"\x01\x02"), Reply.OUT_OF_RANGE),
+            (encode_request(Command.READ, 17, args(MemoryTarget.RESULT, 15, 2)), Reply.OUT_OF_RANGE),
+            (encode_request(Command.READ, 18, args(MemoryTarget.ACT, 0, 65)), Reply.BAD_LENGTH),  # reply > frame
+            (encode_request(Command.STREAM, 19, args(MemoryTarget.ACT, 0, 1) + b"\x01"), Reply.NO_STREAM),
+            (bytes([0xA5, Command.WRITE.value, 20, 65, 0]), Reply.BAD_LENGTH),    # longer than the frame
+        ]
+        for frame, reason in cases:
+            await send(ctx, dut, frame)
+            reply = await receive(ctx, dut)
+            assert reply is not None and reply[2] == reason, (frame.hex(), reply)
+        await send(ctx, dut, encode_request(Command.READ, 21, args(MemoryTarget.ACT, 5, 3)))
+        assert (await receive(ctx, dut))[3] == bytes([0x11, 0x44, 0x33])
+        assert len(starts) == 1
+
+    simulate(bench)
+
+
+def test_parameters_are_checked():
+    with pytest.raises(GatewareLinkError, match=r"Frame size must be an integer from 37 to 65535 bytes, not 8"):
+        Link(CFG, frame_bytes=8)
+    with pytest.raises(GatewareLinkError, match="Timeout must be a positive number of cycles, not 0"):
+        Link(CFG, timeout_cycles=0)
+    with pytest.raises(ValueError, match="Baud rate 3000000 is too fast for a 10 MHz clock"):
+        BoardTop(CFG, clk_freq=10_000_000, baud=3_000_000)
+    with pytest.raises(TypeError, match="Config must be an AccelConfig, not 3"):
+        BoardTop(3)
+
+
+# ---------------------------------------------------------------------------------------------- host side
+class ScriptedTransport(Transport):
+    """Answers each request with the next scripted reply (bytes, or a function of the request)."""
+
+    def __init__(self, replies):
+        self.replies = list(replies)
+        self.sent = []
+        self.pending = b""
+        self.clock = 0.0
+
+    def write(self, data):
+        self.sent.append(bytes(data))
+        reply = self.replies.pop(0) if self.replies else b""
+        self.pending += reply(data) if callable(reply) else reply
+
+    def read(self, n, timeout):
+        data, self.pending = self.pending[:n], self.pending[n:]
+        if len(data) < n:
+            self.clock += timeout
+        return data
+
+    def monotonic(self):
+        return self.clock
+
+
+def info_reply(request):
+    return encode_reply(Command.INFO, request[2], Reply.OK,
+                        bytes([1, 0]) + (64).to_bytes(2, "little") + bytes.fromhex(CFG.fingerprint()))
+
+
+def ok(request, payload=b""):
+    return encode_reply(request[1], request[2], Reply.OK, payload)
+
+
+def test_host_retries_then_succeeds_and_repeats_the_sequence_number():
+    corrupt = lambda request: bytearray(ok(request))[:-1] + b"\x00"                  # bad CRC
+    stale = lambda request: encode_reply(request[1], request[2] - 1, Reply.OK)       # an older reply
+    transport = ScriptedTransport([info_reply, b"", corrupt,
+                                   lambda r: encode_reply(r[1], r[2], Reply.BAD_CRC),
+                                   lambda r: b"\x00\x13" + stale(r) + ok(r, b"\x05\x00\x00")])
+    link = HostLink(transport, CFG, baud=1e6, timeout=0.01, retries=4, quiet=0.001)
+    link.connect()
+    assert link.read(MemoryTarget.RESULT, 2, 1) == [5]
+    reads = transport.sent[1:]
+    assert len(reads) == 4 and len(set(reads)) == 1             # the same frame, the same seq, 4 times
+    assert link.failures == {"no reply": 1, "reply CRC": 1, "negative reply BAD_CRC": 1}
+
+
+def test_host_errors_are_one_clear_line():
+    link = HostLink(ScriptedTransport([]), CFG, baud=1e6, timeout=0.01, retries=2, quiet=0.001)
+    with pytest.raises(LinkError, match=r"^The board did not answer INFO after 3 attempts \(last: no reply\)$"):
+        link.connect()
+    other = CFG.replace(rows=1)
+    link = HostLink(ScriptedTransport([info_reply]), other, baud=1e6, timeout=0.01)
+    with pytest.raises(LinkError, match=f"The board was built for config {CFG.fingerprint()}; the host expects "
+                                        f"{other.fingerprint()}"):
+        link.connect()
+    transport = ScriptedTransport([info_reply, lambda r: encode_reply(r[1], r[2], Reply.BUSY)])
+    link = HostLink(transport, CFG, baud=1e6, timeout=0.01)
+    link.connect()
+    with pytest.raises(LinkError, match="The board refused WRITE: BUSY"):
+        link.write(MemoryTarget.ACT, 0, [1])
+    assert len(transport.sent) == 2                              # refused: not retried
+    with pytest.raises(LinkError, match=r"Entries 60 .. 64 are outside the ACT memory \(64 entries\)"):
+        link.write(MemoryTarget.ACT, 60, [1] * 5)
+    with pytest.raises(LinkError, match="Only ACT and RESULT can be read, not WEIGHT"):
+        link.read(MemoryTarget.WEIGHT, 0, 1)
+
+
+def test_host_splits_writes_into_frames():
+    transport = ScriptedTransport([info_reply] + [ok] * 3)
+    link = HostLink(transport, CFG, baud=1e6, timeout=0.01)
+    link.connect()
+    link.write(MemoryTarget.ACT, 0, list(range(60)))              # 59 entries fit a 64-byte frame
+    frames = transport.sent[1:]
+    assert [len(f) for f in frames] == [7 + 5 + 59, 7 + 5 + 1]
+    assert frames[1][5:10] == bytes([MemoryTarget.ACT.value, 59, 0, 1, 0]) and frames[1][10] == 59
