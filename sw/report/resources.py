@@ -13,6 +13,7 @@
 
 import hashlib
 import json
+import os
 import subprocess
 import tempfile
 import time
@@ -135,20 +136,23 @@ class ResourceCache:
 
     def __init__(self, path=DEFAULT_CACHE):
         self.path = Path(path)
-        self.entries = {}
-        if self.path.exists():
-            try:
-                self.entries = json.loads(self.path.read_text())
-            except (OSError, json.JSONDecodeError):
-                self.entries = {}          # a damaged cache is only a lost speed-up
+        self.entries = self._read()
+
+    def _read(self):
+        try:
+            entries = json.loads(self.path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return {}                      # a missing or damaged cache is only a lost speed-up
+        return entries if isinstance(entries, dict) else {}
 
     def get(self, flow, config):
         return self.entries.get(_cache_key(flow, config))
 
     def put(self, flow, config, record):
-        self.entries[_cache_key(flow, config)] = record
+        # Merge with what other processes wrote since this one read the file.
+        self.entries = self._read() | self.entries | {_cache_key(flow, config): record}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
+        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(self.entries, indent=1, sort_keys=True) + "\n")
         tmp.replace(self.path)
 

@@ -22,7 +22,7 @@ from sw.report.plots import write_html
 from sw.report.resources import (LutModel, ResourceCache, ResourceError, Resources, accelerator_estimate,
                                  read_build, synth_estimate)
 from sw.report.sweep import main as sweep_main
-from sw.report.sweep import model_bases, sweep
+from sw.report.sweep import calibration_points, model_bases, sweep
 from sw.runtime import open_backend
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -261,3 +261,11 @@ def test_report_with_a_real_accelerator_synth(tmp_path, bundle):
     assert again.used == estimate.used and estimate.used["LUT"] > 1000
     report = analyse(bundle, BOARD, resources=estimate)
     assert {r["resource"]: r["used"] for r in report["resources"]["rows"]} == estimate.used
+
+
+def test_shipped_calibration_predicts_its_points(tmp_path):
+    points = calibration_points(ARTY, ARTY.flow, ResourceCache(tmp_path / "empty.json"))
+    assert len(points) >= 3
+    model = LutModel(points)
+    for config, used in points:
+        assert model.predict(config)["LUT"] == pytest.approx(used["LUT"], rel=0.06)
