@@ -193,13 +193,17 @@ def plot(rows, board, path):
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 5))
     shown = [r for r in rows if r["cycles"] is not None]
+    labels = {}
     for fits, color, label in ((True, "tab:green", "fits"), (False, "tab:red", "does not fit")):
         pts = [r for r in shown if r["fits"] == fits]
         xs = [(r["resources"] or {}).get("LUT", r["peak_macs_per_cycle"]) for r in pts]
         ax.scatter(xs, [r["frames_per_s"] for r in pts], color=color, label=label, s=30)
         for r, x in zip(pts, xs):
-            ax.annotate(f"{r['geometry']} {r['bases']}", (x, r["frames_per_s"]), fontsize=6,
-                        xytext=(3, 2), textcoords="offset points")
+            # one label per point: configs that differ only in their bases often coincide
+            labels.setdefault((x, r["frames_per_s"], r["geometry"]), []).append(r["bases"])
+    for (x, y, geometry), bases in labels.items():
+        ax.annotate(f"{geometry} ({', '.join(bases)})", (x, y), fontsize=7, xytext=(3, 2),
+                    textcoords="offset points")
     with_luts = any(r["resources"] for r in shown)
     if with_luts:
         ax.axvline(board.capacity["LUT"], color="black", linestyle="--", linewidth=1,

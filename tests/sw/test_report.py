@@ -16,7 +16,7 @@ from sw.bundle import save_bundle
 from sw.compile import compile_model
 from sw.compile.testing import conv, linear, maxpool, random_model
 from sw.model_format import save_model
-from sw.report import analyse, markdown, memory_use
+from sw.report import analyse, markdown, measure, memory_use
 from sw.report.__main__ import main as report_main
 from sw.report.plots import write_html
 from sw.report.resources import (LutModel, ResourceCache, ResourceError, Resources, accelerator_estimate,
@@ -269,3 +269,15 @@ def test_shipped_calibration_predicts_its_points(tmp_path):
     model = LutModel(points)
     for config, used in points:
         assert model.predict(config)["LUT"] == pytest.approx(used["LUT"], rel=0.06)
+
+
+def test_measured_on_pysim_equals_the_analytic_model():
+    tiny = AccelConfig(rows=2, cols=2, word_bits=8, max_wbases=1, max_abases=1, max_k=64, scale_depth=16,
+                       thr_depth=16, out_depth=4, act_depth=128, weight_depth=32, patch_depth=16,
+                       result_depth=16, instr_depth=8, acc_bits=24)
+    small = compile_model(random_model([conv(2, 3), linear(3)], (1, 4, 4), tiny, seed=0), tiny, verify_images=0)
+    images = np.random.default_rng(5).integers(0, 256, (1, 1, 4, 4), dtype=np.uint8)
+    measured = measure(small, "pysim", images)
+    report = analyse(small, dataclasses.replace(ARTY, config=tiny), measured=measured, measured_backend="pysim")
+    assert measured == ([r["cycles"] for r in report["layers"]], report["network"]["cycles"])
+    assert "Measured on pysim: " in markdown(report) and "(equal to the analytic model)" in markdown(report)
