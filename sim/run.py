@@ -108,6 +108,23 @@ def gather_inputs(specs, shape):
     return items
 
 
+def print_predictions(items, logits, cycles):
+    """One line per image (origin, label, prediction, cycles, logits), then the accuracy if labelled."""
+    import numpy as np
+    correct = labelled = 0
+    for i, (item, row) in enumerate(zip(items, logits)):
+        _, label, origin = item
+        prediction = int(np.argmax(row))
+        text = f"image {i} ({origin}"
+        if label is not None:
+            text += f", label {label}"
+            labelled += 1
+            correct += prediction == label
+        print(f"{text}): prediction {prediction}  cycles {int(cycles[i])}  logits {' '.join(str(int(v)) for v in row)}")
+    if labelled:
+        print(f"accuracy: {correct}/{labelled} ({100 * correct / labelled:.2f}%)")
+
+
 def main(argv=None):
     args = parser().parse_args(argv)
     import numpy as np
@@ -145,18 +162,7 @@ def main(argv=None):
     layer_cycles = None if any(r.layer_cycles is None for r in results) else \
         np.concatenate([r.layer_cycles for r in results])
     unit = bundle.model.get("logit_unit")
-    correct = labelled = 0
-    for i, (item, row) in enumerate(zip(items, logits)):
-        _, label, origin = item
-        prediction = int(np.argmax(row))
-        text = f"image {i} ({origin}"
-        if label is not None:
-            text += f", label {label}"
-            labelled += 1
-            correct += prediction == label
-        print(f"{text}): prediction {prediction}  cycles {int(cycles[i])}  logits {' '.join(str(int(v)) for v in row)}")
-    if labelled:
-        print(f"accuracy: {correct}/{labelled} ({100 * correct / labelled:.2f}%)")
+    print_predictions(items, logits, cycles)
     if unit:
         print(f"logit unit: {unit:.6g}")
     print(f"backend {args.backend}: {len(images)} images in {wall:.3f} s ({len(images) / max(wall, 1e-9):.1f} images/s), "

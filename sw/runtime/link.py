@@ -34,7 +34,12 @@ _RETRYABLE = {Reply.BAD_CRC, Reply.BAD_LENGTH}
 
 
 class LinkError(RuntimeApiError):
-    """The board did not answer, kept answering with errors, or refused a request."""
+    """The board did not answer, kept answering with errors, or refused a request (`reply` is then the
+    hw.link.Reply it answered with)."""
+
+    def __init__(self, message, reply=None):
+        super().__init__(message)
+        self.reply = reply
 
 
 def crc16(data, crc=CRC_INIT):
@@ -186,9 +191,10 @@ class Link:
         """Write host-port data integers `values` to memory `target` from entry `addr`."""
         self._entries(Command.WRITE, target, addr, values)
 
-    def stream(self, target, values):
-        """Push entries (in `target`'s entry format) into the running program's load stream."""
-        self._entries(Command.STREAM, target, 0, values)
+    def stream(self, target, values, timeout):
+        """Push entries (in `target`'s entry format) into the running program's load stream. The board
+        answers each frame once the program has taken all of its entries: `timeout` seconds at most."""
+        self._entries(Command.STREAM, target, 0, values, timeout)
 
     def read(self, target, addr, count):
         """`count` entries of ACT or RESULT from `addr`, as unsigned integers of the entry's bytes."""
@@ -243,7 +249,7 @@ class Link:
             raise LinkError(f"Entries {addr} .. {addr + count - 1} are outside the {target.name} memory "
                             f"({self.depths[target]} entries)")
 
-    def _entries(self, command, target, addr, values):
+    def _entries(self, command, target, addr, values, timeout=None):
         target = MemoryTarget(target)
         values = [int(v) for v in values]
         if command == Command.WRITE:
@@ -254,11 +260,12 @@ class Link:
             chunk = values[first:first + per_frame]
             body = b"".join(v.to_bytes(size, "little") for v in chunk)
             self.transact(command, self._args(target, addr + first if command == Command.WRITE else 0,
-                                              len(chunk)) + body)
+                                              len(chunk)) + body, timeout=timeout)
 
-    def transact(self, command, payload=b"", *, frame_limit=0):
+    def transact(self, command, payload=b"", *, frame_limit=0, timeout=None):
         """Send one request and return its reply's payload, retrying as the module docstring says.
-        `frame_limit` is the largest reply payload expected (for the timeout)."""
+        `frame_limit` is the largest reply payload expected, `timeout` replaces the link's latency
+        allowance for this request (both set how long an attempt waits)."""
         command = Command(command)
         self.seq = (self.seq + 1) & 0xFF
         frame = encode_request(command, self.seq, payload)
@@ -271,7 +278,7 @@ class Link:
             self.transport.write(frame)
             self.bytes_out += len(frame)
             try:
-                status, reply = self._reply(command, len(frame), frame_limit)
+                status, reply = self._reply(command, len(frame), frame_limit, self.timeout if timeout is None else timeout)
             except _Failed as failure:
                 last = str(failure)
                 self.failures[last] = self.failures.get(last, 0) + 1
@@ -284,15 +291,15 @@ class Link:
                 last = f"negative reply {status.name}"
                 self.failures[last] = self.failures.get(last, 0) + 1
                 continue
-            raise LinkError(f"The board refused {command.name}: {status.name}")
+            raise LinkError(f"The board refused {command.name}: {status.name}", reply=status)
         raise LinkError(f"The board did not answer {command.name} after {self.retries + 1} attempts "
                         f"(last: {last})")
 
-    def _reply(self, command, sent, frame_limit):
+    def _reply(self, command, sent, frame_limit, latency):
         """(status, payload) of the reply to the request just sent (sequence number self.seq)."""
         # The request's own transfer time counts too: a serial port's write returns before the bytes
         # are on the line.
-        wait = self.timeout + (sent + REPLY_OVERHEAD + frame_limit) * self.byte_time * 1.5
+        wait = latency + (sent + REPLY_OVERHEAD + frame_limit) * self.byte_time * 1.5
         skipped = 0
         while True:
             byte = self.transport.read(1, wait)

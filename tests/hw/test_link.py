@@ -3,7 +3,11 @@ front of a real Accelerator: CRC, negative replies, duplicates, truncation; and 
 (sw.runtime.link) against scripted transports: retries, refusals, clear errors."""
 
 import binascii
+import os
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 from amaranth.hdl import Module
 from amaranth.lib import stream, wiring
@@ -265,3 +269,49 @@ def test_host_splits_writes_into_frames():
     frames = transport.sent[1:]
     assert [len(f) for f in frames] == [7 + 5 + 59, 7 + 5 + 1]
     assert frames[1][5:10] == bytes([MemoryTarget.ACT.value, 59, 0, 1, 0]) and frames[1][10] == 59
+
+
+# ---------------------------------------------------------------------------------------------- sw.run
+@pytest.fixture(scope="module")
+def small_bundle(tmp_path_factory):
+    from sw.bundle import save_bundle
+    from sw.compile import compile_model
+    from sw.compile.testing import linear, random_model
+    config = CFG.replace(max_k=256, act_depth=256, weight_depth=64, scale_depth=64, thr_depth=64, acc_bits=32)
+    path = tmp_path_factory.mktemp("run") / "prog.bundle"
+    save_bundle(path, compile_model(random_model([linear(6), linear(3)], (1, 4, 4), config, seed=1), config))
+    np.save(path.with_name("images.npy"), np.zeros((1, 1, 4, 4), dtype=np.uint8))
+    return path
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "sw.run", *map(str, args)], capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_run_with_a_missing_port_is_one_line(small_bundle, tmp_path):
+    result = run_cli("--port", tmp_path / "ttyUSB9", small_bundle, small_bundle.with_name("images.npy"))
+    assert result.returncode == 1 and result.stdout == ""
+    error = result.stderr.splitlines()[-1]
+    assert error.startswith(f"python -m sw.run: error: Cannot open serial port {tmp_path / 'ttyUSB9'}: ")
+    assert "Traceback" not in result.stderr
+
+
+def test_run_with_a_silent_board_times_out(small_bundle):
+    master, slave = os.openpty()                  # a serial device where nothing answers
+    try:
+        result = run_cli("--port", os.ttyname(slave), "--timeout", "0.05", "--retries", "1", small_bundle,
+                         small_bundle.with_name("images.npy"))
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == \
+        "python -m sw.run: error: The board did not answer INFO after 2 attempts (last: no reply)"
+
+
+def test_run_usage_errors():
+    result = run_cli("prog.bundle", "x.png")
+    assert result.returncode == 2 and "the following arguments are required: --port" in result.stderr
+    result = run_cli("--port", "/dev/null", "--retries", "-1", "prog.bundle", "x.png")
+    assert result.returncode == 2
