@@ -11,6 +11,10 @@ It executes the instruction set of docs/isa.md (version 1: one instruction at a 
   a tile's `rows` channels of one pixel and plane as one R-bit field. `hw/cycles.py` models the three
   exactly.
 * POOL: OR over each window, one activation-buffer read per cycle.
+* LOAD / SYNC: a LOAD checks its region and queues it (up to `LOAD_QUEUE_DEPTH`); the load engine
+  takes each queued load's entries from the `load_in` stream, one per cycle, and writes them through
+  the weight / scale / threshold write ports, while CONV and POOL run. SYNC waits until the queue is
+  empty and the engine idle; so does END. An error flushes the queue.
 * Every instruction is checked before it runs (docs/isa.md "Errors"); a failing check halts with the
   error code, so an illegal program never hangs and never writes.
 
@@ -18,13 +22,13 @@ Derived sizes (products of fields) are computed at the start of each instruction
 through one shared multiplier rather than by a dozen multipliers.
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, memory, stream, wiring
+from amaranth.hdl import Cat, Const, Module, Mux, ResetInserter, Signal, signed, unsigned
+from amaranth.lib import data, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .config import AccelConfig
 from .core import BinaryCore
-from .isa import INSTRUCTION_BITS, ErrorCode, Instruction, MemoryTarget, Opcode
+from .isa import INSTRUCTION_BITS, LOAD_QUEUE_DEPTH, ErrorCode, Instruction, LoadArgs, MemoryTarget, Opcode
 from .layouts import CoreLayouts
 
 __all__ = ["Accelerator", "AccelError", "HostLayouts"]
@@ -48,6 +52,7 @@ class HostLayouts:
         self.write = data.StructLayout({"mem": MemoryTarget, "addr": 16, "data": self.data_bits})
         self.read = data.StructLayout({"mem": MemoryTarget, "addr": 16})
         self.resp = data.StructLayout({"data": self.data_bits})
+        self.load = data.StructLayout({"data": self.data_bits})
 
 
 class Accelerator(wiring.Component):
@@ -61,6 +66,8 @@ class Accelerator(wiring.Component):
                  `CoreLayouts.scale_entry` / `thr_entry`). Ready only while idle.
     read_req   : In(stream {mem: MemoryTarget, addr: 16})  reads one ACT or RESULT entry while idle.
     read_resp  : Out(stream {data: data_bits})  the entry, zero-extended (sums sign-extended).
+    load_in    : In(stream {data: data_bits})  the entries LOAD instructions consume, in program order,
+                 each in host_write's data format for the LOAD's memory. Ready while a load is active.
     start      : In(1)   pulse: run the program from address 0.
     busy       : Out(1)  a program is running.
     done       : Out(1)  the last program ended (END or an error) and nothing started since.
@@ -87,6 +94,7 @@ class Accelerator(wiring.Component):
             "host_write": In(stream.Signature(host.write)),
             "read_req": In(stream.Signature(host.read)),
             "read_resp": Out(stream.Signature(host.resp)),
+            "load_in": In(stream.Signature(host.load)),
             "start": In(1),
             "busy": Out(1),
             "done": Out(1),
@@ -138,17 +146,51 @@ class Accelerator(wiring.Component):
         hw_p = self.host_write.payload
         m.d.comb += self.host_write.ready.eq(~busy)
         host_wr = self.host_write.valid & ~busy
+
+        # ---------------------------------------------------------------- load queue and engine
+        # The weight, scale and threshold write ports belong to the host while idle and to the load
+        # engine while a program runs (a load is only ever active while busy).
+        load_flush = Signal()
+        m.submodules.load_queue = load_queue = ResetInserter(load_flush)(
+            fifo.SyncFIFO(width=LoadArgs.size, depth=LOAD_QUEUE_DEPTH))
+        queued = Signal(LoadArgs)
+        l_active = Signal()
+        l_mem = Signal(MemoryTarget)
+        l_addr = Signal(16)
+        l_left = Signal(LoadArgs["count"].shape)
+        loads_idle = Signal()
+        m.d.comb += [queued.eq(load_queue.r_data), loads_idle.eq(~l_active & ~load_queue.r_rdy)]
+        with m.If(load_flush):
+            m.d.sync += l_active.eq(0)
+        with m.Elif(~l_active & load_queue.r_rdy):
+            m.d.comb += load_queue.r_en.eq(1)
+            m.d.sync += [l_active.eq(1), l_mem.eq(queued.mem), l_addr.eq(queued.addr),
+                         l_left.eq(queued.count)]
+        m.d.comb += self.load_in.ready.eq(l_active & ~load_flush)
+        l_take = Signal()
+        m.d.comb += l_take.eq(self.load_in.valid & self.load_in.ready)
+        with m.If(l_take):
+            m.d.sync += [l_addr.eq(l_addr + 1), l_left.eq(l_left - 1)]
+            with m.If(l_left == 1):
+                m.d.sync += l_active.eq(0)
+        ld_data = self.load_in.payload.data
+        w_addr = Mux(l_active, l_addr, hw_p.addr)
+        w_data = Mux(l_active, ld_data, hw_p.data)
+
+        def written(target):
+            return (host_wr & (hw_p.mem == target)) | (l_take & (l_mem == target))
+
         m.d.comb += [
             prog_w.addr.eq(hw_p.addr), prog_w.data.eq(hw_p.data[:INSTRUCTION_BITS]),
             prog_w.en.eq(host_wr & (hw_p.mem == MemoryTarget.PROGRAM)),
-            weight_w.addr.eq(hw_p.addr), weight_w.data.eq(hw_p.data[:R * W]),
-            weight_w.en.eq(host_wr & (hw_p.mem == MemoryTarget.WEIGHT)),
-            core.scale_write.valid.eq(host_wr & (hw_p.mem == MemoryTarget.SCALE)),
-            core.scale_write.payload.addr.eq(hw_p.addr),
-            core.scale_write.payload.scales.eq(hw_p.data[:lay.scale_entry.size]),
-            core.thr_write.valid.eq(host_wr & (hw_p.mem == MemoryTarget.THRESHOLD)),
-            core.thr_write.payload.addr.eq(hw_p.addr),
-            core.thr_write.payload.entry.eq(hw_p.data[:lay.thr_entry.size]),
+            weight_w.addr.eq(w_addr), weight_w.data.eq(w_data[:R * W]),
+            weight_w.en.eq(written(MemoryTarget.WEIGHT)),
+            core.scale_write.valid.eq(written(MemoryTarget.SCALE)),
+            core.scale_write.payload.addr.eq(w_addr),
+            core.scale_write.payload.scales.eq(w_data[:lay.scale_entry.size]),
+            core.thr_write.valid.eq(written(MemoryTarget.THRESHOLD)),
+            core.thr_write.payload.addr.eq(w_addr),
+            core.thr_write.payload.entry.eq(w_data[:lay.thr_entry.size]),
         ]
 
         resp_pending = Signal()
@@ -196,6 +238,7 @@ class Accelerator(wiring.Component):
         ins = Signal(Instruction)
         cv = ins.args.conv
         pl = ins.args.pool
+        ld = ins.args.load
 
         # Derived values, filled by the set-up sequence.
         def reg(name, shape=unsigned(_PRODUCT)):
@@ -626,7 +669,23 @@ class Accelerator(wiring.Component):
 
         def fail(code):
             m.d.sync += [error_r.eq(code), done_r.eq(1), busy.eq(0)]
+            m.d.comb += load_flush.eq(1)
             m.next = "IDLE"
+
+        def finish():
+            m.d.sync += [done_r.eq(1), busy.eq(0)]
+            m.next = "IDLE"
+
+        load_bad = Signal()
+        load_range = Signal()
+        load_depth = Mux(ld.mem == MemoryTarget.WEIGHT, cfg.weight_depth,
+                         Mux(ld.mem == MemoryTarget.SCALE, cfg.scale_depth, cfg.thr_depth))
+        m.d.comb += [
+            load_bad.eq((ld.count == 0) | ~((ld.mem == MemoryTarget.WEIGHT) | (ld.mem == MemoryTarget.SCALE) |
+                                            (ld.mem == MemoryTarget.THRESHOLD))),
+            load_range.eq(ld.addr + ld.count > load_depth),
+            load_queue.w_data.eq(ld.as_value()),
+        ]
 
         with m.FSM():
             with m.State("IDLE"):
@@ -646,14 +705,36 @@ class Accelerator(wiring.Component):
             with m.State("DECODE"):
                 with m.Switch(ins.opcode):
                     with m.Case(Opcode.END):
-                        m.d.sync += [done_r.eq(1), busy.eq(0)]
-                        m.next = "IDLE"
+                        with m.If(loads_idle):
+                            finish()
+                        with m.Else():
+                            m.next = "END_WAIT"
+                    with m.Case(Opcode.LOAD):
+                        m.next = "LOAD_CHECK"
+                    with m.Case(Opcode.SYNC):
+                        m.next = "SYNC"
                     with m.Case(Opcode.CONV):
                         m.next = "CONV_SETUP"
                     with m.Case(Opcode.POOL):
                         m.next = "POOL_SETUP"
                     with m.Default():
                         fail(ErrorCode.ILLEGAL_OPCODE)
+            with m.State("END_WAIT"):
+                with m.If(loads_idle):
+                    finish()
+            with m.State("LOAD_CHECK"):
+                with m.If(load_bad):
+                    fail(ErrorCode.BAD_FIELD)
+                with m.Elif(load_range):
+                    fail(ErrorCode.OUT_OF_RANGE)
+                with m.Elif(load_queue.w_rdy):
+                    m.d.comb += load_queue.w_en.eq(1)
+                    m.d.sync += pc.eq(pc + 1)
+                    m.next = "FETCH"
+            with m.State("SYNC"):
+                with m.If(loads_idle):
+                    m.d.sync += pc.eq(pc + 1)
+                    m.next = "FETCH"
             with m.State("CONV_SETUP"):
                 run_steps(conv_steps, "CONV_CHECK")
             with m.State("CONV_CHECK"):

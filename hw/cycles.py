@@ -5,8 +5,8 @@ to the RTL's cycle counter."""
 from .config import AccelConfig
 
 __all__ = ["SETUP_CYCLES", "ARRIVAL_CYCLES", "ISSUE_START", "BANK_REUSE", "TILE_OVERHEAD", "END_CYCLES",
-           "POOL_OVERHEAD", "conv_cycles", "pool_cycles",
-           "instruction_cycles", "conv_ideal_cycles", "conv_macs"]
+           "POOL_OVERHEAD", "LOAD_CYCLES", "SYNC_CYCLES", "conv_cycles", "pool_cycles",
+           "instruction_cycles", "conv_ideal_cycles", "conv_macs", "Timeline", "program_cycles"]
 
 END_CYCLES = 3          # fetch, latch, decode
 SETUP_CYCLES = 26       # fetch, latch, decode, 22 set-up products, check
@@ -15,6 +15,8 @@ ISSUE_START = 2         # a bank filled (or the previous tile issued) -> the nex
 BANK_REUSE = 1          # a bank's last beat read -> the gather may refill it
 TILE_OVERHEAD = 9       # the last write -> the next instruction's fetch
 POOL_OVERHEAD = 15      # fetch, latch, decode, 10 set-up products, check, drain
+LOAD_CYCLES = 4         # fetch, latch, decode, check and queue (when the queue has room)
+SYNC_CYCLES = 4         # fetch, latch, decode, wait (when the loads are done)
 
 
 def _ceil(a, b):
@@ -70,10 +72,61 @@ def conv_ideal_cycles(config: AccelConfig, f):
 
 
 def instruction_cycles(config: AccelConfig, opcode, fields):
+    """Cycles of one CONV, POOL or END on its own (no loads outstanding). LOAD and SYNC depend on the
+    loads before them: use `Timeline`."""
     from .isa import Opcode
     opcode = Opcode(opcode)
     if opcode == Opcode.CONV:
         return conv_cycles(config, fields)
     if opcode == Opcode.POOL:
         return pool_cycles(config, fields)
-    return END_CYCLES
+    if opcode == Opcode.END:
+        return END_CYCLES
+    raise ValueError(f"{opcode.name}'s cycles depend on the program before it: use Timeline")
+
+
+class Timeline:
+    """The controller and the load engine over one run of a program (docs/isa.md "Cycle model").
+
+    `step(opcode, fields)` returns the cycles from the instruction's fetch to the next fetch (to `done`
+    for END), given every instruction stepped before it. The load stream is assumed to offer an entry
+    every cycle (as the simulation benches feed it); a slower source lengthens SYNC and END waits.
+
+    * LOAD queues at its fourth cycle, later when `LOAD_QUEUE_DEPTH` loads wait in the queue (a slot
+      frees the cycle after the engine takes a load); the engine takes a queued load the cycle after
+      it was queued, or the cycle after its previous load's last entry, and writes one entry a cycle.
+    * SYNC's fourth cycle repeats until the engine is idle and the queue empty; END's third likewise.
+    """
+
+    def __init__(self, config: AccelConfig):
+        self.config = config
+        self.now = 0            # cycle of the next instruction's fetch, from the first fetch
+        self.taken = []         # cycle the engine took each load
+        self.idle_at = 0        # first cycle with no load active or queued
+
+    def step(self, opcode, fields):
+        from .isa import LOAD_QUEUE_DEPTH, Opcode
+        opcode = Opcode(opcode)
+        t = self.now
+        if opcode == Opcode.LOAD:
+            queue_at = t + LOAD_CYCLES - 1
+            if len(self.taken) >= LOAD_QUEUE_DEPTH:
+                queue_at = max(queue_at, self.taken[-LOAD_QUEUE_DEPTH] + 1)
+            take = max(queue_at + 1, self.idle_at)
+            self.taken.append(take)
+            self.idle_at = take + fields["count"] + 1
+            end = queue_at + 1
+        elif opcode == Opcode.SYNC:
+            end = max(t + SYNC_CYCLES - 1, self.idle_at) + 1
+        elif opcode == Opcode.END:
+            end = t + END_CYCLES if t + END_CYCLES - 1 >= self.idle_at else max(t + END_CYCLES, self.idle_at) + 1
+        else:
+            end = t + instruction_cycles(self.config, opcode, fields)
+        self.now = end
+        return end - t
+
+
+def program_cycles(config: AccelConfig, decoded):
+    """Cycles of each instruction of a straight-line run: `decoded` is (opcode, fields) pairs up to END."""
+    timeline = Timeline(config)
+    return [timeline.step(opcode, fields) for opcode, fields in decoded]

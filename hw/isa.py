@@ -11,8 +11,8 @@ from amaranth.lib import data, enum
 
 from .layouts import pack_payload, unpack_payload
 
-__all__ = ["Opcode", "ErrorCode", "MemoryTarget", "ConvArgs", "PoolArgs", "Instruction", "INSTRUCTION_BITS",
-           "IsaError", "encode", "decode", "FIELD_LIMITS"]
+__all__ = ["Opcode", "ErrorCode", "MemoryTarget", "ConvArgs", "PoolArgs", "LoadArgs", "Instruction",
+           "INSTRUCTION_BITS", "LOAD_TARGETS", "LOAD_QUEUE_DEPTH", "IsaError", "encode", "decode", "FIELD_LIMITS"]
 
 INSTRUCTION_BITS = 256
 
@@ -25,6 +25,8 @@ class Opcode(enum.Enum, shape=4):
     END = 0    # stop; raise done
     CONV = 1   # a binary convolution / fully connected layer over M x N bases
     POOL = 2   # max pooling of bit-planes (bitwise OR over each window)
+    LOAD = 3   # queue a load: `count` entries of the load stream into a weight/scale/threshold region
+    SYNC = 4   # wait until every queued load has written its last entry
 
 
 class ErrorCode(enum.Enum, shape=3):
@@ -87,18 +89,30 @@ PoolArgs = data.StructLayout({
     "out_base": 16,
 })
 
+LoadArgs = data.StructLayout({
+    "mem":   MemoryTarget,  # WEIGHT, SCALE or THRESHOLD (LOAD_TARGETS)
+    "addr":  16,            # first entry written
+    "count": 17,            # entries taken from the load stream (1 ..= the memory's depth - addr)
+})
+
+#: Memories a LOAD may write: those the running program only reads.
+LOAD_TARGETS = (MemoryTarget.WEIGHT, MemoryTarget.SCALE, MemoryTarget.THRESHOLD)
+#: LOADs the controller queues before a further LOAD waits for the load engine.
+LOAD_QUEUE_DEPTH = 4
+
 _args_bits = INSTRUCTION_BITS - Opcode.as_shape().width
 Instruction = data.StructLayout({
     "opcode": Opcode,
-    "args": data.UnionLayout({"conv": ConvArgs, "pool": PoolArgs, "raw_bits": _args_bits}),
+    "args": data.UnionLayout({"conv": ConvArgs, "pool": PoolArgs, "load": LoadArgs, "raw_bits": _args_bits}),
 })
 assert Instruction.size == INSTRUCTION_BITS
 
-_ARGS = {Opcode.CONV: ("conv", ConvArgs), Opcode.POOL: ("pool", PoolArgs)}
+_ARGS = {Opcode.CONV: ("conv", ConvArgs), Opcode.POOL: ("pool", PoolArgs), Opcode.LOAD: ("load", LoadArgs)}
+
 
 FIELD_LIMITS = {
     name: (1 << field.width) - 1
-    for layout in (ConvArgs, PoolArgs) for name, field in layout
+    for layout in (ConvArgs, PoolArgs, LoadArgs) for name, field in layout
 }
 
 
@@ -125,6 +139,8 @@ def encode(opcode, **fields):
     for name, field in layout:
         limit = (1 << field.width) - 1
         v = fields[name]
+        if isinstance(v, MemoryTarget):
+            v = fields[name] = v.value
         if not isinstance(v, (int, np.integer)) or not 0 <= int(v) <= limit:
             raise IsaError(f"{opcode.name} field {name} must be an integer from 0 to {limit}, not {v!r}")
     args = pack_payload(layout, {k: int(v) for k, v in fields.items()})

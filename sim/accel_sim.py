@@ -32,14 +32,30 @@ async def read_entries(ctx, dut, mem, base, count, raw=False):
     return out
 
 
-async def run_program(ctx, dut, limit=1_000_000):
-    """Pulse start and wait for done; returns (error code, cycles). Fails after `limit` cycles."""
+async def run_program(ctx, dut, limit=1_000_000, stream=(), marks=None):
+    """Pulse start and wait for done, offering the integer entries of `stream` on `load_in` one per
+    cycle (the source the cycle model assumes); returns (error code, cycles). `marks`, a dict, gets
+    pc -> the cycles register when the controller entered that pc. Fails after `limit` cycles."""
+    stream = list(stream)
+    taken, pc = 0, 0
+    if marks is not None:
+        marks[0] = 0
     ctx.set(dut.start, 1)
     await ctx.tick()
     ctx.set(dut.start, 0)
     for _ in range(limit):
         if ctx.get(dut.done):
+            ctx.set(dut.load_in.valid, 0)
             error = ctx.get(dut.error)
             return int(getattr(error, "value", error)), ctx.get(dut.cycles)
+        offered = taken < len(stream)
+        if offered:
+            ctx.set(dut.load_in.payload.data, stream[taken])
+        ctx.set(dut.load_in.valid, offered)
+        took = offered and ctx.get(dut.load_in.ready)
         await ctx.tick()
+        taken += bool(took)
+        if marks is not None and ctx.get(dut.pc) != pc:
+            pc = ctx.get(dut.pc)
+            marks[pc] = ctx.get(dut.cycles)
     raise AssertionError(f"the accelerator did not finish within {limit} cycles (pc={ctx.get(dut.pc)})")

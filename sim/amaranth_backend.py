@@ -15,9 +15,9 @@ from amaranth.sim import Simulator
 from hw.accel import Accelerator
 from hw.isa import MemoryTarget
 from sw.runtime import Backend, MemoryBackend, RuntimeApiError, register_backend
-from sw.runtime.host_port import TARGETS, entry_ints, result_value
+from sw.runtime.host_port import TARGETS, entry_ints, result_value, stream_ints
 
-from .accel_sim import read_entries, write_entries
+from .accel_sim import read_entries, run_program, write_entries
 
 __all__ = ["PysimBackend"]
 
@@ -44,8 +44,8 @@ class _ThreadHost(MemoryBackend):
     def write_memory(self, memory, base, values):
         self._call("write", memory, base, entry_ints(self.config, memory, values))
 
-    def start_and_wait(self):
-        cycles, error, per_pc = self._call("run")
+    def start_and_wait(self, stream=()):
+        cycles, error, per_pc = self._call("run", stream_ints(self.config, stream))
         self._per_pc = per_pc
         return cycles, error
 
@@ -95,25 +95,16 @@ class PysimBackend(Backend):
                         replies.put(("ok", await read_entries(ctx, dut, MemoryTarget.RESULT, base, count,
                                                               raw=True)))
                     else:
-                        ctx.set(dut.start, 1)
-                        await ctx.tick()
-                        ctx.set(dut.start, 0)
-                        marks, spent, pc = {0: 0}, 0, 0
-                        while not ctx.get(dut.done):
-                            await ctx.tick()
-                            spent += 1
-                            if ctx.get(dut.pc) != pc:
-                                pc = ctx.get(dut.pc)
-                                marks[pc] = ctx.get(dut.cycles)
-                            if spent > self.watchdog:
-                                raise RuntimeApiError(f"watchdog: no done after {self.watchdog} cycles "
-                                                      f"(pc {pc})")
-                        cycles = ctx.get(dut.cycles)
-                        error = ctx.get(dut.error)
+                        _, entries = request
+                        marks = {}
+                        try:
+                            error, cycles = await run_program(ctx, dut, self.watchdog, entries, marks)
+                        except AssertionError:
+                            raise RuntimeApiError(f"watchdog: no done after {self.watchdog} cycles "
+                                                  f"(pc {ctx.get(dut.pc)})") from None
                         starts = sorted(marks.items())
                         per_pc = {p: nxt - at for (p, at), (_, nxt) in zip(starts, starts[1:] + [(None, cycles)])}
-                        replies.put(("ok", (cycles, int(getattr(error, "value", error)),
-                                            [per_pc.get(p, 0) for p in range(n_instr)])))
+                        replies.put(("ok", (cycles, error, [per_pc.get(p, 0) for p in range(n_instr)])))
                 except BaseException as error:
                     replies.put(("error", error))
                     raise

@@ -1,20 +1,22 @@
 """The program bundle: what `sw.compile` writes and every runtime backend executes. numpy only.
 
-A bundle is the instruction stream, the memory images the host writes before `start`, the config it
-was compiled for, and how the host prepares an input image and reads the logits (docs/compiler.md):
+A bundle is the instruction stream, the memory images the host writes before `start`, the load
+stream its LOAD instructions consume while it runs, the config it was compiled for, and how the host
+prepares an input image and reads the logits (docs/compiler.md):
 
     bundle = load_bundle("prog.bundle")        # Bundle, or BundleError
     bundle.config                              # AccelConfig (its fingerprint matched the header's)
     bundle.instructions                        # list of 256-bit ints (hw.isa.encode)
     bundle.segments                            # list of Segment(memory, base, values)
+    bundle.stream                              # Segments the LOADs consume in order (base: where each lands)
     bundle.input, bundle.output, bundle.layers # dicts: the host unfold, the logits, per-layer metadata
 
 File layout (little-endian): magic b"BNNBUNDL", u32 format version, u32 header length, the JSON
-header (padded to 8 bytes), the segments' arrays one after another (each padded to 8 bytes), and the
-sha256 of every byte before it.
+header (padded to 8 bytes), the segments' and then the stream's arrays one after another (each padded
+to 8 bytes), and the sha256 of every byte before it. Version 2 added the load stream.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -26,7 +28,7 @@ __all__ = ["MAGIC", "FORMAT_VERSION", "KIND", "MEMORIES", "BundleError", "Segmen
            "word_mask"]
 
 MAGIC = b"BNNBUNDL"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 KIND = "bnn-program-bundle"
 
 # memory name -> (dtype, shape of one entry given the config), for segment values.
@@ -36,6 +38,7 @@ KIND = "bnn-program-bundle"
 #   threshold : max_abases signed thresholds, then the flip bit (0/1) in the last column
 #   result    : one signed sum
 MEMORIES = ("act", "weight", "scale", "threshold", "result")
+STREAM_MEMORIES = ("weight", "scale", "threshold")       # what LOAD writes (hw.isa.LOAD_TARGETS)
 _DEPTH = {"act": "act_depth", "weight": "weight_depth", "scale": "scale_depth",
           "threshold": "thr_depth", "result": "result_depth"}
 
@@ -83,6 +86,7 @@ class Bundle:
     output: dict
     layers: list
     model: dict
+    stream: list = field(default_factory=list)
 
     @property
     def fingerprint(self):
@@ -98,7 +102,7 @@ class Bundle:
         for i, word in enumerate(self.instructions):
             if not isinstance(word, int) or not 0 <= word < (1 << 256):
                 _fail(f"Instruction {i} is not a 256-bit integer")
-        for seg in self.segments:
+        for seg in self.segments + self.stream:
             if seg.memory not in MEMORIES:
                 _fail(f"Unknown memory {seg.memory!r} in a segment; the memories are: {', '.join(MEMORIES)}")
             shape = _entry_shape(seg.memory, c)
@@ -110,6 +114,7 @@ class Bundle:
             if not isinstance(seg.base, int) or seg.base < 0 or seg.base + len(values) > depth:
                 _fail(f"A {seg.memory} segment at {seg.base} with {len(values)} entries lies outside "
                       f"{_DEPTH[seg.memory]} {depth}")
+        self._check_stream()
         for key in ("shape", "kernel", "stride", "padding", "pad_value", "act_base", "words_per_pixel",
                     "out_h", "out_w", "planes", "k"):
             if key not in self.input:
@@ -120,25 +125,50 @@ class Bundle:
         return self
 
 
+    def _check_stream(self):
+        """The stream holds exactly what the LOADs take, in their order, memory and address."""
+        from hw.isa import IsaError, MemoryTarget, Opcode, decode
+        loads = []
+        for word in self.instructions:
+            try:
+                opcode, fields = decode(word)
+            except IsaError:
+                continue
+            if opcode == Opcode.LOAD:
+                name = MemoryTarget(fields["mem"]).name.lower() if fields["mem"] < 6 else "?"
+                loads.append((name, fields["addr"], fields["count"]))
+            if opcode == Opcode.END:
+                break
+        chunks = [(seg.memory, seg.base, len(seg.values)) for seg in self.stream]
+        for seg in self.stream:
+            if seg.memory not in STREAM_MEMORIES:
+                _fail(f"The load stream carries {', '.join(STREAM_MEMORIES)} entries, not {seg.memory}")
+        if chunks != loads:
+            _fail(f"The load stream's segments {chunks[:3]}{'...' if len(chunks) > 3 else ''} do not match "
+                  f"the program's LOADs {loads[:3]}{'...' if len(loads) > 3 else ''} (memory, address, count)")
+
+
 def _array_bytes(values):
     return pad(np.ascontiguousarray(values).tobytes())
 
 
 def to_bytes(bundle):
     bundle.validate()
-    blobs, segments, offset = [], [], 0
-    for seg in bundle.segments:
-        values = np.ascontiguousarray(seg.values, dtype=_entry_dtype(seg.memory))
-        data = _array_bytes(values)
-        segments.append({"memory": seg.memory, "base": int(seg.base), "entries": int(len(values)),
-                         "offset": offset, "nbytes": int(values.nbytes)})
-        blobs.append(data)
-        offset += len(data)
+    blobs, offset = [], 0
+    tables = {"segments": [], "stream": []}
+    for key, segs in (("segments", bundle.segments), ("stream", bundle.stream)):
+        for seg in segs:
+            values = np.ascontiguousarray(seg.values, dtype=_entry_dtype(seg.memory))
+            data = _array_bytes(values)
+            tables[key].append({"memory": seg.memory, "base": int(seg.base), "entries": int(len(values)),
+                                "offset": offset, "nbytes": int(values.nbytes)})
+            blobs.append(data)
+            offset += len(data)
     header = {
         "kind": KIND, "format_version": FORMAT_VERSION,
         "config": bundle.config.to_dict(), "fingerprint": bundle.config.fingerprint(),
         "instructions": [f"{word:064x}" for word in bundle.instructions],
-        "segments": segments, "input": bundle.input, "output": bundle.output,
+        "segments": tables["segments"], "stream": tables["stream"], "input": bundle.input, "output": bundle.output,
         "layers": bundle.layers, "model": bundle.model,
     }
     return pack_container(MAGIC, FORMAT_VERSION, header, blobs)
@@ -155,21 +185,24 @@ def from_bytes(data, origin="bundle"):
             _fail(f"{origin} records an invalid config: {error}")
         if config.fingerprint() != header["fingerprint"]:
             _fail(f"{origin}: its config does not match its recorded fingerprint {header['fingerprint']}")
-        segments = []
-        for s in header["segments"]:
-            memory = s["memory"]
-            if memory not in MEMORIES:
-                _fail(f"{origin}: unknown memory {memory!r} in a segment")
-            shape = (int(s["entries"]),) + _entry_shape(memory, config)
-            dtype = _entry_dtype(memory)
-            count = int(np.prod(shape, dtype=np.int64))
-            if s["offset"] < 0 or s["nbytes"] != count * dtype.itemsize or s["offset"] + s["nbytes"] > len(blob):
-                _fail(f"{origin}: a {memory} segment lies outside the file")
-            values = np.frombuffer(blob, dtype, count, s["offset"]).reshape(shape).copy()
-            segments.append(Segment(memory, int(s["base"]), values))
-        bundle = Bundle(config, [int(word, 16) for word in header["instructions"]], segments,
+        tables = {}
+        for key in ("segments", "stream"):
+            tables[key] = []
+            for s in header[key]:
+                memory = s["memory"]
+                if memory not in MEMORIES:
+                    _fail(f"{origin}: unknown memory {memory!r} in a segment")
+                shape = (int(s["entries"]),) + _entry_shape(memory, config)
+                dtype = _entry_dtype(memory)
+                count = int(np.prod(shape, dtype=np.int64))
+                if (s["offset"] < 0 or s["nbytes"] != count * dtype.itemsize
+                        or s["offset"] + s["nbytes"] > len(blob)):
+                    _fail(f"{origin}: a {memory} segment lies outside the file")
+                values = np.frombuffer(blob, dtype, count, s["offset"]).reshape(shape).copy()
+                tables[key].append(Segment(memory, int(s["base"]), values))
+        bundle = Bundle(config, [int(word, 16) for word in header["instructions"]], tables["segments"],
                         dict(header["input"]), dict(header["output"]), list(header["layers"]),
-                        dict(header.get("model", {})))
+                        dict(header.get("model", {})), tables["stream"])
     except BundleError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:

@@ -23,7 +23,7 @@ from hw.layouts import pack_payload
 from sim.runner import bench_config, bench_params
 from sw.bundle import load_bundle
 from sw.runtime import MemoryBackend, RuntimeApiError
-from sw.runtime.host_port import TARGETS, entry_ints, result_value
+from sw.runtime.host_port import TARGETS, entry_ints, result_value, stream_ints
 
 CLOCK_NS = 10
 
@@ -44,8 +44,8 @@ class SimulatedAccelerator(MemoryBackend):
     def write_memory(self, memory, base, values):
         resume(self._write)(memory, base, entry_ints(self.config, memory, values))
 
-    def start_and_wait(self):
-        return resume(self._start_and_wait)()
+    def start_and_wait(self, stream=()):
+        return resume(self._start_and_wait)(stream_ints(self.config, stream))
 
     def read_result(self, base, count):
         return np.array([result_value(self.config, v) for v in resume(self._read)("result", base, count)],
@@ -89,11 +89,26 @@ class SimulatedAccelerator(MemoryBackend):
         dut.read_resp__ready.value = 0
         return out
 
-    async def _start_and_wait(self):
+    async def _feed(self, entries):
+        """Offer `entries` on load_in back to back; Python wakes per entry, and while the engine is
+        not taking, only when `ready` rises."""
+        dut = self.dut
+        for value in entries:
+            dut.load_in__payload.value = value
+            dut.load_in__valid.value = 1
+            await ReadOnly()
+            while not dut.load_in__ready.value:
+                await RisingEdge(dut.load_in__ready)
+                await ReadOnly()
+            await RisingEdge(dut.clk)
+        dut.load_in__valid.value = 0
+
+    async def _start_and_wait(self, stream):
         dut = self.dut
         dut.start.value = 1
         await RisingEdge(dut.clk)
         dut.start.value = 0
+        feeder = cocotb.start_soon(self._feed(stream)) if stream else None
         marks = {0: 0}                 # pc -> cycle count when the controller entered it
         spent = 0
         while True:
@@ -110,6 +125,10 @@ class SimulatedAccelerator(MemoryBackend):
             await RisingEdge(dut.clk)
         cycles = int(dut.cycles.value)
         error = int(dut.error.value)
+        if feeder is not None and not feeder.done():
+            feeder.cancel()
+            await RisingEdge(dut.clk)
+            dut.load_in__valid.value = 0
         # Cycles per instruction: from entering pc to entering the next (the last runs to done).
         starts = sorted(marks.items())
         per_pc = {pc: nxt - at for (pc, at), (_, nxt) in zip(starts, starts[1:] + [(None, cycles)])}
@@ -124,7 +143,7 @@ async def run_images(dut):
     config = bench_config()
     cocotb.start_soon(Clock(dut.clk, CLOCK_NS, unit="ns").start())
     dut.rst.value = 1
-    for port in ("host_write__valid", "read_req__valid", "read_resp__ready", "start"):
+    for port in ("host_write__valid", "read_req__valid", "read_resp__ready", "load_in__valid", "start"):
         getattr(dut, port).value = 0
     for _ in range(3):
         await RisingEdge(dut.clk)

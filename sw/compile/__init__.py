@@ -15,16 +15,34 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hw.config import AccelConfig
-from hw.isa import FIELD_LIMITS, IsaError, Opcode, encode
+from hw.isa import FIELD_LIMITS, IsaError, MemoryTarget, Opcode, encode
 from sw.bundle import Bundle, Segment, pack_words, unpack_words, word_limbs
 from sw.model_format import ModelFormatError, deploy_forward, load_model
 
-__all__ = ["CompileError", "ProgramState", "PASSES", "compile_model", "compile_file",
+__all__ = ["CompileError", "ProgramState", "PASSES", "WEIGHT_MODES", "compile_model", "compile_file",
            "CheckConfig", "MergeBranches", "Lower", "CheckFit", "Allocate", "Emit", "Verify"]
 
 
 class CompileError(ValueError):
     """The model cannot run on the config: names the layer, the limit and the excess."""
+
+
+#: Where weights, scales and thresholds live while the program runs:
+#:   resident : written by the host before start, every layer's at once;
+#:   stream   : LOADed layer by layer from the load stream into two halves of each memory, the next
+#:              layer's loads overlapping the current layer's compute;
+#:   auto     : resident when everything fits, else stream.
+WEIGHT_MODES = ("resident", "stream", "auto")
+_PARAMETER_MEMORIES = ("weight", "scale", "threshold")
+_PARAMETER_DEPTHS = {"weight": "weight_depth", "scale": "scale_depth", "threshold": "thr_depth"}
+
+
+def _parameter_need(config, op):
+    """Entries of the weight, scale and threshold memories one CONV reads."""
+    kw_words = op["kh"] * op["kw"] * op["in_cw"]
+    ot = -(-op["o"] // config.rows)
+    return {"weight": ot * op["m"] * kw_words, "scale": ot * op["m"] * op["n"],
+            "threshold": 0 if op["raw"] else ot * config.rows}
 
 
 @dataclass
@@ -45,6 +63,9 @@ class ProgramState:
     checked: list = field(default_factory=list)    # what each checking pass verified
     verify_images: int = 2
     seed: int = 0
+    weights: str = "auto"                          # resident | stream | auto (docs/compiler.md)
+    streamed: bool = False                         # CheckFit's decision
+    stream: list = field(default_factory=list)     # the load stream's segments, in LOAD order
 
 
 def _name(index, kind):
@@ -246,10 +267,26 @@ class CheckFit:
 
     def apply(self, state):
         c = state.config
+        if state.weights not in WEIGHT_MODES:
+            raise CompileError(f"program: weights must be one of {', '.join(WEIGHT_MODES)}, not {state.weights!r}")
         totals = {"weight": 0, "scale": 0, "threshold": 0}
-        limits = {"weight": "weight_depth", "scale": "scale_depth", "threshold": "thr_depth"}
+        limits = _PARAMETER_DEPTHS
         units = {"weight": "weight-buffer entries", "scale": "scale-memory entries",
                  "threshold": "threshold-memory entries"}
+        convs = [op for op in state.ops if op["op"] != "pool"]
+        resident = all(sum(_parameter_need(c, op)[mem] for op in convs) <= getattr(c, limits[mem])
+                       for mem in _PARAMETER_MEMORIES)
+        too_big = [(op["name"], mem, _parameter_need(c, op)[mem], getattr(c, limits[mem]) // 2)
+                   for op in convs for mem in _PARAMETER_MEMORIES
+                   if _parameter_need(c, op)[mem] > getattr(c, limits[mem]) // 2]
+        state.streamed = state.weights == "stream" or (state.weights == "auto" and not resident and not too_big)
+        hint = ""
+        if state.weights == "resident":
+            hint = " (--weights stream loads them layer by layer)"
+        elif state.weights == "auto" and too_big:
+            where, mem, need, half = too_big[0]
+            hint = (f"; streamed layer by layer, {where} would need {need} {units[mem]}, over half of "
+                    f"{limits[mem]} = {half}")
         seen_act = set()
         for op in state.ops:
             name = op["name"]
@@ -270,12 +307,19 @@ class CheckFit:
                 _exceeds(name, f"patch words ({n} planes x {kw_words} K-words)", n * kw_words,
                          "patch_depth", c.patch_depth)
             ot = -(-o // c.rows)
-            need = {"weight": ot * m * kw_words, "scale": ot * m * n, "threshold": 0 if op["raw"] else ot * c.rows}
-            for mem, amount in need.items():
+            for mem, amount in _parameter_need(c, op).items():
+                if state.streamed:
+                    # Streamed: each layer's entries fit one half, the next layer's load the other.
+                    half = getattr(c, limits[mem]) // 2
+                    if amount > half:
+                        _exceeds(name, f"{units[mem]} of this layer (streamed into half the memory)", amount,
+                                 f"half of {limits[mem]}", half)
+                    continue
                 totals[mem] += amount
                 if totals[mem] > getattr(c, limits[mem]):
-                    _exceeds(name, f"{units[mem]} used up to this layer", totals[mem],
-                             limits[mem], getattr(c, limits[mem]))
+                    limit = getattr(c, limits[mem])
+                    raise CompileError(f"{name}: {units[mem]} used up to this layer = {totals[mem]} exceeds "
+                                       f"{limits[mem]} = {limit} by {totals[mem] - limit}{hint}")
             if op["raw"] and ot * c.rows > c.thr_depth:
                 # The controller checks t_base + OT*R even for raw sums (t_base is 0 then).
                 _exceeds(name, "threshold-memory entries a raw layer's tiles span", ot * c.rows, "thr_depth",
@@ -290,6 +334,10 @@ class CheckFit:
                 raise CompileError(f"{name}: a scale does not fit {c.scale_bits}-bit signed fixed point")
             self._check_act(state, op, seen_act)
         instructions = len(state.ops) + 1
+        if state.streamed:
+            # Per CONV a SYNC and a LOAD per memory it reads (docs/compiler.md "Streamed parameters").
+            instructions += sum(1 + sum(1 for amount in _parameter_need(c, op).values() if amount)
+                                for op in convs)
         if instructions > c.instr_depth:
             _exceeds("program", "instructions (with END)", instructions, "instr_depth", c.instr_depth)
         return state
@@ -319,7 +367,8 @@ def _map_words(spec):
 
 class Allocate:
     """Addresses: maps alternate between the bottom (0) and the top of the activation buffer; weights,
-    scales and thresholds are packed one layer after another; logits at result address 0."""
+    scales and thresholds are packed one layer after another (streamed: each CONV's at the start of
+    the lower or upper half, alternately); logits at result address 0."""
 
     name = "allocate"
 
@@ -335,92 +384,139 @@ class Allocate:
                 bottom = not bottom
             return placed[id(spec)]
 
-        w_next = s_next = t_next = 0
+        next_free = {mem: 0 for mem in _PARAMETER_MEMORIES}
+        convs = 0
         for op in state.ops:
             op["in_base"] = place(op["in"])
             if op["out"] is not None:
                 op["out_base"] = place(op["out"])
             if op["op"] == "pool":
                 continue
-            kw_words = op["kh"] * op["kw"] * op["in_cw"]
-            ot = -(-op["o"] // c.rows)
-            op["w_base"], op["s_base"] = w_next, s_next
-            w_next += ot * op["m"] * kw_words
-            s_next += ot * op["m"] * op["n"]
+            need = _parameter_need(c, op)
+            bases = {}
+            for mem in _PARAMETER_MEMORIES:
+                if state.streamed:
+                    # Alternate halves: CONV k reads one while the LOADs of CONV k + 1 fill the other.
+                    bases[mem] = (convs % 2) * (getattr(c, _PARAMETER_DEPTHS[mem]) // 2)
+                else:
+                    bases[mem] = next_free[mem]
+                    next_free[mem] += need[mem]
+            convs += 1
+            op["w_base"], op["s_base"], op["t_base"] = bases["weight"], bases["scale"], bases["threshold"]
             if op["raw"]:
                 op["out_base"], op["t_base"] = 0, 0
-            else:
-                op["t_base"] = t_next
-                t_next += ot * c.rows
         state.input["act_base"] = state.ops[0]["in_base"]
         return state
 
 
 class Emit:
-    """Instructions (hw.isa.encode) and the memory images of weights, scales and thresholds."""
+    """Instructions (hw.isa.encode) and the memory images of weights, scales and thresholds: resident
+    segments, or (streamed) the load stream with LOAD / SYNC around each CONV."""
 
     name = "emit"
 
     def apply(self, state):
         c = state.config
-        rows, limbs = c.rows, word_limbs(c.word_bits)
-        tmin = -(1 << (c.acc_bits - 1))
-        instructions, segments, info = [], [], []
+        # Per op: its compute instruction and the images of the parameters it reads.
+        compute, images = [], []
         for op in state.ops:
-            name = op["name"]
+            if op["op"] == "pool":
+                compute.append(self._pool(op))
+                images.append([])
+            else:
+                compute.append(self._conv(op))
+                images.append(self._images(c, op))
+        convs = [i for i, op in enumerate(state.ops) if op["op"] != "pool"]
+        instructions, segments, stream = [], [], []
+        owner = []                      # per instruction: the op it serves
+
+        def emit(word, index):
+            instructions.append(word)
+            owner.append(index)
+
+        def loads(index):
+            for segment in images[index]:
+                target = MemoryTarget[segment.memory.upper()]
+                emit(self._encode(state.ops[index]["name"], Opcode.LOAD,
+                                  {"mem": target.value, "addr": segment.base, "count": len(segment.values)}),
+                     index)
+                stream.append(segment)
+
+        if state.streamed:
+            loads(convs[0])
+        for index, op in enumerate(state.ops):
+            if state.streamed and op["op"] != "pool":
+                k = convs.index(index)
+                emit(encode(Opcode.SYNC), index)       # this CONV's loads have landed
+                if k + 1 < len(convs):
+                    loads(convs[k + 1])                # overlap the next CONV's loads with this one
+            elif op["op"] != "pool":
+                segments.extend(images[index])
+            emit(compute[index], index)
+        emit(encode(Opcode.END), len(state.ops) - 1)
+
+        info = []
+        for index, op in enumerate(state.ops):
             if not info or info[-1]["index"] != op["layer"]:
-                info.append({"index": op["layer"], "name": name, "kind": state.layers[op["layer"]]["kind"],
+                info.append({"index": op["layer"], "name": op["name"], "kind": state.layers[op["layer"]]["kind"],
                              "instructions": [], "macs": 0, "output": None})
             entry = info[-1]
-            entry["instructions"].append(len(instructions))
-            if op["op"] == "pool":
-                src, out = op["in"], op["out"]
-                fields = {"in_base": op["in_base"], "in_h": src["h"], "in_w": src["w"], "cw": src["cw"],
-                          "planes": src["planes"], "kernel": op["kernel"], "stride": op["stride"],
-                          "out_h": out["h"], "out_w": out["w"], "out_base": op["out_base"]}
-                instructions.append(self._encode(name, Opcode.POOL, fields))
-                entry["output"] = dict(out, base=op["out_base"])
-                continue
-            src, out = op["in"], op["out"]
-            m, n, o = op["m"], op["n"], op["o"]
-            kw_words = op["kh"] * op["kw"] * op["in_cw"]
-            ot = -(-o // rows)
-            fields = {
-                "in_base": op["in_base"] + op["in_word_offset"], "in_h": src["h"], "in_w": src["w"],
-                "in_cw": op["in_cw"], "in_stride": src["cw"], "in_tail": op["in_tail"], "in_planes": n,
-                "kh": op["kh"], "kw": op["kw"], "stride": op["stride"], "pad": op["pad"],
-                "pad_value": op["pad_value"], "out_h": op["out_h"], "out_w": op["out_w"], "out_ch": o,
-                "out_ch_base": op["out_ch_base"], "out_stride": 0 if out is None else out["cw"],
-                "out_planes": 0 if out is None else out["planes"], "out_base": op["out_base"],
-                "wbases": m, "w_base": op["w_base"], "s_base": op["s_base"], "t_base": op["t_base"],
-                "raw": int(op["raw"]), "k": op["k"]}
-            instructions.append(self._encode(name, Opcode.CONV, fields))
-            entry["macs"] += m * n * o * op["out_h"] * op["out_w"] * op["k"]
-            if out is not None:
-                entry["output"] = dict(out, base=op["out_base"])
-            # Weight entries (ot, m, j) with R lanes; lanes past the group's channels are 0.
-            wpad = np.zeros((m, ot * rows, kw_words, limbs), dtype=np.uint64)
-            wpad[:, :o] = op["weights"]
-            wimg = wpad.reshape(m, ot, rows, kw_words, limbs).transpose(1, 0, 3, 2, 4).reshape(-1, rows, limbs)
-            segments.append(Segment("weight", op["w_base"], np.ascontiguousarray(wimg)))
-            spad = np.zeros((m, n, ot * rows), dtype=np.int64)
-            spad[..., :o] = op["scales"]
-            simg = spad.reshape(m, n, ot, rows).transpose(2, 0, 1, 3).reshape(-1, rows)
-            segments.append(Segment("scale", op["s_base"], np.ascontiguousarray(simg)))
-            if not op["raw"]:
-                t = op["thresholds"]
-                timg = np.zeros((ot * rows, c.max_abases + 1), dtype=np.int64)
-                timg[:, :c.max_abases] = tmin      # unused planes and rows: any value (out_planes says)
-                timg[:o, :t.shape[1]] = t
-                timg[:o, -1] = op["flip"]
-                segments.append(Segment("threshold", op["t_base"], timg))
-        instructions.append(encode(Opcode.END))
+            entry["instructions"].extend(pc for pc, o in enumerate(owner[:-1]) if o == index)
+            if op["op"] != "pool":
+                entry["macs"] += op["m"] * op["n"] * op["o"] * op["out_h"] * op["out_w"] * op["k"]
+            if op["out"] is not None:
+                entry["output"] = dict(op["out"], base=op["out_base"])
         last = state.ops[-1]
         state.output = {"result_base": last["out_base"], "classes": int(state.model.classes)}
         for entry in info:
             entry["ideal_cycles"] = -(-entry["macs"] // c.macs_per_cycle)
-        state.instructions, state.segments, state.layer_info = instructions, segments, info
+        state.instructions, state.segments, state.stream, state.layer_info = instructions, segments, stream, info
         return state
+
+    def _pool(self, op):
+        src, out = op["in"], op["out"]
+        fields = {"in_base": op["in_base"], "in_h": src["h"], "in_w": src["w"], "cw": src["cw"],
+                  "planes": src["planes"], "kernel": op["kernel"], "stride": op["stride"],
+                  "out_h": out["h"], "out_w": out["w"], "out_base": op["out_base"]}
+        return self._encode(op["name"], Opcode.POOL, fields)
+
+    def _conv(self, op):
+        src, out = op["in"], op["out"]
+        fields = {
+            "in_base": op["in_base"] + op["in_word_offset"], "in_h": src["h"], "in_w": src["w"],
+            "in_cw": op["in_cw"], "in_stride": src["cw"], "in_tail": op["in_tail"], "in_planes": op["n"],
+            "kh": op["kh"], "kw": op["kw"], "stride": op["stride"], "pad": op["pad"],
+            "pad_value": op["pad_value"], "out_h": op["out_h"], "out_w": op["out_w"], "out_ch": op["o"],
+            "out_ch_base": op["out_ch_base"], "out_stride": 0 if out is None else out["cw"],
+            "out_planes": 0 if out is None else out["planes"], "out_base": op["out_base"],
+            "wbases": op["m"], "w_base": op["w_base"], "s_base": op["s_base"], "t_base": op["t_base"],
+            "raw": int(op["raw"]), "k": op["k"]}
+        return self._encode(op["name"], Opcode.CONV, fields)
+
+    @staticmethod
+    def _images(c, op):
+        """The weight, scale and (unless raw) threshold entries one CONV reads, as Segments."""
+        rows, limbs = c.rows, word_limbs(c.word_bits)
+        m, n, o = op["m"], op["n"], op["o"]
+        kw_words = op["kh"] * op["kw"] * op["in_cw"]
+        ot = -(-o // rows)
+        # Weight entries (ot, m, j) with R lanes; lanes past the group's channels are 0.
+        wpad = np.zeros((m, ot * rows, kw_words, limbs), dtype=np.uint64)
+        wpad[:, :o] = op["weights"]
+        wimg = wpad.reshape(m, ot, rows, kw_words, limbs).transpose(1, 0, 3, 2, 4).reshape(-1, rows, limbs)
+        spad = np.zeros((m, n, ot * rows), dtype=np.int64)
+        spad[..., :o] = op["scales"]
+        simg = spad.reshape(m, n, ot, rows).transpose(2, 0, 1, 3).reshape(-1, rows)
+        out = [Segment("weight", op["w_base"], np.ascontiguousarray(wimg)),
+               Segment("scale", op["s_base"], np.ascontiguousarray(simg))]
+        if not op["raw"]:
+            t = op["thresholds"]
+            timg = np.zeros((ot * rows, c.max_abases + 1), dtype=np.int64)
+            timg[:, :c.max_abases] = -(1 << (c.acc_bits - 1))   # unused planes and rows: out_planes says
+            timg[:o, :t.shape[1]] = t
+            timg[:o, -1] = op["flip"]
+            out.append(Segment("threshold", op["t_base"], timg))
+        return out
 
     @staticmethod
     def _encode(name, opcode, fields):
@@ -490,13 +586,16 @@ def state_to_bundle(state):
     return Bundle(state.config, list(state.instructions), list(state.segments), dict(state.input),
                   dict(state.output), list(state.layer_info),
                   {"input_shape": list(state.model.input_shape), "classes": int(state.model.classes),
-                   "training": state.model.training, "logit_unit": state.model.logit_unit})
+                   "training": state.model.training, "logit_unit": state.model.logit_unit,
+                   "weights": "stream" if state.streamed else "resident"},
+                  list(state.stream))
 
 
-def compile_model(model, config=None, verify_images=2, seed=0, progress=None):
-    """Run `PASSES` on a BnnModel; returns the Bundle. `progress(pass_name)` is called before each."""
+def compile_model(model, config=None, verify_images=2, seed=0, progress=None, weights="auto"):
+    """Run `PASSES` on a BnnModel; returns the Bundle. `progress(pass_name)` is called before each;
+    `weights` is one of WEIGHT_MODES."""
     config = AccelConfig() if config is None else config
-    state = ProgramState(model, config, verify_images=verify_images, seed=seed)
+    state = ProgramState(model, config, verify_images=verify_images, seed=seed, weights=weights)
     for p in PASSES:
         if progress is not None:
             progress(p.name)

@@ -21,6 +21,10 @@ def parser():
     p.add_argument("--verify-images", type=int, default=2,
                    help="random images the ISS runs against deploy_forward after compiling (0: none)")
     p.add_argument("--seed", type=int, default=0, help="seed of the verification images")
+    p.add_argument("--weights", choices=("auto", "resident", "stream"), default="auto",
+                   help="resident: the host writes every layer's weights, scales and thresholds before start; "
+                        "stream: LOAD instructions take them layer by layer from the load stream while the "
+                        "previous layer computes; auto (default): resident when they fit")
     p.add_argument("--quiet", action="store_true", help="print only the output path")
     return p
 
@@ -89,7 +93,7 @@ def main(argv=None):
         model = load_model(args.model)
         passes = []
         bundle = compile_model(model, config, verify_images=max(0, args.verify_images), seed=args.seed,
-                               progress=None if args.quiet else passes.append)
+                               progress=None if args.quiet else passes.append, weights=args.weights)
         save_bundle(args.out, bundle)
     except (BoardError, ConfigError, ModelFormatError, CompileError) as error:
         return fail(str(error))
@@ -101,6 +105,11 @@ def main(argv=None):
             print(f"checked: {line}")
         print(f"config {config.fingerprint()}: {config.rows}x{config.cols} array, W = {config.word_bits}, "
               f"{len(bundle.instructions)} instructions")
+        if bundle.stream:
+            entries = sum(len(segment.values) for segment in bundle.stream)
+            print(f"parameters streamed: {len(bundle.stream)} LOADs, {entries} entries per inference")
+        else:
+            print("parameters resident: written once before the first start")
         for line in format_report(layer_report(bundle)):
             print(line)
     print(f"bundle written to {args.out}")

@@ -1,7 +1,7 @@
 """Instruction-set simulator: executes a program exactly as docs/isa.md defines it. numpy only.
 
     iss = Iss(config, batch=B)                    # B images run side by side (weights are shared)
-    iss.load(bundle)                              # program + the bundle's memory images
+    iss.load(bundle)                              # program + the bundle's memory images and load stream
     iss.write("act", base, words)                 # (entries, limbs) for all images or (B, entries, limbs)
     status = iss.run()                            # IssStatus; raises IssError(code) like the controller
     iss.result[:, base:base + n]                  # int64 sums
@@ -15,6 +15,12 @@ The arithmetic is `sw.ref`'s: `binary_dot_packed` on the masked words of every p
 scales summed exactly (then wrapped to acc_bits like the hardware's accumulator), `threshold`. The
 work is vectorised over images, pixels and output channels; Python loops run over words of K.
 
+LOAD takes its entries from the load stream (`feed`, or the bundle's `stream` segments) and writes
+them at once; the ordering the hardware needs is checked instead: a CONV that reads a region a LOAD
+has queued since the last SYNC is a HAZARD (the engine may still be writing it), and a LOAD that finds
+the stream empty is a STALL (the hardware would wait forever). Both are ISS-only diagnostics of a
+program or host error; the controller's 3-bit error field never reports them.
+
 Cycles follow the controller's cycle model (docs/isa.md "Cycle model", implemented once in
 `hw/cycles.py` with its named constants and held to the RTL by tests/hw/test_accel.py).
 """
@@ -26,10 +32,10 @@ import numpy as np
 import sw.ref as ref
 import hw.cycles as hw_cycles
 from hw.config import AccelConfig
-from hw.isa import IsaError, Opcode, decode
+from hw.isa import LOAD_TARGETS, IsaError, MemoryTarget, Opcode, decode
 from sw.bundle import word_limbs, word_mask
 
-__all__ = ["IssError", "ERROR_CODES", "ILLEGAL_OPCODE", "OUT_OF_RANGE", "BAD_FIELD", "PROGRAM_END",
+__all__ = ["IssError", "ERROR_CODES", "ILLEGAL_OPCODE", "OUT_OF_RANGE", "BAD_FIELD", "PROGRAM_END", "STALL", "HAZARD",
            "END_CYCLES", "conv_cycles", "pool_cycles", "IssStatus", "Iss", "analytic_cycles",
            "layer_report", "format_report"]
 
@@ -37,9 +43,13 @@ ILLEGAL_OPCODE = 1
 OUT_OF_RANGE = 2
 BAD_FIELD = 3
 PROGRAM_END = 4
+STALL = 8           # ISS only: a LOAD found the load stream empty
+HAZARD = 9          # ISS only: a CONV read a region with a LOAD queued since the last SYNC
 END_CYCLES = hw_cycles.END_CYCLES
 ERROR_CODES = {ILLEGAL_OPCODE: "ILLEGAL_OPCODE", OUT_OF_RANGE: "OUT_OF_RANGE", BAD_FIELD: "BAD_FIELD",
-               PROGRAM_END: "PROGRAM_END"}
+               PROGRAM_END: "PROGRAM_END", STALL: "STALL", HAZARD: "HAZARD"}
+_LOAD_MEMORY = {MemoryTarget.WEIGHT: "weight", MemoryTarget.SCALE: "scale", MemoryTarget.THRESHOLD: "threshold"}
+_DEPTH_NAME = {"weight": "weight_depth", "scale": "scale_depth", "threshold": "thr_depth"}
 
 
 class IssError(RuntimeError):
@@ -100,6 +110,7 @@ class Iss:
         self.flip = np.zeros(c.thr_depth, dtype=bool)
         self.result = np.zeros((batch, c.result_depth), dtype=np.int64)
         self.program = [0] * c.instr_depth
+        self.stream = []            # [memory, entries] chunks the LOADs consume, in order
 
     # Host access ----------------------------------------------------------------------------------
     def load_program(self, instructions):
@@ -127,11 +138,19 @@ class Iss:
         else:
             raise ValueError(f"Unknown memory {memory!r}")
 
+    def feed(self, memory, values):
+        """Append entries (the bundle's segment format for `memory`) to the load stream."""
+        if memory not in _DEPTH_NAME:
+            raise ValueError(f"The load stream carries weight, scale or threshold entries, not {memory!r}")
+        self.stream.append([memory, np.asarray(values)])
+
     def load(self, bundle):
-        """The bundle's program and memory images (not the input, which is per image)."""
+        """The bundle's program, memory images and load stream (not the input, which is per image)."""
         self.load_program(bundle.instructions)
         for segment in bundle.segments:
             self.write(segment.memory, segment.base, segment.values)
+        for segment in bundle.stream:
+            self.feed(segment.memory, segment.values)
 
     # Execution ------------------------------------------------------------------------------------
     def run(self, on_step=None):
@@ -139,6 +158,8 @@ class Iss:
         cycles = 0
         trace = []
         pc = 0
+        timeline = hw_cycles.Timeline(self.config)
+        self._pending = []          # (memory, first, end) of the LOADs queued since the last SYNC
         while True:
             if pc >= self.config.instr_depth:
                 raise IssError(PROGRAM_END, pc, f"the program counter ran past instr_depth "
@@ -148,17 +169,22 @@ class Iss:
             except IsaError as error:
                 raise IssError(ILLEGAL_OPCODE, pc, str(error)) from None
             if opcode == Opcode.END:
-                cycles += END_CYCLES
-                trace.append((pc, "END", END_CYCLES))
+                spent = timeline.step(opcode, fields)
+                cycles += spent
+                trace.append((pc, "END", spent))
                 return IssStatus(cycles, trace)
             if opcode == Opcode.CONV:
                 self._check_conv(pc, fields)
+                self._check_hazard(pc, fields)
                 self._conv(fields)
-                spent = conv_cycles(self.config, fields)
-            else:
+            elif opcode == Opcode.POOL:
                 self._check_pool(pc, fields)
                 self._pool(fields)
-                spent = pool_cycles(self.config, fields)
+            elif opcode == Opcode.LOAD:
+                self._load(pc, fields)
+            else:
+                self._pending = []
+            spent = timeline.step(opcode, fields)
             cycles += spent
             trace.append((pc, opcode.name, spent))
             if on_step is not None:
@@ -219,6 +245,46 @@ class Iss:
         for name, end, limit_name, limit in regions:
             if end > limit:
                 raise IssError(OUT_OF_RANGE, pc, f"CONV {name} region ends at {end}, past {limit_name} {limit}")
+
+    def _check_hazard(self, pc, f):
+        kw_words = f["kh"] * f["kw"] * f["in_cw"]
+        ot = -(-f["out_ch"] // self.config.rows)
+        reads = {"weight": (f["w_base"], f["w_base"] + ot * f["wbases"] * kw_words),
+                 "scale": (f["s_base"], f["s_base"] + ot * f["wbases"] * f["in_planes"])}
+        if not f["raw"]:
+            reads["threshold"] = (f["t_base"], f["t_base"] + ot * self.config.rows)
+        for memory, first, end in self._pending:
+            lo, hi = reads.get(memory, (0, 0))
+            if first < hi and lo < end:
+                raise IssError(HAZARD, pc, f"CONV reads {memory} entries {lo}..{hi - 1} while a LOAD queued "
+                                           f"since the last SYNC writes {first}..{end - 1}")
+
+    def _load(self, pc, f):
+        target = MemoryTarget(f["mem"]) if f["mem"] in {t.value for t in MemoryTarget} else None
+        if target not in LOAD_TARGETS or f["count"] == 0:
+            raise IssError(BAD_FIELD, pc, f"LOAD writes WEIGHT, SCALE or THRESHOLD, at least one entry "
+                                          f"(mem {f['mem']}, count {f['count']})")
+        memory = _LOAD_MEMORY[target]
+        depth = getattr(self.config, _DEPTH_NAME[memory])
+        if f["addr"] + f["count"] > depth:
+            raise IssError(OUT_OF_RANGE, pc, f"LOAD region ends at {f['addr'] + f['count']}, past "
+                                             f"{_DEPTH_NAME[memory]} {depth}")
+        base, left = f["addr"], f["count"]
+        while left:
+            if not self.stream:
+                raise IssError(STALL, pc, f"LOAD waits for {left} more {memory} entries; the load stream "
+                                          f"is empty")
+            chunk = self.stream[0]
+            if chunk[0] != memory:
+                raise IssError(STALL, pc, f"LOAD of {memory} entries finds {chunk[0]} entries next in the "
+                                          f"load stream")
+            take = chunk[1][:left]
+            self.write(memory, base, take)
+            base, left = base + len(take), left - len(take)
+            chunk[1] = chunk[1][len(take):]
+            if not len(chunk[1]):
+                self.stream.pop(0)
+        self._pending.append((memory, f["addr"], f["addr"] + f["count"]))
 
     def _check_pool(self, pc, f):
         c = self.config
@@ -335,16 +401,16 @@ def analytic_cycles(config, instructions):
     """Cycles of every instruction of a program (a list; the analytic model does not depend on data).
     Stops after the first END; an undecodable word counts 0."""
     out = []
+    timeline = hw_cycles.Timeline(config)
     for word in instructions:
         try:
             opcode, fields = decode(word)
         except IsaError:
             out.append(0)
             continue
+        out.append(timeline.step(opcode, fields))
         if opcode == Opcode.END:
-            out.append(END_CYCLES)
             break
-        out.append(conv_cycles(config, fields) if opcode == Opcode.CONV else pool_cycles(config, fields))
     return out
 
 

@@ -18,8 +18,9 @@ A backend is a `Backend` subclass registered under a name (`register_backend`). 
 
 Hardware-like backends (Verilator, board) can subclass `MemoryBackend`, which implements `run` with
 four primitives: `write_memory(memory, base, values)` (the bundle's segment format),
-`start_and_wait() -> (cycles, error_code)`, `read_result(base, count) -> int64 array`, and optionally
-`instruction_cycles()`. The input preparation (the host unfold) is `prepare_input(bundle, images)`.
+`start_and_wait(stream) -> (cycles, error_code)` (start, and feed the accelerator's `load_in` port with
+the entries of `stream`, the bundle's load-stream Segments, while the program runs: host_port.stream_ints
+encodes them), `read_result(base, count) -> int64 array`, and optionally `instruction_cycles()`. The input preparation (the host unfold) is `prepare_input(bundle, images)`.
 """
 
 from typing import NamedTuple
@@ -126,8 +127,9 @@ class MemoryBackend(Backend):
     def write_memory(self, memory, base, values):
         raise NotImplementedError
 
-    def start_and_wait(self):
-        """Start the program; return (cycles, error_code) once done (error_code 0 when none)."""
+    def start_and_wait(self, stream):
+        """Start the program and feed `stream` (Segments, the bundle's load stream, in order) to its
+        LOADs; return (cycles, error_code) once done (error_code 0 when none)."""
         raise NotImplementedError
 
     def read_result(self, base, count):
@@ -149,7 +151,7 @@ class MemoryBackend(Backend):
         logits, cycles, layers = [], [], []
         for image_words in words:
             self.write_memory("act", self.bundle.input["act_base"], image_words)
-            spent, error = self.start_and_wait()
+            spent, error = self.start_and_wait(self.bundle.stream)
             if error:
                 raise RuntimeApiError(f"The {self.name} backend stopped with error code {error}", code=error)
             logits.append(self.read_result(out["result_base"], out["classes"]))

@@ -9,7 +9,7 @@ from hw.config import AccelConfig
 from hw.isa import MemoryTarget
 from hw.layouts import CoreLayouts, pack_payload
 
-__all__ = ["TARGETS", "entry_ints", "result_value"]
+__all__ = ["TARGETS", "entry_ints", "stream_ints", "result_value"]
 
 TARGETS = {
     "program": MemoryTarget.PROGRAM, "act": MemoryTarget.ACT, "weight": MemoryTarget.WEIGHT,
@@ -42,6 +42,11 @@ def entry_ints(config: AccelConfig, memory, values):
         return [pack_payload(layouts.thr_entry, {"t": [int(t) for t in entry[:-1]], "flip": int(entry[-1] != 0)})
                 for entry in values]
     return [int(v) & ((1 << config.acc_bits) - 1) for v in values.reshape(-1)]
+
+
+def stream_ints(config: AccelConfig, stream):
+    """The `load_in` data of a bundle's load stream (Segments in LOAD order) as one list of ints."""
+    return [value for segment in stream for value in entry_ints(config, segment.memory, segment.values)]
 
 
 def result_value(config: AccelConfig, data):

@@ -82,16 +82,22 @@ def conv_image(cfg, x_bits, w_bits, scales, thresholds, flip, *, stride, pad, pa
     }
 
 
-def simulate(cfg, program, images, reads):
-    """images: list of (MemoryTarget, base, values); reads: list of (MemoryTarget, base, count)."""
+def simulate(cfg, program, images, reads, stream=(), runs=1):
+    """images: list of (MemoryTarget, base, values); reads: list of (MemoryTarget, base, count);
+    stream: the load_in entries. `runs` > 1 starts the program again after each run (program lists
+    per run then: `program` is a list of programs)."""
     dut = Accelerator(cfg)
     out = {}
+    programs = program if runs > 1 else [program]
 
     async def bench(ctx):
         for mem, base, values in images:
             await write_entries(ctx, dut, mem, base, values)
-        await write_entries(ctx, dut, MemoryTarget.PROGRAM, 0, program)
-        out["error"], out["cycles"] = await run_program(ctx, dut, limit=200_000)
+        for prog in programs:
+            await write_entries(ctx, dut, MemoryTarget.PROGRAM, 0, prog)
+            out["marks"] = {}
+            out["error"], out["cycles"] = await run_program(ctx, dut, 200_000, stream, out["marks"])
+            out.setdefault("errors", []).append(out["error"])
         out["reads"] = [await read_entries(ctx, dut, mem, base, count) for mem, base, count in reads]
 
     sim = Simulator(dut)
@@ -243,3 +249,57 @@ def test_cycle_model_matches_rtl(layer):
     assert got["error"] == 0
     model = conv_cycles(CFG, decode(img["instr"])[1]) + END_CYCLES
     assert model == got["cycles"]
+
+
+def _per_pc(marks, cycles):
+    starts = sorted(marks.items())
+    return [nxt - at for (_, at), (_, nxt) in zip(starts, starts[1:] + [(None, cycles)])]
+
+
+def test_loads_feed_a_conv_and_overlap_compute():
+    """Parameters arrive only through LOADs: seven queued before a SYNC (the queue fills and LOAD waits),
+    one overlapping the CONV and one that END waits for. Results against sw.ref; every instruction's
+    cycles against hw.cycles.Timeline."""
+    from hw.cycles import program_cycles
+    from hw.isa import decode
+    rng = np.random.default_rng(11)
+    x, wb, sc, th, fl = random_layer(rng, n_planes=2, ch=11, h=5, w=4, m_bases=2, o=5, k=3, t_planes=2)
+    img = conv_image(CFG, x, wb, sc, th, fl, stride=1, pad=1, pad_value=1, raw=True, out_base=0,
+                     w_base=40, s_base=3, t_base=0)
+    nw, ns, nt = len(img["weight"]), len(img["scale"]), len(img["thr"])
+    junk = [int(v) for v in rng.integers(0, 1 << 16, 40)]
+    load = lambda mem, addr, count: encode(Opcode.LOAD, mem=mem, addr=addr, count=count)
+    program = [
+        load(MemoryTarget.WEIGHT, 40, 7), load(MemoryTarget.WEIGHT, 47, nw - 7),
+        load(MemoryTarget.SCALE, 3, ns), load(MemoryTarget.THRESHOLD, 0, nt),
+        load(MemoryTarget.WEIGHT, 0, 30), load(MemoryTarget.SCALE, 20, 5), load(MemoryTarget.THRESHOLD, 20, 4),
+        encode(Opcode.SYNC), img["instr"],
+        load(MemoryTarget.WEIGHT, 0, 10), encode(Opcode.END)]
+    stream = img["weight"] + img["scale"] + img["thr"] + junk[:30] + junk[30:35] + junk[35:39] + junk[:10]
+    cfg = CFG.replace(instr_depth=16)
+    got = simulate(cfg, program, [(MemoryTarget.ACT, 0, img["act"])],
+                   [(MemoryTarget.RESULT, 0, img["out_h"] * img["out_w"] * 5)], stream=stream)
+    assert got["error"] == 0
+    acc = ref.multibasis_conv2d(ref.from_bits(x)[:, None], ref.from_bits(wb), sc, padding=1, pad_value=1)[0]
+    assert got["reads"][0] == [int(v) for v in acc.reshape(5, -1).T.reshape(-1)]
+    model = program_cycles(cfg, [decode(word) for word in program])
+    assert _per_pc(got["marks"], got["cycles"]) == model
+    assert model[6] > 4 and model[7] > 4 and model[-1] > 3      # the seventh LOAD, SYNC and END waited
+
+
+def test_load_errors_halt_and_flush_the_queue():
+    load = lambda mem, addr, count: encode(Opcode.LOAD, mem=mem, addr=addr, count=count)
+    cases = {
+        ErrorCode.BAD_FIELD: [load(MemoryTarget.ACT, 0, 1)],
+        ErrorCode.OUT_OF_RANGE: [load(MemoryTarget.SCALE, CFG.scale_depth - 2, 3)],
+    }
+    for code, program in cases.items():
+        assert simulate(CFG, program, [], [])["error"] == code.value, code
+    assert simulate(CFG, [encode(Opcode.LOAD, mem=MemoryTarget.WEIGHT, addr=0, count=0)], [], [])["error"] \
+        == ErrorCode.BAD_FIELD.value
+    # Two loads queued, then an illegal opcode: the queue is flushed, so the next run's LOAD takes the
+    # stream from its first entry again and SYNC does not wait for the dropped loads.
+    failing = [load(MemoryTarget.WEIGHT, 0, 8), load(MemoryTarget.WEIGHT, 8, 8), 9]
+    passing = [load(MemoryTarget.WEIGHT, 0, 1), encode(Opcode.SYNC), encode(Opcode.END)]
+    got = simulate(CFG, [failing, passing], [], [], stream=[1] * 2, runs=2)
+    assert got["errors"] == [ErrorCode.ILLEGAL_OPCODE.value, 0]

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.verilator
 
 E2E = AccelConfig(rows=4, cols=4, word_bits=32, max_wbases=3, max_abases=3, max_k=2048, scale_depth=2048,
                   thr_depth=1024, weight_depth=4096, act_depth=8192, patch_depth=512, result_depth=64,
-                  instr_depth=32, out_depth=32)
+                  instr_depth=64, out_depth=32)
 
 NETWORKS = {
     "lfc-xnor-mnist5k": ["--model", "lfc", "--scheme", "xnor", "--dataset", "mnist5k", "--width", "64"],
@@ -57,6 +57,15 @@ def test_trained_network_on_verilator(name, tmp_path, config_file):
     assert np.array_equal(rtl.cycles, iss.cycles)
     assert np.array_equal(rtl.layer_cycles, iss.layer_cycles)
     assert rtl.cycles[0] == sum(analytic_cycles(E2E, bundle.instructions))
+    if "3x3" in name:
+        # The same network with every layer's parameters streamed through LOAD / SYNC.
+        streamed = compile_file(out, E2E, weights="stream")
+        assert streamed.stream and not streamed.segments
+        rtl = open_backend("verilator", streamed).run(images[:2])
+        iss = open_backend("iss", streamed).run(images[:2])
+        assert np.array_equal(rtl.logits, expected[:2])
+        assert np.array_equal(rtl.layer_cycles, iss.layer_cycles)
+        assert rtl.cycles[0] == sum(analytic_cycles(E2E, streamed.instructions))
 
 
 def test_channels_and_k_off_the_array_on_verilator():

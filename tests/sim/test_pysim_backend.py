@@ -1,13 +1,13 @@
 """Compiled bundles on the accelerator RTL in Amaranth's simulator, driven by the runtime's own host
 code: logits equal the ISS and deploy_forward exactly, and per-layer RTL cycles equal the analytic
-model (hw.cycles) exactly."""
+model (hw.cycles) exactly, with parameters resident or streamed through LOAD / SYNC."""
 
 import numpy as np
 import pytest
 
 from hw.config import AccelConfig
-from hw.cycles import instruction_cycles
-from hw.isa import decode
+from hw.isa import Opcode, decode
+from sw.iss import analytic_cycles
 from sw.compile import compile_model
 from sw.compile.testing import conv, linear, maxpool, random_model
 from sw.model_format import deploy_forward
@@ -15,7 +15,7 @@ from sw.runtime import RuntimeApiError, open_backend
 
 SMALL = AccelConfig(rows=2, cols=2, word_bits=8, max_wbases=2, max_abases=2, max_k=512, scale_depth=256,
                     thr_depth=256, weight_depth=2048, act_depth=4096, patch_depth=256, result_depth=64,
-                    instr_depth=16)
+                    instr_depth=32)
 
 CASES = {
     # stride 2 with -1 padding, +1 padding, two bases, pooling, a linear head; channels off the array.
@@ -27,17 +27,19 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_rtl_equals_iss_and_deploy(case):
+@pytest.mark.parametrize("case, weights", [("cnn", "resident"), ("mlp", "resident"), ("cnn", "stream")])
+def test_rtl_equals_iss_and_deploy(case, weights):
     shape, config, specs = CASES[case]
     model = random_model(specs, shape, config, seed=5)
-    bundle = compile_model(model, config)
+    bundle = compile_model(model, config, weights=weights)
+    opcodes = {decode(word)[0] for word in bundle.instructions}
+    assert (Opcode.LOAD in opcodes) == (weights == "stream") and bool(bundle.stream) == (weights == "stream")
     images = np.random.default_rng(2).integers(0, 256, (2,) + shape, dtype=np.uint8)
     rtl = open_backend("pysim", bundle).run(images)
     iss = open_backend("iss", bundle).run(images)
     assert np.array_equal(rtl.logits, deploy_forward(model, images))
     assert np.array_equal(rtl.logits, iss.logits)
-    model_cycles = [instruction_cycles(config, *decode(word)) for word in bundle.instructions]
+    model_cycles = analytic_cycles(config, bundle.instructions)
     for layer, measured in zip(bundle.layers, rtl.layer_cycles[0]):
         analytic = sum(model_cycles[pc] for pc in layer["instructions"])
         assert analytic == measured, (layer["name"], analytic, measured)

@@ -86,11 +86,16 @@ def _refusal(specs, shape=(1, 8, 8), config=None, model_config=None, **changes):
      "layer 0 (conv): activation words of the input and output maps (512 + 128) = 640 exceeds act_depth = 600 "
      "by 40"),
     ([linear(300), linear(10)], {"weight_depth": 100},
-     "layer 0 (linear): weight-buffer entries used up to this layer = 150 exceeds weight_depth = 100 by 50"),
+     "layer 0 (linear): weight-buffer entries used up to this layer = 150 exceeds weight_depth = 100 by 50; "
+     "streamed layer by layer, layer 0 (linear) would need 150 weight-buffer entries, over half of "
+     "weight_depth = 50"),
     ([linear(20), linear(300), linear(10)], {"scale_depth": 100},
-     "layer 1 (linear): scale-memory entries used up to this layer = 115 exceeds scale_depth = 100 by 15"),
+     "layer 1 (linear): scale-memory entries used up to this layer = 115 exceeds scale_depth = 100 by 15; "
+     "streamed layer by layer, layer 1 (linear) would need 75 scale-memory entries, over half of scale_depth = 50"),
     ([linear(20), linear(300), linear(10)], {"thr_depth": 300},
-     "layer 1 (linear): threshold-memory entries used up to this layer = 320 exceeds thr_depth = 300 by 20"),
+     "layer 1 (linear): threshold-memory entries used up to this layer = 320 exceeds thr_depth = 300 by 20; "
+     "streamed layer by layer, layer 1 (linear) would need 300 threshold-memory entries, over half of "
+     "thr_depth = 150"),
     ([linear(20), linear(100)], {"result_depth": 64},
      "layer 1 (linear): result-memory entries of the logits = 100 exceeds result_depth = 64 by 36"),
     ([conv(8, 3, padding=1), linear(10)], {"patch_depth": 40},
@@ -216,3 +221,34 @@ def test_cnv_sized_network_on_the_iss():
     images = np.random.default_rng(0).integers(0, 256, (6, 3, 32, 32), dtype=np.uint8)
     assert np.array_equal(open_backend("iss", bundle).run(images).logits, deploy_forward(model, images))
     assert sum(layer["macs"] for layer in bundle.layers) == 70347776
+
+
+def test_parameters_stream_when_they_do_not_fit_resident(tmp_path):
+    """auto streams a network whose parameters overflow the memories but whose every layer fits half;
+    the bundle carries the stream and a stream that does not match the LOADs is refused."""
+    import dataclasses
+    from sw.bundle import BundleError, from_bytes, to_bytes
+    from hw.isa import Opcode, decode
+    config = AccelConfig(rows=2, cols=2, word_bits=8, weight_depth=150, scale_depth=64, thr_depth=64,
+                         act_depth=2048, instr_depth=32)
+    model = random_model([conv(8, 3, padding=1), conv(8, 3, padding=1, wbases=2, planes=2),
+                          conv(8, 3, padding=1), maxpool(2), linear(10)], (1, 6, 6), config, seed=3)
+    with pytest.raises(CompileError, match="layer 4 \\(linear\\): weight-buffer entries used up to this layer = "
+                                           "161 exceeds weight_depth = 150 by 11 \\(--weights stream"):
+        compile_model(model, config, weights="resident")
+    bundle = compile_model(model, config)
+    assert bundle.model["weights"] == "stream" and not bundle.segments
+    ops = [decode(word)[0].name for word in bundle.instructions]
+    assert ops == ["LOAD"] * 3 + ["SYNC"] + ["LOAD"] * 3 + ["CONV", "SYNC"] + ["LOAD"] * 3 + \
+        ["CONV", "SYNC"] + ["LOAD"] * 2 + ["CONV", "POOL", "SYNC", "CONV", "END"]
+    # Consecutive CONVs read opposite halves.
+    bases = [decode(word)[1]["w_base"] for word in bundle.instructions if decode(word)[0] == Opcode.CONV]
+    assert bases == [0, 75, 0, 75]
+    images = np.random.default_rng(0).integers(0, 256, (3, 1, 6, 6), dtype=np.uint8)
+    assert np.array_equal(open_backend("iss", bundle).run(images).logits, deploy_forward(model, images))
+    again = from_bytes(to_bytes(bundle))
+    assert [(s.memory, s.base, len(s.values)) for s in again.stream] == \
+        [(s.memory, s.base, len(s.values)) for s in bundle.stream]
+    assert all(np.array_equal(a.values, b.values) for a, b in zip(again.stream, bundle.stream))
+    with pytest.raises(BundleError, match="load stream's segments .* do not match the program's LOADs"):
+        to_bytes(dataclasses.replace(bundle, stream=bundle.stream[1:]))

@@ -33,10 +33,16 @@ def test_compile_with_a_config_file(tmp_path, model_file, capsys):
     assert lines[1] == "checked: lower: re-laid weights unpack to the model's weights"
     assert lines[2] == "checked: verify: ISS == deploy_forward at every layer on 2 random images"
     assert lines[3] == f"config {config.fingerprint()}: 8x2 array, W = 32, 4 instructions"
-    assert lines[4].split() == ["layer", "binary", "MACs", "ideal", "cycles", "util"]
-    assert [line.split()[:2] for line in lines[5:9]] == [["layer", "0"], ["layer", "1"], ["layer", "2"], ["total", "38144"]]
+    assert lines[4] == "parameters resident: written once before the first start"
+    assert lines[5].split() == ["layer", "binary", "MACs", "ideal", "cycles", "util"]
+    assert [line.split()[:2] for line in lines[6:10]] == [["layer", "0"], ["layer", "1"], ["layer", "2"], ["total", "38144"]]
     assert lines[-1] == f"bundle written to {out}"
     assert load_bundle(out).config == config
+    assert main([str(model_file), "--config", str(tmp_path / "c.json"), "--out", str(out), "--weights", "stream"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[3] == f"config {config.fingerprint()}: 8x2 array, W = 32, 11 instructions"
+    assert lines[4] == "parameters streamed: 5 LOADs, 51 entries per inference"
+    assert len(load_bundle(out).stream) == 5
 
 
 def test_compile_for_a_board(tmp_path, model_file, capsys, monkeypatch):

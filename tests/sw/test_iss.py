@@ -268,3 +268,79 @@ def test_cycle_model_is_the_controllers():
                                hw.cycles.instruction_cycles(CONFIG, Opcode.CONV, conv_fields(raw=1, out_base=0)),
                                END_CYCLES]
     assert status.cycles == sum(per_instruction) and END_CYCLES == hw.cycles.END_CYCLES == 3
+
+
+# LOAD / SYNC ----------------------------------------------------------------------------------------
+
+def test_load_writes_the_stream_and_sync_orders_it():
+    """A LOAD writes the next entries of the stream where it says; a CONV that reads a region loaded
+    since the last SYNC is a HAZARD; a LOAD that finds the stream short or of another memory STALLs."""
+    from hw.isa import MemoryTarget
+    from sw.iss import HAZARD, STALL
+    rng = np.random.default_rng(3)
+    weights = rng.integers(0, 1 << 16, (20, CONFIG.rows, 1)).astype(np.uint64)
+    f = conv_fields(raw=1, out_base=0)                  # reads weight entries 3 .. 3 + 2 * 2 * 12
+    load = encode(Opcode.LOAD, mem=MemoryTarget.WEIGHT.value, addr=10, count=20)
+    reference = random_iss(6)
+    reference.write("weight", 10, weights)
+    reference.load_program([encode(Opcode.CONV, **f), encode(Opcode.END)])
+    reference.run()
+
+    iss = random_iss(6)
+    iss.feed("weight", weights[:7])
+    iss.feed("weight", weights[7:])
+    iss.load_program([load, encode(Opcode.SYNC), encode(Opcode.CONV, **f), encode(Opcode.END)])
+    status = iss.run()
+    assert np.array_equal(iss.weight[10:30], weights) and np.array_equal(iss.result, reference.result)
+    assert [op for _, op, _ in status.trace] == ["LOAD", "SYNC", "CONV", "END"]
+    # The engine takes the load at cycle 4 and is idle from 4 + 20 + 1; SYNC (fetched at 4) ends then.
+    assert [spent for _, _, spent in status.trace][:2] == [4, 25 + 1 - 4]
+
+    iss = random_iss(6)
+    iss.feed("weight", weights)
+    iss.load_program([load, encode(Opcode.CONV, **f), encode(Opcode.END)])
+    with pytest.raises(IssError, match="CONV reads weight entries 3..50 while a LOAD queued since the last "
+                                       "SYNC writes 10..29") as info:
+        iss.run()
+    assert (info.value.code, info.value.name, info.value.pc) == (HAZARD, "HAZARD", 1)
+
+    for stream, detail in (([("weight", weights[:5])], "LOAD waits for 15 more weight entries"),
+                           ([("scale", np.zeros((20, CONFIG.rows), np.int64))], "finds scale entries")):
+        iss = random_iss(6)
+        for memory, values in stream:
+            iss.feed(memory, values)
+        iss.load_program([load, encode(Opcode.END)])
+        with pytest.raises(IssError, match=detail) as info:
+            iss.run()
+        assert info.value.code == STALL
+
+
+@pytest.mark.parametrize("fields, code", [
+    ({"mem": 1, "addr": 0, "count": 1}, BAD_FIELD),                      # ACT is not a LOAD target
+    ({"mem": 2, "addr": 0, "count": 0}, BAD_FIELD),
+    ({"mem": 3, "addr": CONFIG.scale_depth - 1, "count": 2}, OUT_OF_RANGE),
+])
+def test_load_errors(fields, code):
+    iss = random_iss(1)
+    iss.feed("weight", np.zeros((4, CONFIG.rows, 1), np.uint64))
+    iss.load_program([encode(Opcode.LOAD, **fields), encode(Opcode.END)])
+    with pytest.raises(IssError) as info:
+        iss.run()
+    assert info.value.code == code
+
+
+def test_timeline_queue_sync_and_end():
+    """hw.cycles.Timeline by hand: the queue holds four loads, the engine takes one per cycle after
+    the previous, SYNC and END wait for the last entry (the RTL agrees: tests/hw/test_accel.py)."""
+    from hw.isa import MemoryTarget
+    t = hw.cycles.Timeline(CONFIG)
+    load = lambda count: t.step(Opcode.LOAD, {"mem": MemoryTarget.WEIGHT.value, "addr": 0, "count": count})
+    assert [load(100) for _ in range(5)] == [4, 4, 4, 4, 4]
+    # Taken at 4, 105, 206, 307, 408. The sixth (fetched at 20) queues when the second's take frees
+    # a slot, at 106, and fetches the next instruction at 107; it is taken at 509, idle from 610.
+    assert load(100) == 107 - 20
+    assert t.step(Opcode.SYNC, {}) == 611 - 107
+    assert t.step(Opcode.END, {}) == 3
+    t2 = hw.cycles.Timeline(CONFIG)
+    t2.step(Opcode.LOAD, {"mem": MemoryTarget.SCALE.value, "addr": 0, "count": 10})
+    assert t2.step(Opcode.END, {}) == 16 - 4          # idle from 4 + 10 + 1; done the cycle after

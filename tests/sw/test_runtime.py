@@ -153,7 +153,9 @@ class PerImageIss(MemoryBackend):
         else:
             self.iss.write(memory, base, values)
 
-    def start_and_wait(self):
+    def start_and_wait(self, stream):
+        for segment in stream:
+            self.iss.feed(segment.memory, segment.values)
         status = self.iss.run()
         self.per_pc = {pc: spent for pc, _, spent in status.trace}
         return status.cycles, 0
