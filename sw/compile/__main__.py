@@ -34,41 +34,12 @@ class BoardError(ValueError):
 
 
 def board_config(name):
-    """The default AccelConfig of a board from the `boards` registry."""
-    from hw.config import AccelConfig
+    """The default AccelConfig of a board from the `boards` registry; BoardError names the boards."""
+    import boards
     try:
-        import boards
-    except ImportError as error:
-        raise BoardError(f"--board needs the boards package, which cannot be imported ({error}); "
-                         f"use --config FILE.json") from None
-    entry = None
-    for getter in ("get_board", "board", "lookup"):
-        fn = getattr(boards, getter, None)
-        if callable(fn):
-            try:
-                entry = fn(name)
-            except (KeyError, ValueError, LookupError) as error:
-                raise BoardError(str(error.args[0]) if error.args else str(error)) from None
-            break
-    else:
-        registry = getattr(boards, "BOARDS", None) or getattr(boards, "REGISTRY", None)
-        if not isinstance(registry, dict):
-            raise BoardError("the boards package has no board registry yet (boards.BOARDS or "
-                             "boards.get_board); use --config FILE.json")
-        if name not in registry:
-            raise BoardError(f"Unknown board {name!r}; the boards are: {', '.join(sorted(registry))}")
-        entry = registry[name]
-    for attr in ("default_config", "config"):
-        value = getattr(entry, attr, None)
-        if value is None and isinstance(entry, dict):
-            value = entry.get(attr)
-        if callable(value):
-            value = value()
-        if isinstance(value, AccelConfig):
-            return value
-    if isinstance(entry, AccelConfig):
-        return entry
-    raise BoardError(f"board {name!r} in the registry has no default AccelConfig; use --config FILE.json")
+        return boards.get_board(name).config
+    except KeyError as error:
+        raise BoardError(error.args[0]) from None
 
 
 def main(argv=None):
