@@ -23,10 +23,10 @@ __all__ = ["BoardTop", "BoardSim", "simulation_top", "SIM_CLOCKS_PER_BIT", "SIM_
 
 LEDS = ("busy", "error", "rejected")
 
-# Simulation: a fast UART (clock / 8 baud) and a short inter-byte timeout, so a truncated frame costs
-# a few thousand cycles rather than a real board's milliseconds.
-SIM_CLOCKS_PER_BIT = 8
-SIM_TIMEOUT_S = 40e-6
+# Simulation: the fastest UART (clock / 4 baud) and a short inter-byte timeout (25 byte times), so a
+# truncated frame costs a thousand cycles rather than a real board's milliseconds.
+SIM_CLOCKS_PER_BIT = 4
+SIM_TIMEOUT_S = 10e-6
 
 
 class BoardTop(Elaboratable):

@@ -45,6 +45,8 @@ TOPLEVEL = "binary_core"
 DESIGNS = {
     "core": (TOPLEVEL, "hw.core:BinaryCore"),
     "accel": ("bnn_accel", "hw.accel:Accelerator"),
+    # BoardTop (UART + host link + Accelerator) with its serial lines as ports, UART at clock / 4.
+    "board": ("bnn_board", "hw.board_top:simulation_top"),
 }
 
 # Amaranth's Verilog trips many of Verilator's lint and style warnings (unused bits, width casts in
