@@ -14,7 +14,7 @@ executed is answered without being applied again (a retried START never starts t
 """
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal
-from amaranth.lib import data, enum, memory, stream, wiring
+from amaranth.lib import enum, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .accel import HostLayouts
@@ -160,7 +160,7 @@ class Link(wiring.Component):
             "rejected": Out(1),
         }
         if self._stream:
-            ports["load"] = Out(stream.Signature(data.StructLayout({"data": host.data_bits})))
+            ports["load"] = Out(stream.Signature(host.load))
         super().__init__(ports)
 
     @property

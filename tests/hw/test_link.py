@@ -181,6 +181,64 @@ def test_write_read_start_status_and_negative_replies():
     simulate(bench)
 
 
+def test_stream_feeds_the_load_port_once():
+    """STREAM with the link alone: the testbench plays a running program that takes entries slowly."""
+    link = Link(CFG, frame_bytes=64, timeout_cycles=TIMEOUT, load_stream=True)
+    taken = []
+    size = entry_bytes(CFG)[MemoryTarget.WEIGHT]                  # 2 bytes: rows x W = 16 bits
+
+    async def bench(ctx):
+        async def exchange(frame):
+            await send(ctx, link, frame)
+            return await receive(ctx, link, max_cycles=4000)
+
+        entries = [0x1234, 0xBEEF, 0x0F0F]
+        frame = encode_request(Command.STREAM, 1, args(MemoryTarget.WEIGHT, 0, 3)
+                               + b"".join(e.to_bytes(size, "little") for e in entries))
+        assert (await exchange(frame))[1:3] == (1, Reply.NOT_RUNNING)
+        ctx.set(link.busy, 1)
+        assert (await exchange(frame))[1:3] == (1, Reply.OK)
+        assert taken == entries
+        assert (await exchange(frame))[1:3] == (1, Reply.OK)     # a retry: answered, not pushed again
+        assert taken == entries
+        ctx.set(link.busy, 0)                                      # the program ends with entries left
+        _, _, status, _ = await exchange(encode_request(Command.STREAM, 2, args(MemoryTarget.WEIGHT, 0, 1) + b"\1\2"))
+        assert status == Reply.NOT_RUNNING and taken == entries
+
+    async def program(ctx):
+        """Takes an entry every 7th cycle while busy."""
+        cycle = 0
+        async for _, _, valid, ready, payload, busy in ctx.tick().sample(
+                link.load.valid, link.load.ready, link.load.payload.data, link.busy):
+            cycle += 1
+            if valid and ready:
+                taken.append(payload)
+            ctx.set(link.load.ready, busy and cycle % 7 == 0)
+
+    sim = Simulator(link)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.add_process(program)
+    sim.run()
+
+
+def test_stream_aborted_when_the_program_ends():
+    link = Link(CFG, frame_bytes=64, timeout_cycles=TIMEOUT, load_stream=True)
+
+    async def bench(ctx):
+        ctx.set(link.busy, 1)
+        await send(ctx, link, encode_request(Command.STREAM, 5, args(MemoryTarget.ACT, 0, 2) + b"\1\2"))
+        for _ in range(40):
+            await ctx.tick()
+        ctx.set(link.busy, 0)                                      # never took an entry
+        assert (await receive(ctx, link))[1:3] == (5, Reply.STREAM_ABORTED)
+
+    sim = Simulator(link)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+
+
 def test_parameters_are_checked():
     with pytest.raises(GatewareLinkError, match=r"Frame size must be an integer from 37 to 65535 bytes, not 8"):
         Link(CFG, frame_bytes=8)
