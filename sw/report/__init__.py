@@ -47,17 +47,21 @@ def _conv_fields(bundle, pcs):
 def memory_use(bundle):
     """Each on-chip memory: entries the program uses against the config's depth, and bits.
 
-    weight / scale / threshold / result: the end of the highest segment; act: the largest input + output
+    weight / scale / threshold / result: the end of the highest segment, of the images the host writes
+    before `start` and of the load stream (`streamed` counts the entries LOADs bring in); act: the largest input + output
     map pair of any layer (both live while a layer runs; the compiler ping-pongs them); patch: the
     longest receptive field (activation bases x K-words) of a CONV, in each of the 2 x C patch banks;
     program: instructions. Bits count every copy.
     """
     c = bundle.config
-    end = {}
-    for seg in bundle.segments:
+    end, streamed = {}, {}
+    stream = getattr(bundle, "stream", [])          # segments LOAD instructions bring in while it runs
+    for seg in list(bundle.segments) + list(stream):
         end[seg.memory] = max(end.get(seg.memory, 0), seg.base + len(seg.values))
+    for seg in stream:
+        streamed[seg.memory] = streamed.get(seg.memory, 0) + len(seg.values)
     spec = bundle.input
-    in_words = spec["planes"] * spec["out_h"] * spec["out_w"] * spec["words_per_pixel"]
+    in_words = spec.get("input_words", spec["planes"] * spec["out_h"] * spec["out_w"] * spec["words_per_pixel"])
     act_peak = 0
     patch = 0
     for layer in bundle.layers:
@@ -79,7 +83,7 @@ def memory_use(bundle):
         ("program", len(bundle.instructions), c.instr_depth, INSTRUCTION_BITS, 1),
     ]
     return [{"memory": name, "used": int(used), "depth": int(depth), "entry_bits": int(bits),
-             "copies": copies, "used_bits": int(used) * int(bits) * copies,
+             "copies": copies, "streamed": int(streamed.get(name, 0)), "used_bits": int(used) * int(bits) * copies,
              "depth_bits": int(depth) * int(bits) * copies, "fraction": used / depth}
             for name, used, depth, bits, copies in rows]
 
@@ -243,12 +247,14 @@ def markdown(report):
     if net.get("frames_per_s_at_fmax"):
         lines.append(f"At the build's Fmax ({report['resources']['fmax_mhz']:.1f} MHz): "
                      f"{net['frames_per_s_at_fmax']:,.1f} frames/s.")
-    lines += ["", "| memory | used | depth | used % | bits used | bits available |",
-              "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    streaming = any(m["streamed"] for m in report["memories"])
+    lines += ["", "| memory | used | depth | used % | bits used | bits available |"
+              + (" entries streamed by LOAD |" if streaming else ""),
+              "| --- | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if streaming else "")]
     for m in report["memories"]:
         name = m["memory"] + (f" ({m['copies']} banks)" if m["copies"] > 1 else "")
         lines.append(f"| {name} | {m['used']:,} | {m['depth']:,} | {_pct(m['fraction'])} | "
-                     f"{m['used_bits']:,} | {m['depth_bits']:,} |")
+                     f"{m['used_bits']:,} | {m['depth_bits']:,} |" + (f" {m['streamed']:,} |" if streaming else ""))
     block = report["memory_block_bits"]
     if block:
         blocks = sum(m["copies"] * math.ceil(m["depth_bits"] / m["copies"] / block) for m in report["memories"])

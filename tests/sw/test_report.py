@@ -71,8 +71,10 @@ def test_memory_use_matches_the_segments(bundle):
     weights = [s for s in bundle.segments if s.memory == "weight"]
     assert use["weight"]["used"] == max(s.base + len(s.values) for s in weights)
     assert use["weight"]["depth"] == 128 and use["weight"]["entry_bits"] == 4 * 16
-    # the first layer's input (8 planes of 8x8 pixels, one word each) beside its 2-plane output
-    assert use["activation"]["used"] == 8 * 64 * 1 + 2 * 64 * 1
+    # the first layer's unfolded input (8 pixel planes of 8x8 pixels) beside its 2-plane output
+    spec = bundle.input
+    unfolded = spec.get("input_words", 8 * 64 * spec["words_per_pixel"])
+    assert use["activation"]["used"] == unfolded + 2 * 64 * 1
     assert use["program"]["used"] == len(bundle.instructions)
     assert use["patch"]["copies"] == 2 * 4
     assert use["result"]["used"] == 10
@@ -283,3 +285,13 @@ def test_measured_on_pysim_equals_the_analytic_model():
     report = analyse(small, dataclasses.replace(ARTY, config=tiny), measured=measured, measured_backend="pysim")
     assert measured == ([r["cycles"] for r in report["layers"]], report["network"]["cycles"])
     assert "Measured on pysim: " in markdown(report) and "(equal to the analytic model)" in markdown(report)
+
+
+def test_streamed_program(model):
+    streamed = compile_model(model, CONFIG, verify_images=0, weights="stream")
+    use = {m["memory"]: m for m in memory_use(streamed)}
+    assert use["weight"]["streamed"] == sum(len(s.values) for s in streamed.stream if s.memory == "weight") > 0
+    report = analyse(streamed, BOARD)
+    iss = open_backend("iss", streamed).run(np.zeros((1, 1, 8, 8), np.uint8))
+    assert report["network"]["cycles"] == iss.cycles[0]
+    assert "entries streamed by LOAD" in markdown(report)
