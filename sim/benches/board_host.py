@@ -12,7 +12,8 @@ byte), "truncate" (cut at a random byte) or "lose" (not sent); `replies` maps th
 board sends to "flip", "drop" or "truncate" (that byte and up to 23 more lost).
 
 Parameters (sim.runner.bench_params()): bundle, images (.npy), out (JSON path), faults, timeout,
-quiet, run_timeout, retries.
+quiet, run_timeout, retries. The testcase `throughput` (params: out) times a full WRITE frame, a full
+READ frame and a STATUS round trip in clock cycles (benchmarks/link.py).
 """
 
 import json
@@ -27,13 +28,22 @@ from cocotb.triggers import Event, FallingEdge, First, RisingEdge, Timer
 
 from boards.runtime import BoardBackend
 from hw.board_top import SIM_CLOCKS_PER_BIT
+from hw.config import AccelConfig
+from hw.isa import MemoryTarget
+from hw.link import ARGS_BYTES, entry_bytes
 from sim.runner import bench_config, bench_params
 from sw.bundle import load_bundle
 from sw.runtime import RuntimeApiError
-from sw.runtime.link import Transport
+from sw.runtime.link import Link, Transport
 
 CLOCK_NS = 10
 BIT_NS = CLOCK_NS * SIM_CLOCKS_PER_BIT
+
+# A small board for the link's tests and measurements (tests/sim/test_board_link.py, benchmarks/link.py):
+# one byte per activation word, and an activation buffer longer than one frame.
+LINK_CONFIG = AccelConfig(rows=2, cols=2, word_bits=8, max_wbases=2, max_abases=2, max_k=256, scale_depth=64,
+                          thr_depth=64, out_depth=8, act_depth=1024, weight_depth=256, patch_depth=128,
+                          result_depth=16, instr_depth=16, acc_bits=32)
 
 
 class Faults:
@@ -152,10 +162,8 @@ class SimulatedSerial(Transport):
                 self.arrived.set()
 
 
-@cocotb.test()
-async def run_images(dut):
-    params = bench_params()
-    config = bench_config()
+async def board(dut, faults):
+    """Clock, reset, and the simulated serial port with its monitor running."""
     cocotb.start_soon(Clock(dut.clk, CLOCK_NS, unit="ns").start())
     dut.rx.value = 1
     dut.rst.value = 1
@@ -163,10 +171,17 @@ async def run_images(dut):
         await RisingEdge(dut.clk)
     dut.rst.value = 0
     await RisingEdge(dut.clk)
-
-    faults = Faults(**params.get("faults", {}))
     serial = SimulatedSerial(dut, faults)
     cocotb.start_soon(serial.monitor())
+    return serial
+
+
+@cocotb.test()
+async def run_images(dut):
+    params = bench_params()
+    config = bench_config()
+    faults = Faults(**params.get("faults", {}))
+    serial = await board(dut, faults)
     bundle = load_bundle(params["bundle"])
     images = np.load(params["images"])
     baud = config.clock_hz / SIM_CLOCKS_PER_BIT
@@ -190,5 +205,35 @@ async def run_images(dut):
     await bridge(host)()
     out.update(faults=faults.counts, sim_ns=get_sim_time("ns") - start_ns, line_bytes=serial.line_bytes,
                bit_ns=BIT_NS, clock_ns=CLOCK_NS)
+    with open(params["out"], "w") as file:
+        json.dump(out, file)
+
+
+@cocotb.test()
+async def throughput(dut):
+    params = bench_params()
+    config = bench_config()
+    serial = await board(dut, Faults())
+    out = {}
+
+    def host():
+        link = Link(serial, config, baud=config.clock_hz / SIM_CLOCKS_PER_BIT, timeout=100e-6, quiet=20e-6,
+                    retries=0)
+        link.connect()
+        size = entry_bytes(config)[MemoryTarget.ACT]
+        values = [(7 * i + 3) & ((1 << config.word_bits) - 1) for i in range((link.frame_bytes - ARGS_BYTES) // size)]
+        read_count = min(link.frame_bytes // size, config.act_depth)
+        steps = {"write": (lambda: link.write(MemoryTarget.ACT, 0, values), len(values) * size),
+                 "read": (lambda: link.read(MemoryTarget.ACT, 0, read_count), read_count * size),
+                 "status": (link.status, 8)}
+        for name, (action, payload) in steps.items():
+            start, line = serial.monotonic(), link.bytes_out + link.bytes_in
+            result = action()
+            out[name] = {"cycles": round((serial.monotonic() - start) * config.clock_hz), "payload": payload,
+                         "line_bytes": link.bytes_out + link.bytes_in - line}
+            if name == "read":
+                assert result[:len(values)] == values, "READ did not return what WRITE wrote"
+
+    await bridge(host)()
     with open(params["out"], "w") as file:
         json.dump(out, file)

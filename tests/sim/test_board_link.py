@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from hw.config import AccelConfig
+from sim.benches.board_host import LINK_CONFIG
 from sim.runner import build_design, run_bench
 from sw.bundle import save_bundle
 from sw.compile import compile_model
@@ -16,9 +16,7 @@ from sw.runtime import open_backend
 
 pytestmark = pytest.mark.verilator
 
-BOARD = AccelConfig(rows=2, cols=2, word_bits=8, max_wbases=2, max_abases=2, max_k=256, scale_depth=64,
-                    thr_depth=64, out_depth=8, act_depth=1024, weight_depth=256, patch_depth=128,
-                    result_depth=16, instr_depth=16, acc_bits=32)
+BOARD = LINK_CONFIG
 # Simulated seconds (100 MHz, 4 clocks per bit): a reply may be 25 us late; the line must be quiet for
 # 15 us (longer than the board's 10 us inter-byte timeout) before a retry.
 LINK = {"timeout": 25e-6, "quiet": 15e-6, "retries": 4, "run_timeout": 0.01}
@@ -41,7 +39,7 @@ def run_board(network, tmp_path, faults=None):
     out = tmp_path / "out.json"
     params = dict(LINK, bundle=str(path), images=str(path.with_name("images.npy")), out=str(out),
                   faults=faults or {})
-    run_bench(build, "sim.benches.board_host", params=params)
+    run_bench(build, "sim.benches.board_host", testcase="run_images", params=params)
     result = json.loads(out.read_text())
     assert "error" not in result, result["error"]
     return result
@@ -72,3 +70,20 @@ def test_board_recovers_from_corruption(network, tmp_path):
                               "request lose", "request truncate"], faults
     assert result["attempts"] > result["frames"]
     assert sum(result["failures"].values()) == result["attempts"] - result["frames"]
+
+
+def test_board_streams_the_load_stream(tmp_path):
+    """A program compiled to stream its parameters (LOAD / SYNC): the host STREAMs them while it runs."""
+    model = random_model([linear(4, planes=2), linear(6, wbases=2, planes=2), linear(4)], (1, 4, 4), BOARD, seed=8)
+    bundle = compile_model(model, BOARD, weights="stream")
+    assert bundle.stream
+    path = tmp_path / "prog.bundle"
+    save_bundle(path, bundle)
+    images = np.random.default_rng(2).integers(0, 256, (2, 1, 4, 4), dtype=np.uint8)
+    np.save(tmp_path / "images.npy", images)
+    iss = open_backend("iss", bundle).run(images)
+    result = run_board((bundle, path, images), tmp_path)
+    assert np.array_equal(np.array(result["logits"]), iss.logits)
+    # The program waits at its SYNCs for entries that come through the UART (40 cycles a byte here),
+    # so it takes longer than the ISS's one-entry-per-cycle source.
+    assert all(board > analytic for board, analytic in zip(result["cycles"], iss.cycles.tolist()))

@@ -1,0 +1,192 @@
+"""Host link throughput and what share of an inference it takes (LFC and CNV).
+
+    python -m benchmarks.link                # frame-overhead figures and per-inference shares
+    python -m benchmarks.link --verilator    # also the cycles of full frames measured on BoardTop
+
+Throughput follows from the frame format (docs/host-protocol.md): a full WRITE frame carries
+frame_bytes - 5 bytes of entries in 7 + frame_bytes request bytes and an 8-byte reply, 10 bit times a
+byte. `--verilator` measures full WRITE and READ frames and a STATUS round trip on BoardTop under
+Verilator (sim/benches/board_host.py, testcase `throughput`) in clock cycles; the cycles that are not
+line time are the board's own (CRC check, moving entries to the host port), which stay at the clock
+rate when the baud rate changes.
+
+The per-inference figures run the board backend's own host code (the same frames as on a board)
+against a counting stand-in for the board, for FINN's LFC (784-1024-1024-1024-10) and CNV topologies
+(benchmarks.cycles) on its 8 x 8, W = 32 array at 100 MHz: what is written once (program and memory
+images), what each inference sends and receives (input, START, STATUS, logits, and the streamed
+parameters of a program compiled with `--weights stream`), and the share of the link in an
+inference's time, with the compute time from the analytic cycles (equal to the RTL). Writes its section
+of docs/performance.md.
+"""
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from hw.isa import MemoryTarget
+from hw.link import ARGS_BYTES, REQUEST_SYNC, STATUS_BYTES, Command, Reply, entry_bytes
+from sw.compile import compile_model
+from sw.compile.testing import linear, random_model
+from sw.runtime import open_backend, prepare_input
+from sw.runtime.link import REPLY_OVERHEAD, REQUEST_OVERHEAD, Transport, crc16, encode_reply
+
+from ._sections import update_section
+from .cycles import CONFIG, SPECS as CNV_SPECS
+from .report import PERFORMANCE
+
+BAUDS = (115_200, 3_000_000)
+FRAME_BYTES = 1024
+LFC_SPECS = [linear(1024), linear(1024), linear(1024), linear(10)]
+
+
+class CountingBoard(Transport):
+    """Answers every request as a board would (OK, payloads of the right size, a program that is done at
+    the first STATUS with `cycles`) and counts the bytes both ways."""
+
+    def __init__(self, config, cycles):
+        self.config = config
+        self.cycles = cycles
+        self.pending = b""
+        self.bytes_out = self.bytes_in = self.requests = 0
+
+    def write(self, data):
+        assert data[0] == REQUEST_SYNC and crc16(data[1:-2]) == int.from_bytes(data[-2:], "little")
+        command, seq, payload = Command(data[1]), data[2], data[5:-2]
+        if command == Command.INFO:
+            reply = bytes([1, 1]) + FRAME_BYTES.to_bytes(2, "little") + bytes.fromhex(self.config.fingerprint())
+        elif command == Command.STATUS:
+            reply = bytes([0b10, 0, 0, 0]) + self.cycles.to_bytes(4, "little")
+        elif command == Command.READ:
+            count = int.from_bytes(payload[3:5], "little")
+            reply = bytes(count * entry_bytes(self.config)[MemoryTarget(payload[0])])
+        else:
+            reply = b""
+        self.pending += encode_reply(command, seq, Reply.OK, reply)
+        self.bytes_out += len(data)
+        self.requests += 1
+
+    def read(self, n, timeout):
+        data, self.pending = self.pending[:n], self.pending[n:]
+        self.bytes_in += len(data)
+        return data
+
+
+def inference_traffic(bundle, cycles):
+    """Line bytes (out, in) and requests of loading the bundle, and of one inference after it."""
+    from boards.runtime import BoardBackend
+    board = CountingBoard(bundle.config, cycles)
+    image = np.zeros((1,) + tuple(bundle.input["shape"]), dtype=np.uint8)
+    with BoardBackend(bundle, transport=board, baud=BAUDS[0]) as backend:
+        backend.run(image)                                   # connect, load, one inference
+        first = (board.bytes_out, board.bytes_in, board.requests)
+        backend.run(image)                                   # one more inference
+    run = (board.bytes_out - first[0], board.bytes_in - first[1], board.requests - first[2])
+    return tuple(a - b for a, b in zip(first, run)), run
+
+
+def frame_figures(baud, board_cycles, clock_hz=100e6):
+    """Payload bytes/s of full WRITE and READ frames at `baud`, with the board's own cycles per frame."""
+    write_line = REQUEST_OVERHEAD + FRAME_BYTES + REPLY_OVERHEAD
+    read_line = REQUEST_OVERHEAD + ARGS_BYTES + REPLY_OVERHEAD + FRAME_BYTES
+    return ((FRAME_BYTES - ARGS_BYTES) / (write_line * 10 / baud + board_cycles["write"] / clock_hz),
+            FRAME_BYTES / (read_line * 10 / baud + board_cycles["read"] / clock_hz))
+
+
+def measure_frames():
+    """Cycles of a full WRITE, a full READ and a STATUS round trip on BoardTop under Verilator."""
+    from hw.board_top import SIM_CLOCKS_PER_BIT
+    from sim.runner import build_design, run_bench
+    from sim.benches.board_host import LINK_CONFIG
+    build = build_design(LINK_CONFIG, "board", opt="-O0")
+    with tempfile.TemporaryDirectory(prefix="bnn-link-") as tmp:
+        out = Path(tmp) / "out.json"
+        run_bench(build, "sim.benches.board_host", testcase="throughput", params={"out": str(out)},
+                  name="throughput")
+        measured = json.loads(out.read_text())
+    # Board cycles: what is left after the bytes' line time (10 bits of SIM_CLOCKS_PER_BIT cycles).
+    for name in ("write", "read", "status"):
+        entry = measured[name]
+        entry["board_cycles"] = entry["cycles"] - entry["line_bytes"] * 10 * SIM_CLOCKS_PER_BIT
+    return measured
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--verilator", action="store_true", help="measure full frames on BoardTop under Verilator")
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    args = parser.parse_args(argv)
+
+    lines = []
+    measured = measure_frames() if args.verilator else None
+    board_cycles = {k: measured[k]["board_cycles"] if measured else 0 for k in ("write", "read")}
+    lines += [f"Frames of up to {FRAME_BYTES} payload bytes (`BoardTop(frame_bytes=1024)`): a request costs "
+              f"{REQUEST_OVERHEAD} bytes and a reply {REPLY_OVERHEAD} bytes of overhead, 10 bit times a byte "
+              f"(8N1). Payload throughput of full frames, stop and wait, host turnaround not counted:", "",
+              "| baud | line rate (bytes/s) | WRITE payload (bytes/s) | READ payload (bytes/s) | efficiency |",
+              "| ---: | ---: | ---: | ---: | ---: |"]
+    for baud in BAUDS:
+        write, read = frame_figures(baud, board_cycles)
+        lines.append(f"| {baud:,} | {baud / 10:,.0f} | {write:,.0f} | {read:,.0f} | "
+                     f"{write / (baud / 10) * 100:.1f}% |")
+    if measured:
+        w, r, s = measured["write"], measured["read"], measured["status"]
+        lines += ["", f"Measured on BoardTop under Verilator (UART at clock / 4, sim/benches/board_host.py "
+                      f"`throughput`): a full WRITE ({w['payload']} entry bytes) took {w['cycles']:,} cycles of "
+                      f"which {w['board_cycles']:,} are the board's own (CRC check, {w['payload']} entries to "
+                      f"the host port at 2 cycles a byte, the reply's start); a full READ ({r['payload']} bytes) "
+                      f"{r['cycles']:,} cycles, {r['board_cycles']:,} the board's; a STATUS round trip "
+                      f"{s['cycles']:,} cycles ({s['line_bytes']} bytes). The table above includes these "
+                      f"cycles at 100 MHz: they cost "
+                      f"{w['board_cycles'] / 100e6 * 1e6:.0f} us a frame, under 1% even at 3 Mbaud."]
+
+    lines += ["", "One inference on the board (board backend's own frames, counted), FINN topologies on the "
+                  "8 x 8, W = 32 array at 100 MHz (compute from the analytic cycles, equal to the RTL):", "",
+              "| network | written once: bytes (at " + " / ".join(f"{b:,}" for b in BAUDS) + " baud) | "
+              "input per inference (raw image) | per inference: out / in (bytes), requests | compute | "
+              + " | ".join(f"link at {b:,} baud (share of the inference)" for b in BAUDS) + " |",
+              "| --- | ---: | ---: | ---: | ---: | " + " | ".join("---:" for _ in BAUDS) + " |"]
+    networks = [("LFC", LFC_SPECS, (1, 28, 28), "resident"), ("CNV", CNV_SPECS, (3, 32, 32), "resident"),
+                ("CNV, parameters streamed", CNV_SPECS, (3, 32, 32), "stream")]
+    inputs = {}
+    for name, specs, shape, weights in networks:
+        model = random_model(specs, shape, CONFIG, seed=0)
+        bundle = compile_model(model, CONFIG, verify_images=0, weights=weights)
+        image = np.zeros((1,) + shape, dtype=np.uint8)
+        cycles = int(open_backend("iss", bundle).run(image).cycles[0])
+        load, run = inference_traffic(bundle, cycles)
+        inputs[name] = (prepare_input(bundle, image).shape[1] * entry_bytes(CONFIG)[MemoryTarget.ACT], image.size)
+        compute = cycles / CONFIG.clock_hz
+        cells = []
+        for baud in BAUDS:
+            link = (run[0] + run[1]) * 10 / baud
+            # A streamed program's SYNCs wait for the link: the run takes the longer of the two.
+            cells.append(f"{link * 1e3:,.2f} ms ({link / (link + compute) * 100:.1f}%)" if weights != "stream" else
+                         f"{link * 1e3:,.1f} ms (link-bound: {link / compute:,.0f}x compute)")
+        once = " / ".join(f"{(load[0] + load[1]) * 10 / b:,.1f} s" for b in BAUDS)
+        lines.append(f"| {name} | {load[0]:,} ({once}) | {inputs[name][0]:,} ({inputs[name][1]:,}) | "
+                     f"{run[0]:,} / {run[1]:,}, {run[2]} | {compute * 1e3:.3f} ms | " + " | ".join(cells) + " |")
+    cnv, lfc = inputs["CNV"], inputs["LFC"]
+    lines += ["", f"Per inference the host writes the unfolded input (the first layer's receptive fields as "
+                  f"bit-planes, docs/isa.md), sends START, polls STATUS (once here; on a board as often as the "
+                  f"run lasts, {REQUEST_OVERHEAD + REPLY_OVERHEAD + STATUS_BYTES} bytes a poll), and reads the "
+                  f"logits. The written-once bytes are the program and the parameter memories; a streamed "
+                  f"program sends its parameters with every inference. **The link dominates every inference**, "
+                  f"even at 3 Mbaud: CNV's unfolded input is {cnv[0]:,} bytes, {cnv[0] / cnv[1]:.1f}x its "
+                  f"{cnv[1]:,}-byte image, so unfolding on the board (sending raw pixels) would cut it that much; "
+                  f"LFC's is {lfc[0]:,} bytes for a {lfc[1]:,}-byte image. Streaming the parameters through the "
+                  f"UART makes the program wait at its SYNCs for the link (tests/sim/test_board_link.py sees "
+                  f"the streamed run take longer than the ISS for that reason): streaming pays only from a "
+                  f"faster source (external memory). A USB serial adapter adds its turnaround (1-16 ms) to each "
+                  f"request, which at 3 Mbaud is more than the line time of a small request.", "",
+              "Command: `python -m benchmarks.link --verilator`."]
+    body = "\n".join(lines)
+    print(body)
+    if not args.no_write:
+        update_section(PERFORMANCE, "Host link", body)
+
+
+if __name__ == "__main__":
+    main()
