@@ -19,10 +19,15 @@ from dataclasses import dataclass, field
 
 from hw.config import AccelConfig
 
-__all__ = ["Board", "Programmer", "BOARDS", "DEFAULT_BOARD", "get_board", "FLOWS", "openfpgaloader",
+__all__ = ["Board", "Programmer", "BOARDS", "DEFAULT_BOARD", "get_board", "FLOWS", "TOPS", "openfpgaloader",
            "vivado_hardware_manager"]
 
 FLOWS = ("vivado-plan", "ecp5", "ice40")
+
+#: What a build puts on the device: ``board`` is `hw.board_top.BoardTop` (UART, framed host link,
+#: the whole `Accelerator`); ``core`` is `hw.shell.UARTShell` (`BinaryCore` alone behind the byte
+#: protocol of docs/build.md), for devices too small for the controller.
+TOPS = ("board", "core")
 
 #: Resource kinds a device capacity lists; utilization reports use the same keys.
 RESOURCES = ("LUT", "FF", "BRAM", "DSP")
@@ -59,6 +64,7 @@ class Board:
     flow        : one of `FLOWS`.
     device      : the FPGA part, for messages.
     programmers : `Programmer`s for `--program`, the first one installed is used.
+    top         : one of `TOPS`, the default top (`python -m hw.build --top` overrides it).
     """
     name: str
     description: str
@@ -68,6 +74,7 @@ class Board:
     flow: str
     device: str
     programmers: tuple = ()
+    top: str = "board"
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name.isidentifier():
@@ -81,6 +88,8 @@ class Board:
             raise ValueError(
                 f"Board capacity must give positive integers for {', '.join(RESOURCES)}, "
                 f"not {self.capacity!r}")
+        if self.top not in TOPS:
+            raise ValueError(f"Board top must be one of {', '.join(TOPS)}, not {self.top!r}")
         if not all(isinstance(p, Programmer) for p in self.programmers):
             raise TypeError(f"Board programmers must be Programmer objects, not {self.programmers!r}")
 

@@ -11,24 +11,31 @@ Every build writes ``config.json`` (the AccelConfig) and skips its tools when th
 the flow and the toolchain versions match the previous build in `out` (``build_digest.json``).
 """
 
+import gc
 import hashlib
 import json
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from boards import Board
-from ..config import AccelConfig
+from amaranth.hdl import UnusedElaboratable
+
+from boards import TOPS, Board
+from ..config import AccelConfig, ConfigError
+from ..accel import Accelerator
+from ..board_top import BoardTop
 from ..shell import UARTShell
+from ..uart import uart_divisor
 from . import cache as build_cache
 from .toolchain import (BuildError, ecp5_utilization_from_stat,
                         ice40_utilization_from_stat, nextpnr_report, read_stat_json,
                         run_step, synth_xilinx_stat, tool_env, toolchain_versions,
                         xilinx_utilization)
 
-__all__ = ["BuildError", "BuildResult", "build", "fit_report"]
+__all__ = ["BuildError", "BuildResult", "build", "check_design", "fit_report"]
 
 
 @dataclass
@@ -40,6 +47,7 @@ class BuildResult:
     timing      : nextpnr's timing summary (ECP5 flow) or None.
     fits        : every resource within the device's capacity.
     over        : resource -> (used, available) for the resources that do not fit.
+    top         : what was built, one of `boards.TOPS`.
     cached      : the tools were skipped because nothing changed.
     from_cache  : the shared build cache entry the outputs were copied from, or None.
     vivado_run  : the Vivado plan was executed (Vivado on PATH).
@@ -47,6 +55,7 @@ class BuildResult:
     board: Board
     config: AccelConfig
     out: Path
+    top: str = "board"
     files: dict = field(default_factory=dict)
     utilization: dict = field(default_factory=dict)
     timing: dict = None
@@ -67,11 +76,11 @@ def fit_report(board, utilization):
     return not over, over
 
 
-def _digest(plan, board, config, baud):
+def _digest(plan, board, config, baud, top):
     h = hashlib.sha256()
     h.update(plan.digest())
     h.update(json.dumps({"flow": board.flow, "board": board.name, "config": config.to_dict(),
-                         "baud": baud, "tools": toolchain_versions()},
+                         "baud": baud, "top": top, "tools": toolchain_versions()},
                         sort_keys=True).encode())
     return h.hexdigest()
 
@@ -80,8 +89,9 @@ def _write_json(path, data):
     Path(path).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def build(board, config=None, out=None, *, baud=115200, force=False, run_vivado=None):
-    """Build `board` with `config` (default: the board's) into `out` (default: build/<board>/).
+def build(board, config=None, out=None, *, baud=115200, force=False, run_vivado=None, top=None):
+    """Build `board` with `config` (default: the board's) into `out` (default: build/<board>/);
+    `top` is one of `boards.TOPS` (default: the board's).
 
     Returns a `BuildResult`; raises `BuildError` with a one-line message on a tool failure.
     A design that does not fit still writes its outputs; check `BuildResult.fits`.
@@ -89,20 +99,23 @@ def build(board, config=None, out=None, *, baud=115200, force=False, run_vivado=
     if not isinstance(board, Board):
         raise TypeError(f"Board must be a boards.Board, not {board!r}")
     config = board.config if config is None else config
+    top = board.top if top is None else top
+    if top not in TOPS:
+        raise ValueError(f"Top must be one of {', '.join(TOPS)}, not {top!r}")
     if not isinstance(config, AccelConfig):
         raise TypeError(f"Config must be an AccelConfig, not {config!r}")
     out = Path("build") / board.name if out is None else Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    result = BuildResult(board=board, config=config, out=out)
+    result = BuildResult(board=board, config=config, out=out, top=top)
 
     platform = board.platform()
-    top = _board_top(platform, config, baud)
+    design = _top(top, platform, config, baud)
     overrides = _FLOW_OVERRIDES.get(board.flow, lambda platform, config: {})(platform, config)
     sys.stderr.write(f"elaborating the {board.name} top and writing the build plan ...\n")
     start = time.monotonic()
-    plan = platform.prepare(top, name="top", **overrides)
+    plan = platform.prepare(design, name="top", **overrides)
     sys.stderr.write(f"build plan ready in {time.monotonic() - start:.1f} s\n")
-    digest = _digest(plan, board, config, baud)
+    digest = _digest(plan, board, config, baud, top)
     (out / "config.json").write_text(config.to_json())
 
     previous = out / "build_digest.json"
@@ -150,8 +163,36 @@ def _restore(result, recorded):
     result.cached = True
 
 
-def _board_top(platform, config, baud):
-    return UARTShell(config, baud=baud)
+def check_design(board, config, baud, top=None):
+    """Raise `ConfigError` (one line) when the board top cannot be built for `config` and `baud`:
+    the accelerator's own limits (power-of-two words, rows dividing them), the UART divisor, the
+    link's frame size. Checked before elaboration, so a user's mistake is not a traceback."""
+    message = None
+    with warnings.catch_warnings():
+        # The objects made only to run their constructors' checks are never elaborated.
+        warnings.simplefilter("ignore", UnusedElaboratable)
+        try:
+            clk_freq = board.platform().default_clk_frequency
+            if (board.top if top is None else top) == "core":
+                uart_divisor(clk_freq, baud)
+            else:
+                design = BoardTop(config, clk_freq=clk_freq, baud=baud)
+                design._MustUse__silence = True
+                accel = Accelerator(config)
+                accel._MustUse__silence = True
+        except ValueError as error:
+            message = str(error)
+        gc.collect()
+    if message is not None:
+        raise ConfigError(message)
+
+
+def _top(top, platform, config, baud):
+    # The bitstream runs from the board's oscillator: the UART divisor and the link's timeout come
+    # from that clock, not from `config.clock_hz` (the place-and-route target).
+    if top == "core":
+        return UARTShell(config, baud=baud)
+    return BoardTop(config, clk_freq=platform.default_clk_frequency, baud=baud)
 
 
 def _report_common(result):
@@ -160,6 +201,7 @@ def _report_common(result):
         "board": result.board.name,
         "device": result.board.device,
         "flow": result.board.flow,
+        "top": result.top,
         "config": cfg.to_dict(),
         "config_fingerprint": cfg.fingerprint(),
         "macs_per_cycle": cfg.macs_per_cycle,

@@ -9,7 +9,7 @@ import boards
 from .. import config as _config_module
 from ..cli import OneLineParser
 from ..config import AccelConfig, ConfigError
-from . import BuildError, build
+from . import BuildError, build, check_design
 from .program import PROGRAM_TIMEOUT, program
 
 
@@ -39,6 +39,9 @@ def make_parser():
                         help="rebuild even if the plan and toolchain are unchanged")
     parser.add_argument("--no-vivado", action="store_true",
                         help="only write the Vivado plan even if vivado is on PATH")
+    parser.add_argument("--top", choices=boards.TOPS, default=None,
+                        help="board: UART + framed host link + the whole accelerator; core: the "
+                             "compute core alone behind the byte protocol (default: the board's)")
     parser.add_argument("--program", action="store_true",
                         help="after the build, load the bitstream into the connected board "
                              "(openFPGALoader, iceprog or Vivado; see docs/build.md)")
@@ -95,11 +98,16 @@ def _fmt(n):
     return f"{n:,.1f}" if isinstance(n, float) and n != int(n) else f"{int(n):,}"
 
 
+_TOP_TEXT = {"board": "BoardTop: UART + framed host link + Accelerator",
+             "core": "UARTShell: BinaryCore behind the byte protocol (no controller, no host link)"}
+
+
 def summary(result):
     cfg = result.config
     board = result.board
     lines = [
         f"board      {board.name} ({board.device}), flow {board.flow}, output {result.out}",
+        f"top        {_TOP_TEXT[result.top]}",
         "config     " + " ".join(f"{k}={v}" for k, v in cfg.to_dict().items()),
         f"peak       {cfg.macs_per_cycle:,} binary MACs per cycle "
         f"({cfg.rows}x{cfg.cols} elements x {cfg.word_bits} bits)",
@@ -108,7 +116,8 @@ def summary(result):
     for resource, available in board.capacity.items():
         used = util.get(resource, 0)
         lines.append(f"{resource:<10} {_fmt(used):>8} of {available:>8,} ({100 * used / available:5.1f}%)")
-    source = "yosys synth_xilinx estimate" if board.flow == "vivado-plan" else "nextpnr placed"
+    source = ("yosys synth_xilinx estimate" if board.flow == "vivado-plan" else "nextpnr placed"
+              if result.timing else f"yosys synth_{board.flow} estimate; not placed")
     lines.append(f"fits       {'yes' if result.fits else 'NO'} ({source})")
     if result.timing:
         t = result.timing
@@ -118,6 +127,8 @@ def summary(result):
             f"runs at the {t['board_clock_mhz']:g} MHz board clock")
     for name, path in result.files.items():
         lines.append(f"{name:<11} {path}")
+    if result.from_cache:
+        lines.append(f"cache      copied from {result.from_cache}")
     if board.flow == "vivado-plan" and not result.vivado_run:
         lines.append(
             f"next       Vivado is not on PATH: finish on a machine with Vivado with "
@@ -146,12 +157,13 @@ def main(argv=None):
         if not timeout > 0:
             raise ConfigError(f"program-timeout must be a positive number of seconds, "
                               f"not {args.program_timeout!r}")
+        check_design(board, config, baud, args.top)
     except ConfigError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
     try:
         result = build(board, config, args.out, baud=baud, force=args.force,
-                       run_vivado=False if args.no_vivado else None)
+                       run_vivado=False if args.no_vivado else None, top=args.top)
     except (BuildError, ValueError) as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 1

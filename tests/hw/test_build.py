@@ -20,8 +20,11 @@ from hw.build.__main__ import main, make_parser, resolve_config
 from hw.build.toolchain import nextpnr_report, xilinx_utilization
 from hw.config import AccelConfig, ConfigError
 
+# The smallest board top that still has every part (UART, link, controller, 2x2 array, memories).
 SMALL = ["--rows", "2", "--cols", "2", "--word-bits", "8", "--max-wbases", "2", "--max-abases", "2",
-         "--max-k", "64", "--scale-depth", "16", "--thr-depth", "16", "--out-depth", "4"]
+         "--max-k", "64", "--scale-depth", "16", "--thr-depth", "16", "--out-depth", "4",
+         "--act-depth", "256", "--weight-depth", "64", "--patch-depth", "32", "--result-depth", "16",
+         "--instr-depth", "16"]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -58,8 +61,14 @@ def test_registry():
         assert board.flow in boards.FLOWS
     assert boards.get_board("ulx3s").flow == "ecp5"
     assert boards.get_board("icebreaker").flow == "ice40"
+    # The UP5K cannot hold the controller and the host link (docs/build.md, "Boards"): the core only.
+    assert boards.get_board("icebreaker").top == "core"
+    assert {board.top for name, board in boards.BOARDS.items() if name != "icebreaker"} == {"board"}
     with pytest.raises(KeyError, match="supported boards: arty_a7, arty_a7_100, icebreaker, ulx3s"):
         boards.get_board("zedboard")
+    with pytest.raises(ValueError, match="Board top must be one of board, core, not 'soc'"):
+        boards.Board("x", "", object, AccelConfig(), {"LUT": 1, "FF": 1, "BRAM": 1, "DSP": 1},
+                     "ecp5", "dev", top="soc")
     with pytest.raises(ValueError, match="Board flow must be one of vivado-plan, ecp5, ice40, not 'quartus'"):
         boards.Board("x", "", object, AccelConfig(), {"LUT": 1, "FF": 1, "BRAM": 1, "DSP": 1},
                      "quartus", "dev")
@@ -86,6 +95,11 @@ def test_unknown_board():
     (["--word-bits", "abc"], "word_bits must be an integer, not 'abc'"),
     (["--acc-bits", "99"], "acc_bits"),
     (["--baud", "0"], "baud must be a positive integer"),
+    (["--word-bits", "12"], "The accelerator needs word_bits to be a power of two, not 12"),
+    (["--rows", "3", "--word-bits", "8"], "The accelerator needs rows to divide word_bits"),
+    (["--board", "icebreaker", "--baud", "5000000"],
+     "Baud rate 5000000 is too fast for a 12 MHz clock (needs at least 4 cycles per bit)"),
+    (["--program-timeout", "0"], "program-timeout must be a positive number of seconds, not '0'"),
 ])
 def test_invalid_config_value(args, message, capsys):
     assert main(args) == 2
@@ -191,8 +205,10 @@ def test_icebreaker_bitstream_and_cache(tmp_path, build_cache):
     timing = json.loads((tmp_path / "a" / "timing.json").read_text())
     assert timing["fmax_mhz"] > 12.0 and timing["meets_board_clock"]
     assert timing["board_clock_mhz"] == 12.0 and "nextpnr-ice40" in timing["source"]
-    util = json.loads((tmp_path / "a" / "utilization.json").read_text())["utilization"]
+    report = json.loads((tmp_path / "a" / "utilization.json").read_text())
+    util = report["utilization"]
     assert 100 < util["LUT"] <= 5_280 and util["FF"] > 100 and util["BRAM"] > 0
+    assert first.top == report["top"] == "core"
     assert first.fits and (build_cache / json.loads(
         (tmp_path / "a" / "build_digest.json").read_text())["digest"] / "top.bin").is_file()
 
