@@ -11,7 +11,8 @@ bundle's config; the program and memory images are written before the first imag
 Options: `port` (serial device), `baud` (default 115200), `timeout` (seconds of latency allowed per
 request, default 0.5), `retries` (further attempts after a failed one, default 5), `quiet` (seconds of
 silence before a retry, default 0.05), `run_timeout` (seconds one image's program may run, default 10),
-`transport` (a sw.runtime.link.Transport to use instead of a serial port: simulation and tests).
+`transport` (a sw.runtime.link.Transport to use instead of a serial port: simulation and tests),
+`progress` (called with the payload bytes of every request the board answered).
 """
 
 import numpy as np
@@ -29,7 +30,7 @@ class BoardBackend(MemoryBackend):
     name = "board"
 
     def __init__(self, bundle, config=None, *, port=None, baud=115200, timeout=0.5, retries=5, quiet=0.05,
-                 run_timeout=10.0, transport=None, **options):
+                 run_timeout=10.0, transport=None, progress=None, **options):
         super().__init__(bundle, config, **options)
         if (port is None) == (transport is None):
             raise RuntimeApiError("The board backend needs a serial port (option port) or a transport, "
@@ -43,16 +44,27 @@ class BoardBackend(MemoryBackend):
         try:
             self.link = Link(self.transport, self.config, baud=baud, timeout=timeout, retries=retries,
                              quiet=quiet)
+            self.link.on_frame = progress
             self.info = self.link.connect()
         except BaseException:
             self.transport.close()
             raise
         self._loaded = False
 
+    def load_bytes(self):
+        """Payload bytes `load` writes (the program and the bundle's memory images)."""
+        sizes = self.link.sizes
+        return (len(self.bundle.instructions) * sizes[TARGETS["program"]]
+                + sum(len(s.values) * sizes[TARGETS[s.memory]] for s in self.bundle.segments))
+
+    def load(self):
+        """Write the program and the bundle's memory images (`run` does it before its first image)."""
+        super().load()
+        self._loaded = True
+
     def run(self, images):
         if not self._loaded:
             self.load()
-            self._loaded = True
         return super().run(images)
 
     # MemoryBackend primitives ----------------------------------------------------------------------------

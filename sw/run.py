@@ -46,16 +46,24 @@ def main(argv=None):
         images = np.stack([item[0] for item in items])
         sys.stderr.write(f"connecting to the board on {args.port} at {args.baud} baud ...\n")
         start = time.perf_counter()
-        with open_backend("board", bundle, port=args.port, baud=args.baud, timeout=args.timeout,
-                          retries=args.retries, run_timeout=args.run_timeout) as backend:
-            sys.stderr.write(f"writing the program and its memory images, then {len(images)} image(s) ...\n")
-            result = backend.run(images)
+        from tqdm import tqdm
+        with tqdm(desc="program and memories", unit="B", unit_scale=True, leave=False,
+                  disable=not sys.stderr.isatty()) as bar, \
+                open_backend("board", bundle, port=args.port, baud=args.baud, timeout=args.timeout,
+                             retries=args.retries, run_timeout=args.run_timeout, progress=bar.update) as backend:
+            bar.total = backend.load_bytes()
+            backend.load()
+            backend.link.on_frame = None
+            bar.close()
+            results = [backend.run(images[i:i + 1])
+                       for i in tqdm(range(len(images)), desc="images", unit="image", leave=False,
+                                     disable=not sys.stderr.isatty())]
             link = backend.link
         wall = time.perf_counter() - start
     except (BundleError, UserError, RuntimeApiError) as error:
         sys.stderr.write(f"{PROG}: error: {error}\n")
         return 1
-    print_predictions(items, result.logits, result.cycles)
+    print_predictions(items, np.concatenate([r.logits for r in results]), np.concatenate([r.cycles for r in results]))
     retried = sum(link.failures.values())
     print(f"board on {args.port}: {len(images)} images in {wall:.2f} s; {link.frames} requests, "
           f"{link.bytes_out} bytes out, {link.bytes_in} bytes in, {retried} retried")

@@ -168,6 +168,7 @@ class Link:
         self.frames = self.attempts = 0
         self.failures = {}          # reason -> count of failed attempts
         self.payload_out = self.payload_in = self.bytes_out = self.bytes_in = 0
+        self.on_frame = None        # called with a request's payload bytes once it was answered OK
 
     # ------------------------------------------------------------------------------------------- commands
     def connect(self):
@@ -286,6 +287,8 @@ class Link:
             if status == Reply.OK:
                 self.payload_out += len(payload)
                 self.payload_in += len(reply)
+                if self.on_frame is not None:
+                    self.on_frame(len(payload))
                 return reply
             if status in _RETRYABLE:
                 last = f"negative reply {status.name}"
