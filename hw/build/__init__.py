@@ -35,7 +35,7 @@ from .toolchain import (BuildError, ecp5_utilization_from_stat,
                         run_step, synth_xilinx_stat, tool_env, toolchain_versions,
                         xilinx_utilization)
 
-__all__ = ["BuildError", "BuildResult", "build", "check_design", "fit_report"]
+__all__ = ["BuildError", "BuildResult", "build", "check_design", "fit_report", "read_build"]
 
 
 @dataclass
@@ -151,6 +151,24 @@ def build(board, config=None, out=None, *, baud=115200, force=False, run_vivado=
     _write_json(previous, record | {"digest": digest})
     if result.fits:
         build_cache.store(digest, out, record)
+    return result
+
+
+def read_build(board, out):
+    """The `BuildResult` recorded in the build folder `out` (whatever the working tree is now), or None.
+
+    For reports over finished builds: unlike `build`, it does not check that the folder matches the
+    current design and toolchain.
+    """
+    out = Path(out)
+    try:
+        recorded = json.loads((out / "build_digest.json").read_text())
+        config = AccelConfig.from_json((out / "config.json").read_text())
+        report = json.loads((out / "utilization.json").read_text())
+    except (OSError, ValueError):
+        return None
+    result = BuildResult(board=board, config=config, out=out, top=report.get("top", "board"))
+    _restore(result, recorded)
     return result
 
 
