@@ -341,6 +341,8 @@ def test_program_errors(tmp_path):
     with pytest.raises(BuildError, match=r"No bitstream to program: Vivado is not on PATH, so the "
                                          r"arty_a7 build wrote only the Vivado plan; run `cd "):
         program(arty, environ=bare_env(tmp_path))
+    (arty.out / "top.bit").write_bytes(b"\x00")       # the plan run by hand where Vivado is
+    program(arty, environ=bare_env(tmp_path))
     with pytest.raises(BuildError, match=r"^OPENFPGALOADER=/nowhere/ofl is not an executable program$"):
         program(fake_result(tmp_path, "ulx3s"), environ=bare_env(tmp_path, OPENFPGALOADER="/nowhere/ofl"))
 
