@@ -23,10 +23,10 @@ __all__ = ["BoardTop", "BoardSim", "simulation_top", "SIM_CLOCKS_PER_BIT", "SIM_
 
 LEDS = ("busy", "error", "rejected")
 
-# Simulation: the fastest UART (clock / 4 baud) and a short inter-byte timeout (25 byte times), so a
-# truncated frame costs a thousand cycles rather than a real board's milliseconds.
+# Simulation: the fastest UART (clock / 4 baud) and a short inter-byte timeout (12 byte times), so a
+# truncated frame costs 500 cycles rather than a real board's milliseconds.
 SIM_CLOCKS_PER_BIT = 4
-SIM_TIMEOUT_S = 10e-6
+SIM_TIMEOUT_S = 5e-6
 
 
 class BoardTop(Elaboratable):

@@ -101,6 +101,8 @@ class Faults:
 class SimulatedSerial(Transport):
     """The board's serial port, simulated: a UART driver on `rx` and a UART monitor on `tx`."""
 
+    on_line_after_write = True          # `write` returns when the last stop bit was sent
+
     def __init__(self, dut, faults):
         self.dut = dut
         self.faults = faults

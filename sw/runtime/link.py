@@ -81,7 +81,11 @@ class BoardStatus(NamedTuple):
 class Transport:
     """A byte pipe to the board. `read(n, timeout)` returns up to n bytes, fewer (maybe none) when
     `timeout` seconds pass first; `write(data)` sends all of `data`. `monotonic()` is the transport's
-    clock (a simulated transport runs on simulated time)."""
+    clock (a simulated transport runs on simulated time). `on_line_after_write` is True when `write`
+    returns only once the bytes are on the line; otherwise the host allows their transfer time too (a
+    USB serial adapter's FIFO may still hold them)."""
+
+    on_line_after_write = False
 
     def write(self, data):
         raise NotImplementedError
@@ -300,8 +304,8 @@ class Link:
 
     def _reply(self, command, sent, frame_limit, latency):
         """(status, payload) of the reply to the request just sent (sequence number self.seq)."""
-        # The request's own transfer time counts too: a serial port's write returns before the bytes
-        # are on the line.
+        if self.transport.on_line_after_write:
+            sent = 0
         wait = latency + (sent + REPLY_OVERHEAD + frame_limit) * self.byte_time * 1.5
         skipped = 0
         while True:
