@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 
 from hw.isa import MemoryTarget
-from hw.link import ARGS_BYTES, REQUEST_SYNC, STATUS_BYTES, Command, Reply, entry_bytes
+from hw.link import ARGS_BYTES, STATUS_BYTES, entry_bytes
 from sw.compile import compile_model
 from sw.compile.testing import linear, random_model
 from sw.runtime import open_backend, prepare_input
-from sw.runtime.link import REPLY_OVERHEAD, REQUEST_OVERHEAD, Transport, crc16, encode_reply
+from sw.runtime.link import REPLY_OVERHEAD, REQUEST_OVERHEAD
 
 from ._sections import update_section
 from .cycles import CONFIG, SPECS as CNV_SPECS
@@ -42,42 +42,11 @@ FRAME_BYTES = 1024
 LFC_SPECS = [linear(1024), linear(1024), linear(1024), linear(10)]
 
 
-class CountingBoard(Transport):
-    """Answers every request as a board would (OK, payloads of the right size, a program that is done at
-    the first STATUS with `cycles`) and counts the bytes both ways."""
-
-    def __init__(self, config, cycles):
-        self.config = config
-        self.cycles = cycles
-        self.pending = b""
-        self.bytes_out = self.bytes_in = self.requests = 0
-
-    def write(self, data):
-        assert data[0] == REQUEST_SYNC and crc16(data[1:-2]) == int.from_bytes(data[-2:], "little")
-        command, seq, payload = Command(data[1]), data[2], data[5:-2]
-        if command == Command.INFO:
-            reply = bytes([1, 1]) + FRAME_BYTES.to_bytes(2, "little") + bytes.fromhex(self.config.fingerprint())
-        elif command == Command.STATUS:
-            reply = bytes([0b10, 0, 0, 0]) + self.cycles.to_bytes(4, "little")
-        elif command == Command.READ:
-            count = int.from_bytes(payload[3:5], "little")
-            reply = bytes(count * entry_bytes(self.config)[MemoryTarget(payload[0])])
-        else:
-            reply = b""
-        self.pending += encode_reply(command, seq, Reply.OK, reply)
-        self.bytes_out += len(data)
-        self.requests += 1
-
-    def read(self, n, timeout):
-        data, self.pending = self.pending[:n], self.pending[n:]
-        self.bytes_in += len(data)
-        return data
-
-
 def inference_traffic(bundle, cycles):
     """Line bytes (out, in) and requests of loading the bundle, and of one inference after it."""
     from boards.runtime import BoardBackend
-    board = CountingBoard(bundle.config, cycles)
+    from sim.benches.board_model import CountingBoard
+    board = CountingBoard(bundle.config, cycles, FRAME_BYTES)
     image = np.zeros((1,) + tuple(bundle.input["shape"]), dtype=np.uint8)
     with BoardBackend(bundle, transport=board, baud=BAUDS[0]) as backend:
         backend.run(image)                                   # connect, load, one inference

@@ -4,6 +4,7 @@ front of a real Accelerator: CRC, negative replies, duplicates, truncation; and 
 
 import binascii
 import os
+import select
 import subprocess
 import sys
 
@@ -366,6 +367,50 @@ def test_run_with_a_silent_board_times_out(small_bundle):
     assert result.returncode == 1
     assert result.stderr.splitlines()[-1] == \
         "python -m sw.run: error: The board did not answer INFO after 2 attempts (last: no reply)"
+
+
+def test_run_classifies_over_a_serial_port(small_bundle, capsys):
+    """The whole host path of `python -m sw.run` through pyserial, against a protocol-level stand-in for
+    the board on a pseudo-terminal (zero logits: the board's arithmetic is tested under Verilator)."""
+    import threading
+    from sim.benches.board_model import CountingBoard
+    from sw.bundle import load_bundle
+    from sw.run import main
+    bundle = load_bundle(small_bundle)
+    board = CountingBoard(bundle.config, cycles=1234)
+    master, slave = os.openpty()
+    port = os.ttyname(slave)
+    stop = threading.Event()
+
+    def serve():
+        data = b""
+        while not stop.is_set():
+            ready, _, _ = select.select([master], [], [], 0.05)
+            if not ready:
+                continue
+            data += os.read(master, 4096)
+            while len(data) >= 5 and len(data) >= 7 + int.from_bytes(data[3:5], "little"):
+                size = 7 + int.from_bytes(data[3:5], "little")
+                board.write(data[:size])
+                data = data[size:]
+                os.write(master, board.read(1 << 20, 0))
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    try:
+        status = main(["--port", port, "--timeout", "0.5", str(small_bundle),
+                       str(small_bundle.with_name("images.npy"))])
+    finally:
+        stop.set()
+        server.join()
+        os.close(master)
+        os.close(slave)
+    out = capsys.readouterr().out.splitlines()
+    assert status == 0
+    assert out[0] == "image 0 (images.npy[0]): prediction 0  cycles 1234  logits 0 0 0"
+    assert out[1].startswith(f"board on {port}: 1 images in ")
+    assert out[1].endswith(f"{board.requests} requests, {board.bytes_out} bytes out, {board.bytes_in} bytes in, "
+                           "0 retried")
 
 
 def test_run_usage_errors():
