@@ -19,7 +19,7 @@ import binascii
 import time
 from typing import NamedTuple
 
-from hw.isa import ErrorCode, MemoryTarget
+from hw.isa import MemoryTarget
 from hw.link import (ARGS_BYTES, CRC_INIT, INFO_BYTES, PROTOCOL_VERSION, READABLE, REPLY_SYNC, REQUEST_SYNC,
                      STATUS_BYTES, Command, Reply, check_frame_bytes, entry_bytes, memory_depths)
 from sw.runtime import RuntimeApiError
@@ -349,10 +349,3 @@ class Link:
             if not data:
                 return
 
-
-def status_error_name(code):
-    """The ErrorCode name of a STATUS error field."""
-    try:
-        return ErrorCode(code).name
-    except ValueError:
-        return f"code {code}"
