@@ -177,7 +177,13 @@ class Link:
     # ------------------------------------------------------------------------------------------- commands
     def connect(self):
         """INFO: start a session (the board forgets the last sequence number) and check its config."""
-        payload = self.transact(Command.INFO, b"", frame_limit=INFO_BYTES)
+        try:
+            payload = self.transact(Command.INFO, b"", frame_limit=INFO_BYTES)
+        except LinkError as error:
+            if error.reply is not None:
+                raise
+            raise LinkError(f"{error}: is the board flashed with the accelerator top (python -m hw.build "
+                            f"--board ... --program) and running at this baud rate?") from None
         if len(payload) != INFO_BYTES:
             raise LinkError(f"The board's INFO reply has {len(payload)} bytes, not {INFO_BYTES}")
         info = BoardInfo(payload[0], bool(payload[1] & 1), int.from_bytes(payload[2:4], "little"), payload[4:].hex())

@@ -301,7 +301,9 @@ def test_host_retries_then_succeeds_and_repeats_the_sequence_number():
 
 def test_host_errors_are_one_clear_line():
     link = HostLink(ScriptedTransport([]), CFG, baud=1e6, timeout=0.01, retries=2, quiet=0.001)
-    with pytest.raises(LinkError, match=r"^The board did not answer INFO after 3 attempts \(last: no reply\)$"):
+    with pytest.raises(LinkError, match=r"^The board did not answer INFO after 3 attempts \(last: no reply\): is the "
+                                        r"board flashed with the accelerator top \(python -m hw.build --board \.\.\. "
+                                        r"--program\) and running at this baud rate\?$"):
         link.connect()
     other = CFG.replace(rows=1)
     link = HostLink(ScriptedTransport([info_reply]), other, baud=1e6, timeout=0.01)
@@ -365,8 +367,8 @@ def test_run_with_a_silent_board_times_out(small_bundle):
         os.close(master)
         os.close(slave)
     assert result.returncode == 1
-    assert result.stderr.splitlines()[-1] == \
-        "python -m sw.run: error: The board did not answer INFO after 2 attempts (last: no reply)"
+    assert result.stderr.splitlines()[-1].startswith(
+        "python -m sw.run: error: The board did not answer INFO after 2 attempts (last: no reply): is the board")
 
 
 def test_run_classifies_over_a_serial_port(small_bundle, capsys):
