@@ -68,7 +68,7 @@ def measure_frames():
     """Cycles of a full WRITE, a full READ and a STATUS round trip on BoardTop under Verilator."""
     from hw.board_top import SIM_CLOCKS_PER_BIT
     from sim.runner import build_design, run_bench
-    from sim.benches.board_host import LINK_CONFIG
+    from sim.benches.board_model import LINK_CONFIG
     build = build_design(LINK_CONFIG, "board", opt="-O0")
     with tempfile.TemporaryDirectory(prefix="bnn-link-") as tmp:
         out = Path(tmp) / "out.json"

@@ -28,7 +28,6 @@ from cocotb.triggers import Event, FallingEdge, First, RisingEdge, Timer
 
 from boards.runtime import BoardBackend
 from hw.board_top import SIM_CLOCKS_PER_BIT
-from hw.config import AccelConfig
 from hw.isa import MemoryTarget
 from hw.link import ARGS_BYTES, entry_bytes
 from sim.runner import bench_config, bench_params
@@ -38,12 +37,6 @@ from sw.runtime.link import Link, Transport
 
 CLOCK_NS = 10
 BIT_NS = CLOCK_NS * SIM_CLOCKS_PER_BIT
-
-# A small board for the link's tests and measurements (tests/sim/test_board_link.py, benchmarks/link.py):
-# one byte per activation word, and an activation buffer longer than one frame.
-LINK_CONFIG = AccelConfig(rows=2, cols=2, word_bits=8, max_wbases=2, max_abases=2, max_k=256, scale_depth=64,
-                          thr_depth=64, out_depth=8, act_depth=1024, weight_depth=256, patch_depth=128,
-                          result_depth=16, instr_depth=16, acc_bits=32)
 
 
 class Faults:

@@ -1,6 +1,7 @@
-"""`CountingBoard`: a stand-in for a board at the protocol level, for measuring and testing host code
-where the computation does not matter (benchmarks/link.py counts an inference's frames with it;
-tests/hw/test_link.py runs `python -m sw.run` against it over a pseudo-terminal).
+"""`LINK_CONFIG`, the small board the link's tests and measurements simulate, and `CountingBoard`, a
+stand-in for a board at the protocol level, for measuring and testing host code where the computation
+does not matter (benchmarks/link.py counts an inference's frames with it; tests/hw/test_link.py runs
+`python -m sw.run` against it over a pseudo-terminal). No cocotb here: pytest imports it at collection.
 
 It answers every request as a board with an idle accelerator would: OK, replies of the right size
 (READ returns zero entries), a program that is done at the first STATUS after `cycles` cycles. It
@@ -8,11 +9,18 @@ checks each request's sync byte and CRC, and counts bytes and requests both ways
 behaviour (negative replies, duplicates, truncation) is hw/link.py's and is tested there.
 """
 
+from hw.config import AccelConfig
 from hw.isa import MemoryTarget
 from hw.link import REQUEST_SYNC, Command, Reply, entry_bytes
 from sw.runtime.link import Transport, crc16, encode_reply
 
-__all__ = ["CountingBoard"]
+__all__ = ["LINK_CONFIG", "CountingBoard"]
+
+# BoardTop as tests/sim/test_board_link.py and benchmarks/link.py build it under Verilator: one byte per
+# activation word, and an activation buffer longer than one frame.
+LINK_CONFIG = AccelConfig(rows=2, cols=2, word_bits=8, max_wbases=2, max_abases=2, max_k=256, scale_depth=64,
+                          thr_depth=64, out_depth=8, act_depth=1024, weight_depth=256, patch_depth=128,
+                          result_depth=16, instr_depth=16, acc_bits=32)
 
 
 class CountingBoard(Transport):

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from sim.benches.board_host import LINK_CONFIG
+from sim.benches.board_model import LINK_CONFIG
 from sim.runner import build_design, run_bench
 from sw.bundle import save_bundle
 from sw.compile import compile_model
