@@ -108,6 +108,12 @@ def test_crc_is_ccitt_false():
     assert crc16(b"123456789") == 0x29B1
     frame = encode_request(Command.STATUS, 7)
     assert frame == bytes([0xA5, 0x05, 0x07, 0, 0]) + crc16(bytes([5, 7, 0, 0])).to_bytes(2, "little")
+    # The examples of docs/host-protocol.md.
+    assert encode_request(Command.INFO, 1) == bytes.fromhex("a5 01 01 00 00 44 c5")
+    assert encode_request(Command.WRITE, 2, args(MemoryTarget.ACT, 16, 2) + bytes([0x34, 0x12, 0x78, 0x56])) == \
+        bytes.fromhex("a5 02 02 09 00 01 10 00 02 00 34 12 78 56 e8 f3")
+    assert encode_reply(Command.WRITE, 2, Reply.OK) == bytes.fromhex("5a 02 02 00 00 00 e7 b8")
+    assert encode_reply(Command.WRITE, 2, Reply.BAD_CRC) == bytes.fromhex("5a 02 02 01 00 00 d7 8f")
 
 
 def test_write_read_start_status_and_negative_replies():
