@@ -1,5 +1,5 @@
-"""Cycle, memory and resource reports of a compiled program on a board (docs/report.md). numpy only;
-the plots (`sw.report.plots`) need matplotlib.
+"""Cycle, memory and resource reports of a compiled program on a board (docs/report.md). No torch; the
+plots (`sw.report.plots`) need matplotlib, resource estimates (`sw.report.resources`) YoWASP Yosys.
 
     report = analyse(bundle, board, measured=None, resources=None)   # a JSON-able dict
     print(markdown(report))
@@ -13,7 +13,8 @@ import math
 
 from hw.isa import INSTRUCTION_BITS, IsaError, Opcode, decode
 
-__all__ = ["ReportError", "analyse", "analytic_cycles", "measure", "memory_use", "markdown", "gather_cycles", "BLOCK_BITS"]
+__all__ = ["ReportError", "analyse", "analytic_cycles", "measure", "memory_use", "markdown", "gather_cycles",
+           "BLOCK_BITS"]
 
 #: Bits of one block RAM in a board's capacity unit: a Xilinx 7-series RAMB36, an ECP5 DP16KD (EBR), an
 #: iCE40 SB_RAM40_4K.
@@ -48,8 +49,8 @@ def memory_use(bundle):
     """Each on-chip memory: entries the program uses against the config's depth, and bits.
 
     weight / scale / threshold / result: the end of the highest segment, of the images the host writes
-    before `start` and of the load stream (`streamed` counts the entries LOADs bring in); act: the largest input + output
-    map pair of any layer (both live while a layer runs; the compiler ping-pongs them); patch: the
+    before `start` and of the load stream (`streamed` counts the entries LOADs bring in); act: the
+    largest input + output map pair of any layer (both live while a layer runs); patch: the
     longest receptive field (activation bases x K-words) of a CONV, in each of the 2 x C patch banks;
     program: instructions. Bits count every copy.
     """
