@@ -64,6 +64,7 @@ class ProgramState:
     verify_images: int = 2
     seed: int = 0
     weights: str = "auto"                          # resident | stream | auto (docs/compiler.md)
+    plane_groups: bool = True                      # may the first layer group pixel planes
     streamed: bool = False                         # CheckFit's decision
     stream: list = field(default_factory=list)     # the load stream's segments, in LOAD order
 
@@ -145,6 +146,46 @@ class MergeBranches:
         return state
 
 
+def pixel_plane_groups(size):
+    """[first plane, planes] of each activation basis of the first CONV when `size` pixel planes share
+    one (docs/compiler.md "First layer: plane groups")."""
+    return [[first, min(size, 8 - first)] for first in range(0, 8, size)]
+
+
+def _groupable(scales, size):
+    """Every group's plane b has scale s[first] * 2^(b - first), exactly, for every basis and channel."""
+    for first, count in pixel_plane_groups(size):
+        for i in range(1, count):
+            if not np.array_equal(scales[:, first + i], scales[:, first] << i):
+                return False
+    return True
+
+
+def plane_group_size(config, scales, k0, oh, ow, o, out_planes, raw):
+    """How many pixel planes one activation basis of the first CONV carries: the size whose CONV the
+    cycle model (hw.cycles) finds fastest among those the scales allow (exact powers of two within a
+    group) and the config holds (max_k, patch_depth, act_depth). 1 keeps the 8 planes apart."""
+    from hw.cycles import conv_cycles
+    m = scales.shape[0]
+    best, best_cycles = 1, None
+    for size in range(1, 9):
+        if size > 1 and not _groupable(scales, size):
+            continue
+        n = len(pixel_plane_groups(size))
+        kg = k0 * ((1 << size) - 1)
+        cw = -(-kg // config.word_bits)
+        out_words = 0 if raw else out_planes * oh * ow * -(-o // config.word_bits)
+        if size > 1 and (kg > config.max_k or n * cw > config.patch_depth
+                         or n * oh * ow * cw + out_words > config.act_depth):
+            continue
+        fields = {"kh": 1, "kw": 1, "in_cw": cw, "wbases": m, "in_planes": n, "out_ch": o, "out_h": oh,
+                  "out_w": ow, "raw": int(raw), "out_planes": out_planes}
+        cycles = conv_cycles(config, fields)
+        if best_cycles is None or cycles < best_cycles:
+            best, best_cycles = size, cycles
+    return best
+
+
 def _relay_weights(w, cw, word_bits):
     """(M, O, kh, kw, Cg) bits -> (M, O, kh*kw*cw, limbs) words, each tap's channels padded to cw words."""
     m, o, kh, kw, cg = w.shape
@@ -194,13 +235,22 @@ class Lower:
                 oh = (h + 2 * padding - kh) // stride + 1
                 ow = (w + 2 * padding - kw) // stride + 1
                 k0 = ch * kh * kw
-                cw = -(-k0 // w_bits)
-                src = {"planes": 8, "channels": k0, "cw": cw, "h": oh, "w": ow}
+                out_planes = 0 if last else int(layer["thresholds"].shape[1])
+                size = 1 if not state.plane_groups else plane_group_size(c, b["scales"], k0, oh, ow, o,
+                                                                          out_planes, last)
+                groups_of_planes = pixel_plane_groups(size)
+                kg = k0 * ((1 << size) - 1)
+                cw = -(-kg // w_bits)
+                src = {"planes": len(groups_of_planes), "channels": kg, "cw": cw, "h": oh, "w": ow}
                 state.input = {"shape": [ch, h, w], "kernel": [kh, kw], "stride": stride, "padding": padding,
                                "pad_value": pad_value, "out_h": oh, "out_w": ow, "planes": 8, "k": k0,
-                               "words_per_pixel": cw}
+                               "groups": groups_of_planes, "group_k": kg, "words_per_pixel": cw,
+                               "input_words": len(groups_of_planes) * oh * ow * cw}
                 state.maps[-1] = src
-                w5 = wts.reshape(m, o, 1, 1, k0)            # (c, ky, kx) order, as sw.ref.im2col
+                # (c, ky, kx) order, as sw.ref.im2col; repeated once per block of a plane group's vector.
+                w5 = np.tile(wts.reshape(m, o, 1, 1, k0), (1, 1, 1, 1, (1 << size) - 1))
+                b = dict(b, scales=b["scales"][:, [first for first, _ in groups_of_planes]])
+                n = len(groups_of_planes)
                 geo = {"kh": 1, "kw": 1, "stride": 1, "pad": 0, "pad_value": 0, "groups": 1}
                 out_h, out_w = oh, ow
             else:
@@ -246,6 +296,8 @@ class Lower:
                       "out_h": out_h, "out_w": out_w,
                       "weights": _relay_weights(w5[:, sl], in_cw, w_bits),
                       "scales": np.ascontiguousarray(b["scales"][:, :, sl])}
+                # The model's binary MACs (the first layer's plane groups repeat planes: not more work).
+                op["macs"] = m * og * out_h * out_w * (8 * k0 if index == 0 else n * op["k"])
                 if not last:
                     op["thresholds"] = layer["thresholds"][sl]
                     op["flip"] = layer["flip"][sl]
@@ -463,7 +515,7 @@ class Emit:
             entry = info[-1]
             entry["instructions"].extend(pc for pc, o in enumerate(owner[:-1]) if o == index)
             if op["op"] != "pool":
-                entry["macs"] += op["m"] * op["n"] * op["o"] * op["out_h"] * op["out_w"] * op["k"]
+                entry["macs"] += op["macs"]
             if op["out"] is not None:
                 entry["output"] = dict(op["out"], base=op["out_base"])
         last = state.ops[-1]
@@ -591,15 +643,25 @@ def state_to_bundle(state):
                   list(state.stream))
 
 
-def compile_model(model, config=None, verify_images=2, seed=0, progress=None, weights="auto"):
+def compile_model(model, config=None, verify_images=2, seed=0, progress=None, weights="auto", plane_groups=True):
     """Run `PASSES` on a BnnModel; returns the Bundle. `progress(pass_name)` is called before each;
-    `weights` is one of WEIGHT_MODES."""
+    `weights` is one of WEIGHT_MODES; `plane_groups=False` keeps the first layer's 8 pixel planes apart."""
     config = AccelConfig() if config is None else config
-    state = ProgramState(model, config, verify_images=verify_images, seed=seed, weights=weights)
-    for p in PASSES:
-        if progress is not None:
-            progress(p.name)
-        state = p.apply(state)
+    state = ProgramState(model, config, verify_images=verify_images, seed=seed, weights=weights,
+                         plane_groups=plane_groups)
+    try:
+        for p in PASSES:
+            if progress is not None:
+                progress(p.name)
+            state = p.apply(state)
+    except CompileError:
+        if not state.input.get("groups") or len(state.input["groups"]) == 8:
+            raise
+        # Grouped pixel planes repeat the first layer's weights; without them the network may fit.
+        state = ProgramState(model, config, verify_images=verify_images, seed=seed, weights=weights,
+                             plane_groups=False)
+        for p in PASSES:
+            state = p.apply(state)
     bundle = state_to_bundle(state).validate()
     bundle.model["checked"] = state.checked
     return bundle

@@ -66,9 +66,12 @@ def prepare_input(bundle, images):
     """The host unfold of the first layer (docs/isa.md "First layer"): uint8 images -> activation words
     (B, words, limbs) uint64 to write at `bundle.input["act_base"]`.
 
-    Plane t (bit t of the pixel) of output pixel (y, x) holds the receptive field in sw.ref.im2col's
-    (channel, ky, kx) order, packed W bits a word, `words_per_pixel` words per pixel:
-    word ((t * out_h + y) * out_w + x) * words_per_pixel + j.
+    Pixel plane b (bit b of the pixel) of output pixel (y, x) is the receptive field in sw.ref.im2col's
+    (channel, ky, kx) order, K0 bits. Activation basis g of the first CONV carries the planes of
+    `input["groups"][g]` = [first, count]: plane first + i repeated 2^i times, then (for a short last
+    group) blocks of ones and zeros in turn up to `group_k` bits, which add nothing to the dot product
+    (docs/compiler.md "First layer: plane groups"). Packed W bits a word, `words_per_pixel` words per
+    pixel: word ((g * out_h + y) * out_w + x) * words_per_pixel + j.
     """
     images = check_images(bundle, images)
     spec = bundle.input
@@ -78,9 +81,19 @@ def prepare_input(bundle, images):
     planes = (images[None] >> np.arange(8, dtype=np.uint8).reshape(8, 1, 1, 1, 1)) & 1
     cols = ref.im2col(planes.reshape((8 * batch,) + images.shape[1:]), kh, kw, spec["stride"],
                       spec["padding"], pad_bit)                        # (8B, oh, ow, K0)
-    words = pack_words(cols, bundle.config.word_bits)                   # (8B, oh, ow, cw, L)
-    words = words.reshape((8, batch) + words.shape[1:]).swapaxes(0, 1)
-    per_image = 8 * spec["out_h"] * spec["out_w"] * spec["words_per_pixel"]
+    cols = cols.reshape((8, batch) + cols.shape[1:])
+    groups = spec.get("groups", [[b, 1] for b in range(8)])
+    k_group = spec.get("group_k", spec["k"])
+    vectors = []
+    for first, count in groups:
+        blocks = [cols[first + i] for i in range(count) for _ in range(1 << i)]
+        filler = (k_group - len(blocks) * spec["k"]) // spec["k"]
+        for j in range(filler):
+            blocks.append(np.full_like(cols[0], 1 - j % 2))
+        vectors.append(np.concatenate(blocks, axis=-1))
+    words = pack_words(np.stack(vectors), bundle.config.word_bits)      # (N, B, oh, ow, cw, L)
+    words = words.swapaxes(0, 1)
+    per_image = len(groups) * spec["out_h"] * spec["out_w"] * spec["words_per_pixel"]
     return np.ascontiguousarray(words.reshape(batch, per_image, words.shape[-1]))
 
 

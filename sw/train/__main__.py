@@ -67,6 +67,9 @@ def parser():
     p.add_argument("--batch-size", type=_positive, default=64)
     p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate (cosine schedule)")
     p.add_argument("--config", help="AccelConfig JSON file to export for (default: AccelConfig())")
+    p.add_argument("--pixel-scales", choices=("precise", "pow2"), default="precise",
+                   help="first-layer pixel-plane scales: precise (each rounded on its own) or pow2 (exact "
+                        "powers of two apart, so the compiler folds planes into fewer first-layer passes)")
     p.add_argument("--checkpoint", help="checkpoint file, written after every epoch (default: OUT.ckpt)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint")
     p.add_argument("--threads", type=_positive, default=1,
@@ -114,7 +117,8 @@ def main(argv=None):
         fit(net, data, settings, checkpoint=checkpoint, resume=args.resume, progress=not args.no_progress)
         float_pred = float_predictions(net.cpu(), data.test_x)
         float_acc = float(np.mean(float_pred == data.test_y))
-        model = export_model(net, config, {"dataset": args.dataset, "seed": args.seed, "epochs": args.epochs})
+        model = export_model(net, config, {"dataset": args.dataset, "seed": args.seed, "epochs": args.epochs,
+                                           "pixel_scales": args.pixel_scales}, pixel_scales=args.pixel_scales)
         deploy_pred = evaluate_deploy(model, data.test_x, progress=not args.no_progress).argmax(1)
         deploy_acc = float(np.mean(deploy_pred == data.test_y))
         differ = float(np.mean(deploy_pred != float_pred))

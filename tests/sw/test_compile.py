@@ -66,8 +66,11 @@ def test_layer_metadata_counts_macs_and_ideal_cycles():
     assert fc["macs"] == 1 * 1 * 10 * 1 * (8 * 4 * 4)
     assert pool["macs"] == 0
     assert conv0["ideal_cycles"] == -(-conv0["macs"] // (4 * 4 * 32))
+    # The first layer's K (9) is far below W and R: three plane groups (1+2+4 repeats of K0, the
+    # last group of two planes filled with cancelling blocks) make 3 passes of 2 words, not 8 of 1.
     assert bundle.input == {"shape": [1, 8, 8], "kernel": [3, 3], "stride": 1, "padding": 1, "pad_value": -1,
-                            "out_h": 8, "out_w": 8, "planes": 8, "k": 9, "words_per_pixel": 1, "act_base": 0}
+                            "out_h": 8, "out_w": 8, "planes": 8, "k": 9, "groups": [[0, 3], [3, 3], [6, 2]],
+                            "group_k": 63, "words_per_pixel": 2, "input_words": 3 * 64 * 2, "act_base": 0}
     assert bundle.output == {"result_base": 0, "classes": 10}
 
 
@@ -82,16 +85,16 @@ def _refusal(specs, shape=(1, 8, 8), config=None, model_config=None, **changes):
 
 
 @pytest.mark.parametrize("specs, changes, message", [
-    ([conv(64, 3, padding=1), conv(64, 3, padding=1), linear(10)], {"act_depth": 600},
-     "layer 0 (conv): activation words of the input and output maps (512 + 128) = 640 exceeds act_depth = 600 "
-     "by 40"),
+    ([conv(64, 3, padding=1), conv(64, 3, padding=1), linear(10)], {"act_depth": 380},
+     "layer 0 (conv): activation words of the input and output maps (512 + 128) = 640 exceeds act_depth = 380 "
+     "by 260"),
     ([linear(300), linear(10)], {"weight_depth": 100},
      "layer 0 (linear): weight-buffer entries used up to this layer = 150 exceeds weight_depth = 100 by 50; "
      "streamed layer by layer, layer 0 (linear) would need 150 weight-buffer entries, over half of "
      "weight_depth = 50"),
-    ([linear(20), linear(300), linear(10)], {"scale_depth": 100},
-     "layer 1 (linear): scale-memory entries used up to this layer = 115 exceeds scale_depth = 100 by 15; "
-     "streamed layer by layer, layer 1 (linear) would need 75 scale-memory entries, over half of scale_depth = 50"),
+    ([linear(20), linear(300), linear(10)], {"scale_depth": 85},
+     "layer 1 (linear): scale-memory entries used up to this layer = 115 exceeds scale_depth = 85 by 30; "
+     "streamed layer by layer, layer 1 (linear) would need 75 scale-memory entries, over half of scale_depth = 42"),
     ([linear(20), linear(300), linear(10)], {"thr_depth": 300},
      "layer 1 (linear): threshold-memory entries used up to this layer = 320 exceeds thr_depth = 300 by 20; "
      "streamed layer by layer, layer 1 (linear) would need 300 threshold-memory entries, over half of "

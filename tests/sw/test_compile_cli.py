@@ -40,7 +40,7 @@ def test_compile_with_a_config_file(tmp_path, model_file, capsys):
     assert main([str(model_file), "--config", str(tmp_path / "c.json"), "--out", str(out), "--weights", "stream"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[3] == f"config {config.fingerprint()}: 8x2 array, W = 32, 11 instructions"
-    assert lines[4] == "parameters streamed: 5 LOADs, 51 entries per inference"
+    assert lines[4] == "parameters streamed: 5 LOADs, 49 entries per inference"
     assert len(load_bundle(out).stream) == 5
 
 

@@ -202,3 +202,30 @@ def test_benchmark_costs_count_bits_and_binary_ops():
     scale_bits = (2 * 8 * 8 + 2 * 2 * 8 * 2 + 2 * 2 * 10) * 16
     threshold_bits = 3 * (8 * 2 * 32 + 8)
     assert total_bits == weight_bits + scale_bits + threshold_bits
+
+
+def test_pow2_pixel_scales_let_the_compiler_group_planes():
+    """pixel_scales="pow2": plane b's scale is exactly q * 2^b; the first layer still agrees with the
+    float model; the compiler folds the planes into fewer passes and the ISS equals deploy_forward."""
+    from sw.compile import compile_model
+    from sw.runtime import open_backend
+    torch.manual_seed(3)
+    net = build_model("cnv", make_scheme("abc", 2, 2), (3, 8, 8), 10, 4)
+    randomise_norms(net, 4)
+    config = AccelConfig(max_wbases=2, max_abases=2, act_depth=8192)
+    precise, pow2 = export_model(net, config), export_model(net, config, pixel_scales="pow2")
+    s = pow2.layers[0]["branches"][0]["scales"]
+    assert np.array_equal(s, s[:, :1] << np.arange(8).reshape(1, 8, 1))
+    assert not np.array_equal(precise.layers[0]["branches"][0]["scales"], s)
+    images = np.random.default_rng(7).integers(0, 256, (16, 3, 8, 8), dtype=np.uint8)
+    _, a = deploy_forward(precise, images, intermediates=True)
+    _, b = deploy_forward(pow2, images, intermediates=True)
+    assert np.mean(a[0] == b[0]) > 0.99                      # the first layer's planes barely move
+    grouped, plain = compile_model(pow2, config), compile_model(precise, config)
+    assert len(grouped.input["groups"]) < 8 and len(plain.input["groups"]) == 8
+    assert grouped.layers[0]["macs"] == plain.layers[0]["macs"]
+    run = open_backend("iss", grouped).run(images)
+    assert np.array_equal(run.logits, deploy_forward(pow2, images))
+    assert run.layer_cycles[0][0] < open_backend("iss", plain).run(images[:1]).layer_cycles[0][0]
+    with pytest.raises(ExportError, match="pixel_scales must be one of precise, pow2"):
+        export_model(net, config, pixel_scales="exact")

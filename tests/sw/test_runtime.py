@@ -123,17 +123,34 @@ def test_open_backend_errors(compiled, monkeypatch):
 
 
 def test_prepare_input_is_the_first_layer_unfold(compiled):
+    """Each activation basis of the first CONV is its plane group's receptive fields, plane first + i
+    repeated 2^i times, then cancelling blocks; with the weights repeated alike, the groups' dot
+    products weighted 2^first are the 8 planes' weighted 2^b."""
     _, bundle = compiled
     images = np.random.default_rng(2).integers(0, 256, (3, 2, 10, 10), dtype=np.uint8)
     words = prepare_input(bundle, images)
     spec = bundle.input
-    assert spec["k"] == 18 and spec["words_per_pixel"] == 1 and (spec["out_h"], spec["out_w"]) == (5, 5)
-    assert words.shape == (3, 8 * 25 * 1, 1) and words.dtype == np.uint64
+    groups, kg = spec["groups"], spec["group_k"]
+    assert spec["k"] == 18 and (spec["out_h"], spec["out_w"]) == (5, 5)
+    assert len(groups) < 8 and sum(count for _, count in groups) == 8 and kg == 18 * ((1 << groups[0][1]) - 1)
+    cw = spec["words_per_pixel"]
+    assert cw == -(-kg // 32) and words.shape == (3, len(groups) * 25 * cw, 1) and words.dtype == np.uint64
     planes = ref.to_bits(ref.pixel_planes(images))                          # (8, B, C, H, W)
-    for t in range(8):
-        cols = ref.im2col(planes[t], 3, 3, 2, 1, 0)                          # (B, 5, 5, 18)
-        got = unpack_words(words[:, t * 25:(t + 1) * 25].reshape(3, 5, 5, 1, 1), 32, 18)
-        assert np.array_equal(got, cols)
+    cols = np.stack([ref.im2col(planes[t], 3, 3, 2, 1, 0) for t in range(8)])   # (8, B, 5, 5, 18)
+    w = np.random.default_rng(3).integers(0, 2, 18, dtype=np.uint8)
+    def dot(weights, bits):                                                 # over the last axis
+        return ref.binary_linear(ref.from_bits(bits.reshape(-1, bits.shape[-1])), ref.from_bits(weights[None]))
+
+    want = sum((1 << t) * dot(w, cols[t]).astype(np.int64) for t in range(8))
+    got_sum = 0
+    for g, (first, count) in enumerate(groups):
+        got = unpack_words(words[:, g * 25 * cw:(g + 1) * 25 * cw].reshape(3, 5, 5, cw, 1), 32, kg)
+        blocks = [cols[first + i] for i in range(count) for _ in range(1 << i)]
+        while len(blocks) * 18 < kg:
+            blocks.append(np.full_like(cols[0], 1 if len(blocks) % 2 == ((1 << count) - 1) % 2 else 0))
+        assert np.array_equal(got, np.concatenate(blocks, axis=-1)), (first, count)
+        got_sum = got_sum + (1 << first) * dot(np.tile(w, kg // 18), got).astype(np.int64)
+    assert np.array_equal(got_sum, want)
 
 
 class PerImageIss(MemoryBackend):
