@@ -1,14 +1,20 @@
 """Board builds: `build(board, config, out)` and the command line `python -m hw.build`.
 
+The design is the board's top (`boards.TOPS`): `BoardTop` (UART, framed host link, `Accelerator`)
+or, for devices too small for the controller, `UARTShell` (the core behind a byte protocol).
+
 Flows (see docs/build.md):
 
 * ``vivado-plan`` (Arty A7): write Amaranth's Vivado build plan to `out`, run it when `vivado` is on
   PATH, and always estimate resources with YoWASP Yosys ``synth_xilinx`` into ``utilization.json``.
-* ``ecp5`` (ULX3S): a real bitstream with YoWASP Yosys ``synth_ecp5``, nextpnr-ecp5 and ecppack;
-  ``utilization.json`` from the placed design and ``timing.json`` with nextpnr's Fmax.
+* ``ecp5`` (ULX3S) and ``ice40`` (iCEBreaker): a real bitstream with YoWASP Yosys ``synth_ecp5`` /
+  ``synth_ice40``, nextpnr and ecppack / icepack; ``utilization.json`` from the placed design and
+  ``timing.json`` with nextpnr's Fmax.
 
 Every build writes ``config.json`` (the AccelConfig) and skips its tools when the plan's digest,
-the flow and the toolchain versions match the previous build in `out` (``build_digest.json``).
+the flow, the top and the toolchain versions match the previous build in `out`
+(``build_digest.json``), or copies the outputs from the shared build cache (`hw.build.cache`).
+`hw.build.program` loads a finished build into a board.
 """
 
 import gc

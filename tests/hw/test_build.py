@@ -147,7 +147,8 @@ def test_does_not_fit(tmp_path, monkeypatch, capsys):
                                capacity={"LUT": 100, "FF": 41_600, "BRAM": 50, "DSP": 90})
     monkeypatch.setitem(boards.BOARDS, "tiny_arty", tiny)
     out = tmp_path / "tiny"
-    assert main(["--board", "tiny_arty", *SMALL, "--out", str(out), "--no-vivado"]) == 1
+    # The core top: the quickest synthesis that shows the path.
+    assert main(["--board", "tiny_arty", *SMALL, "--out", str(out), "--no-vivado", "--top", "core"]) == 1
     errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
     assert len(errors) == 1
     assert errors[0].startswith("python -m hw.build: error: config does not fit the xc7a-tiny: LUT ")
