@@ -246,6 +246,52 @@ def test_stream_aborted_when_the_program_ends():
     sim.run()
 
 
+def test_board_top_through_its_uart():
+    """BoardSim in Amaranth's simulator: bits on `rx`, bits back on `tx` (4 clocks a bit); the
+    `rejected` LED follows a corrupted request and clears after a good one."""
+    from hw.board_top import LEDS, SIM_CLOCKS_PER_BIT, BoardSim
+    dut = BoardSim(CFG)
+    rejected = 1 << LEDS.index("rejected")
+
+    async def bench(ctx):
+        async def send_line(data):
+            for byte in data:
+                for bit in [0] + [(byte >> i) & 1 for i in range(8)] + [1]:
+                    ctx.set(dut.rx, bit)
+                    await ctx.tick().repeat(SIM_CLOCKS_PER_BIT)
+
+        async def receive_line(count):
+            data = bytearray()
+            while len(data) < count:
+                await ctx.tick().until(dut.tx == 0)                          # start bit
+                await ctx.tick().repeat(SIM_CLOCKS_PER_BIT // 2)
+                byte = 0
+                for i in range(8):
+                    await ctx.tick().repeat(SIM_CLOCKS_PER_BIT)
+                    byte |= ctx.get(dut.tx) << i
+                await ctx.tick().repeat(SIM_CLOCKS_PER_BIT)
+                assert ctx.get(dut.tx) == 1, "stop bit"
+                data.append(byte)
+            return bytes(data)
+
+        await send_line(encode_request(Command.INFO, 1))
+        info = bytes([1, 1]) + (1024).to_bytes(2, "little") + bytes.fromhex(CFG.fingerprint())   # STREAM: yes
+        assert await receive_line(8 + 12) == encode_reply(Command.INFO, 1, Reply.OK, info)
+        frame = bytearray(encode_request(Command.STATUS, 2))
+        frame[2] ^= 0x40
+        await send_line(frame)
+        assert await receive_line(8) == encode_reply(Command.STATUS, 0x42, Reply.BAD_CRC)
+        assert ctx.get(dut.leds) & rejected
+        await send_line(encode_request(Command.STATUS, 3))
+        reply = await receive_line(8 + 8)
+        assert reply[:6] == bytes([0x5A, Command.STATUS.value, 3, 0, 8, 0]) and not ctx.get(dut.leds) & rejected
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+
+
 def test_parameters_are_checked():
     with pytest.raises(GatewareLinkError, match=r"Frame size must be an integer from 37 to 65535 bytes, not 8"):
         Link(CFG, frame_bytes=8)
