@@ -19,7 +19,10 @@ It executes the instruction set of docs/isa.md (version 1: one instruction at a 
   error code, so an illegal program never hangs and never writes.
 
 Derived sizes (products of fields) are computed at the start of each instruction by a short sequence
-through one shared multiplier rather than by a dozen multipliers.
+through one shared multiplier rather than by a dozen multipliers: three cycles a product (operands
+registered, product registered, result written), a 32 x 16-bit multiplier whose 48-bit product
+saturates to 32 bits, so no field combination can wrap a size into range and every path stays short
+(the controller is not the critical path).
 """
 
 from amaranth.hdl import Cat, Const, Module, Mux, ResetInserter, Signal, signed, unsigned
@@ -35,6 +38,7 @@ __all__ = ["Accelerator", "AccelError", "HostLayouts"]
 
 _ADDR = 24          # width of address arithmetic (signed where padding makes it negative)
 _PRODUCT = 32
+_OPERAND_B = 16     # the second operand of every set-up product is a field or a small derived value
 
 
 class AccelError(ValueError):
@@ -262,61 +266,69 @@ class Accelerator(wiring.Component):
         out_tiles = Signal(range((1 << 12) // R + 2))
         m.d.comb += out_tiles.eq((cv.out_ch + (R - 1)) // R if log_r is None else
                                  (cv.out_ch + (R - 1)) >> log_r)
-        in_bits = Signal(_PRODUCT)
-        m.d.comb += in_bits.eq(((cv.in_cw - 1) * W) + cv.in_tail)
 
         conv_steps = [
             (khw, cv.kh, cv.kw),
             (kwords, khw, cv.in_cw),
             (npix, cv.out_h, cv.out_w),
             (row_words, cv.in_w, cv.in_stride),
-            (plane_words, cv.in_h, row_words),
-            (in_need, cv.in_planes, plane_words),
-            (patch_need, cv.in_planes, kwords),
-            (kvalid, khw, in_bits),
+            (plane_words, row_words, cv.in_h),
+            (in_need, plane_words, cv.in_planes),
+            (patch_need, kwords, cv.in_planes),
+            (kvalid, khw, cv.in_tail),             # + (kwords - khw) * W in the check
             (otm, out_tiles, cv.wbases),
-            (w_need, otm, kwords),
+            (w_need, kwords, otm[:_OPERAND_B]),   # otm = ceil(out_ch / R) * wbases < 2^16
             (s_need, otm, cv.in_planes),
             (res_need, npix, cv.out_ch),
             (out_plane_words, npix, cv.out_stride),
-            (out_need, cv.out_planes, out_plane_words),
+            (out_need, out_plane_words, cv.out_planes),
             (step_x, cv.stride, cv.in_stride),
-            (step_y, cv.stride, row_words),
+            (step_y, row_words, cv.stride),
             (span_h, cv.out_h - 1, cv.stride),
             (span_w, cv.out_w - 1, cv.stride),
-            (pad_rows, cv.pad, row_words),
+            (pad_rows, row_words, cv.pad),
             (pad_cols, cv.pad, cv.in_stride),
             (tile_res_step, Const(C, 8), cv.out_ch),
             (tile_out_step, Const(C, 8), cv.out_stride),
         ]
         pool_steps = [
             (p_row, pl.in_w, pl.cw),
-            (p_plane, pl.in_h, p_row),
-            (p_in_need, pl.planes, p_plane),
+            (p_plane, p_row, pl.in_h),
+            (p_in_need, p_plane, pl.planes),
             (p_out_plane, pl.out_h, pl.out_w),
             (p_out_plane, p_out_plane, pl.cw),
-            (p_out_need, pl.planes, p_out_plane),
-            (p_step_y, pl.stride, p_row),
+            (p_out_need, p_out_plane, pl.planes),
+            (p_step_y, p_row, pl.stride),
             (p_step_x, pl.stride, pl.cw),
             (span_h, pl.out_h - 1, pl.stride),
             (span_w, pl.out_w - 1, pl.stride),
         ]
         step = Signal(range(max(len(conv_steps), len(pool_steps)) + 1))
+        phase = Signal(range(3))
         mul_a = Signal(_PRODUCT)
-        mul_b = Signal(_PRODUCT)
-        product = Signal(2 * _PRODUCT)
-        m.d.comb += product.eq(mul_a * mul_b)
+        mul_b = Signal(_OPERAND_B)
+        product = Signal(_PRODUCT + _OPERAND_B)
+        saturated = Signal(_PRODUCT)
+        m.d.sync += product.eq(mul_a * mul_b)
+        m.d.comb += saturated.eq(Mux(product[_PRODUCT:].any(), (1 << _PRODUCT) - 1, product[:_PRODUCT]))
+        for _, _, b in conv_steps + pool_steps:
+            assert len(b) <= _OPERAND_B, b
 
         def run_steps(steps, next_state):
+            """Phase 0 registers the step's operands, phase 1 multiplies, phase 2 writes the result."""
+            m.d.sync += phase.eq(Mux(phase == 2, 0, phase + 1))
             with m.Switch(step):
                 for i, (dest, a, b) in enumerate(steps):
                     with m.Case(i):
-                        m.d.comb += [mul_a.eq(a), mul_b.eq(b)]
-                        m.d.sync += dest.eq(product[:_PRODUCT])
-            m.d.sync += step.eq(step + 1)
-            with m.If(step == len(steps) - 1):
-                m.d.sync += step.eq(0)
-                m.next = next_state
+                        with m.If(phase == 0):
+                            m.d.sync += [mul_a.eq(a), mul_b.eq(b)]
+                        with m.If(phase == 2):
+                            m.d.sync += dest.eq(saturated)
+            with m.If(phase == 2):
+                m.d.sync += step.eq(step + 1)
+                with m.If(step == len(steps) - 1):
+                    m.d.sync += step.eq(0)
+                    m.next = next_state
 
         # Checks (docs/isa.md "Errors"), evaluated in the CHECK states from registered values.
         conv_bad = Signal()
@@ -326,7 +338,7 @@ class Accelerator(wiring.Component):
                 (cv.in_h == 0) | (cv.in_w == 0) | (cv.in_cw == 0) | (cv.in_planes == 0) | (cv.kh == 0) |
                 (cv.kw == 0) | (cv.stride == 0) | (cv.out_h == 0) | (cv.out_w == 0) | (cv.out_ch == 0) |
                 (cv.wbases == 0) | (cv.in_stride < cv.in_cw) | (cv.in_tail == 0) | (cv.in_tail > W) |
-                (cv.k > cfg.max_k) | (cv.k != kvalid) | (cv.wbases > cfg.max_wbases) |
+                (cv.k > cfg.max_k) | (cv.k != ((kwords - khw) << (W.bit_length() - 1)) + kvalid) | (cv.wbases > cfg.max_wbases) |
                 (span_h + cv.kh > cv.in_h + 2 * cv.pad) | (span_w + cv.kw > cv.in_w + 2 * cv.pad) |
                 (~cv.raw & ((cv.out_planes == 0) | (cv.out_planes > cfg.max_abases) |
                             ((cv.out_ch_base % R) != 0) |
