@@ -86,8 +86,9 @@ def summary(name, report, seconds):
         + f"; lowest {min(util.values()) * 100:.1f}% ({min(util, key=util.get).split(' (')[0]}).",
     ]
     if net["measured_backend"]:
-        lines.append(f"The {net['measured_backend']} run of one image took {seconds:.1f} s including loading "
-                     f"the memories through the host port ({cycles / seconds:,.0f} simulated cycles per second).")
+        lines.append(f"The {net['measured_backend']} run of one image (and of the ISS, for its logits) took "
+                     f"{seconds:.1f} s, including loading the memories through the host port and, on a "
+                     f"first run, building the simulator.")
     return lines, len(met) == len(convs)
 
 
