@@ -3,7 +3,7 @@ one-line errors, printing the tables and writing the page."""
 
 import sys
 
-__all__ = ["add_common", "fail", "open_board", "finish"]
+__all__ = ["UsageError", "add_common", "fail", "open_board", "finish"]
 
 
 class UsageError(ValueError):
