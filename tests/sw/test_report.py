@@ -258,7 +258,7 @@ def test_sweep_command_line(tmp_path, model, capsys):
 
 @pytest.mark.slow
 def test_report_with_a_real_accelerator_synth(tmp_path, bundle):
-    """About two minutes: synth_xilinx of the whole accelerator for the test config."""
+    """synth_xilinx of the whole accelerator for the test config: 30 s to 2 minutes, with load."""
     cache = ResourceCache(tmp_path / "cache.json")
     estimate = accelerator_estimate(CONFIG, "vivado-plan", cache)
     again = accelerator_estimate(CONFIG, "vivado-plan", cache)
