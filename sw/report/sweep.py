@@ -67,19 +67,22 @@ def _same_memories(a, b):
     return all(v == b.get(k) for k, v in a.items() if k not in skip)
 
 
-def calibration_points(board, flow, cache):
-    """Measured (config, utilization) points for the board's memory sizes: the shipped calibration
-    and the cache."""
+def calibration_points(board, flow, cache, same_memories=True):
+    """Measured (config, utilization) points of `flow`: the shipped calibration (every board of the
+    flow) and the cache; with `same_memories`, only those with the board's memory sizes."""
+    import boards as registry
+
     from hw.config import AccelConfig
+    shipped = json.loads(CALIBRATION.read_text()) if CALIBRATION.exists() else {}
     points = []
-    if CALIBRATION.exists():
-        for record in json.loads(CALIBRATION.read_text()).get(board.name, []):
-            points.append((AccelConfig.from_dict(record["config"]), record["utilization"]))
+    for name, records in shipped.items():
+        if name in registry.BOARDS and registry.BOARDS[name].flow == flow:
+            points += [(AccelConfig.from_dict(r["config"]), r["utilization"]) for r in records]
     points += cache.points(flow)
     base = board.config.to_dict()
     unique = {}
     for cfg, util in points:
-        if _same_memories(cfg.to_dict(), base):
+        if not same_memories or _same_memories(cfg.to_dict(), base):
             unique[cfg.fingerprint()] = (cfg, util)
     return list(unique.values())
 
@@ -142,7 +145,15 @@ def sweep(model, board, geometries, bases, resources="model", cache=None, progre
     from .resources import LutModel
     lut_model = None
     if resources == "model":
-        lut_model = LutModel(calibration_points(board, board.flow, cache))
+        points = calibration_points(board, board.flow, cache)
+        if len({c.macs_per_cycle for c, _ in points}) < 2:
+            # Too few points at this board's memory sizes: calibrate on every measured point of the
+            # flow (memory sizes move BRAM most; the LUT line barely).
+            points = calibration_points(board, board.flow, cache, same_memories=False)
+            if points:
+                sys.stderr.write(f"{PROG}: note: no calibration at {board.name}'s memory sizes; the "
+                                 f"resource model uses {len(points)} points of other memory sizes\n")
+        lut_model = LutModel(points)
     rows = []
     points = [(g, b) for g in geometries for b in bases]
     for (r, c, w), (m, n) in tqdm(points, desc="sweep", unit="config", disable=not progress,

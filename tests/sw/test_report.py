@@ -295,3 +295,11 @@ def test_streamed_program(model):
     iss = open_backend("iss", streamed).run(np.zeros((1, 1, 8, 8), np.uint8))
     assert report["network"]["cycles"] == iss.cycles[0]
     assert "entries streamed by LOAD" in markdown(report)
+
+
+def test_sweep_model_falls_back_to_other_memory_sizes(tmp_path, model, capsys):
+    rows, lut_model = sweep(model, BOARD, [(4, 4, 16)], [(2, 2)], "model", ResourceCache(tmp_path / "none.json"),
+                            progress=False)
+    assert rows[0]["resource_source"] == "model" and rows[0]["resources"]["LUT"] > 0
+    assert len(lut_model.points) >= 3                  # the shipped Arty points, other memory sizes
+    assert "no calibration at arty_a7's memory sizes" in capsys.readouterr().err
