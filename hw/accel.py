@@ -263,9 +263,9 @@ class Accelerator(wiring.Component):
             reg(n) for n in ("p_row", "p_plane", "p_in_need", "p_out_plane", "p_out_need",
                              "p_step_y", "p_step_x"))
 
+        # R divides W, a power of two, so R is one too. Registered: valid from the first set-up cycle.
         out_tiles = Signal(range((1 << 12) // R + 2))
-        m.d.comb += out_tiles.eq((cv.out_ch + (R - 1)) // R if log_r is None else
-                                 (cv.out_ch + (R - 1)) >> log_r)
+        m.d.sync += out_tiles.eq((cv.out_ch + (R - 1)) >> log_r)
 
         conv_steps = [
             (khw, cv.kh, cv.kw),
@@ -330,7 +330,10 @@ class Accelerator(wiring.Component):
                     m.d.sync += step.eq(0)
                     m.next = next_state
 
-        # Checks (docs/isa.md "Errors"), evaluated in the CHECK states from registered values.
+        # Checks (docs/isa.md "Errors"), evaluated in the CHECK states from registered values into
+        # `bad_r` / `range_r`, which the DECIDE states act on.
+        bad_r, range_r = Signal(), Signal()
+        kwords_m1 = reg("kwords_m1")          # kwords - 1, registered for the issue unit's loop test
         conv_bad = Signal()
         conv_range = Signal()
         m.d.comb += [
@@ -451,7 +454,7 @@ class Accelerator(wiring.Component):
             m.d.comb += core.beats.payload.a[c].eq(patch_r[c].data)
         with m.If(advance):
             m.d.sync += b_valid.eq(i_active)
-            j_last = i_j == kwords - 1
+            j_last = i_j == kwords_m1
             m.d.sync += [
                 b_ctl.nbits.eq(Mux(i_cwj == cv.in_cw - 1, cv.in_tail, W)),
                 b_ctl.first.eq(i_j == 0),
@@ -750,9 +753,13 @@ class Accelerator(wiring.Component):
             with m.State("CONV_SETUP"):
                 run_steps(conv_steps, "CONV_CHECK")
             with m.State("CONV_CHECK"):
-                with m.If(conv_bad):
+                # The checks' adders and comparators end in registers; the next state acts on them.
+                m.d.sync += [bad_r.eq(conv_bad), range_r.eq(conv_range), kwords_m1.eq(kwords - 1)]
+                m.next = "CONV_DECIDE"
+            with m.State("CONV_DECIDE"):
+                with m.If(bad_r):
                     fail(ErrorCode.BAD_FIELD)
-                with m.Elif(conv_range):
+                with m.Elif(range_r):
                     fail(ErrorCode.OUT_OF_RANGE)
                 with m.Else():
                     start_row = cv.in_base - pad_rows - pad_cols
@@ -775,9 +782,12 @@ class Accelerator(wiring.Component):
             with m.State("POOL_SETUP"):
                 run_steps(pool_steps, "POOL_CHECK")
             with m.State("POOL_CHECK"):
-                with m.If(pool_bad):
+                m.d.sync += [bad_r.eq(pool_bad), range_r.eq(pool_range)]
+                m.next = "POOL_DECIDE"
+            with m.State("POOL_DECIDE"):
+                with m.If(bad_r):
                     fail(ErrorCode.BAD_FIELD)
-                with m.Elif(pool_range):
+                with m.Elif(range_r):
                     fail(ErrorCode.OUT_OF_RANGE)
                 with m.Else():
                     m.d.sync += [

@@ -9,12 +9,12 @@ __all__ = ["SETUP_CYCLES", "ARRIVAL_CYCLES", "ISSUE_START", "BANK_REUSE", "TILE_
            "instruction_cycles", "conv_ideal_cycles", "conv_macs", "Timeline", "program_cycles"]
 
 END_CYCLES = 3          # fetch, latch, decode
-SETUP_CYCLES = 70       # fetch, latch, decode, 22 set-up products of 3 cycles, check
+SETUP_CYCLES = 71       # fetch, latch, decode, 22 set-up products of 3 cycles, check, decide
 ARRIVAL_CYCLES = 3      # + cols: a tile's last beat accepted -> its row 0 at the writer
 ISSUE_START = 2         # a bank filled (or the previous tile issued) -> the next tile's first beat
 BANK_REUSE = 1          # a bank's last beat read -> the gather may refill it
 TILE_OVERHEAD = 9       # the last write -> the next instruction's fetch
-POOL_OVERHEAD = 35      # fetch, latch, decode, 10 set-up products of 3 cycles, check, drain
+POOL_OVERHEAD = 36      # fetch, latch, decode, 10 set-up products of 3 cycles, check, decide, drain
 LOAD_CYCLES = 4         # fetch, latch, decode, check and queue (when the queue has room)
 SYNC_CYCLES = 4         # fetch, latch, decode, wait (when the loads are done)
 
