@@ -207,6 +207,14 @@ Command: `{command}` (two out-of-context place-and-route runs per geometry). The
 tries it).
 
 {text}
+
+Critical path of the full accelerator at 2x2 W=8 (nextpnr's report, 11.4 ns: 6.8 ns logic, 4.6 ns
+routing): the weight buffer's block-RAM output (5.8 ns clock-to-output, no output register) through
+the multiplexer that joins its cascaded EBRs into a processing element's weight register. Before it,
+the controller limited the design: a combinational 32 x 32 set-up multiply (48 MHz on a small board
+top) and then the CONV legality checks from the instruction register through `ceil(out_ch / R)` into
+the FSM (68.9 MHz); the set-up products and the checks are now registered (hw/accel.py). Next: a
+register on the weight and patch read data (one more issue-pipeline stage).
 """
 
 
