@@ -80,7 +80,9 @@ class Accelerator(wiring.Component):
     pc         : Out(16) program counter of the instruction running or the one that failed.
     """
 
-    def __init__(self, config):
+    @staticmethod
+    def check_config(config):
+        """Raise AccelError (one line) when the accelerator cannot be built for `config`."""
         if not isinstance(config, AccelConfig):
             raise TypeError(f"Config must be an AccelConfig, not {config!r}")
         w, r = config.word_bits, config.rows
@@ -89,6 +91,9 @@ class Accelerator(wiring.Component):
         if w % r:
             raise AccelError(f"The accelerator needs rows to divide word_bits (the writer stores a tile's "
                              f"channels as one field of a word), not rows={r} with word_bits={w}")
+
+    def __init__(self, config):
+        self.check_config(config)
         self._config = config
         self.core_layouts = CoreLayouts(config)
         host = HostLayouts(config)

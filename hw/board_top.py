@@ -19,7 +19,7 @@ from .config import AccelConfig
 from .link import Link, check_frame_bytes
 from .uart import UARTRx, UARTTx, uart_divisor
 
-__all__ = ["BoardTop", "BoardSim", "simulation_top", "SIM_CLOCKS_PER_BIT", "SIM_TIMEOUT_S", "LEDS"]
+__all__ = ["BoardTop", "BoardSim", "simulation_top", "SIM_CLOCKS_PER_BIT", "SIM_TIMEOUT_S", "LEDS", "FRAME_BYTES"]
 
 LEDS = ("busy", "error", "rejected")
 
@@ -28,6 +28,9 @@ LEDS = ("busy", "error", "rejected")
 SIM_CLOCKS_PER_BIT = 4
 SIM_TIMEOUT_S = 5e-6
 
+
+#: The link's default frame memory: the largest payload of one frame, in bytes.
+FRAME_BYTES = 1024
 
 class BoardTop(Elaboratable):
     """UART + `Link` + `Accelerator`.
@@ -40,7 +43,7 @@ class BoardTop(Elaboratable):
     timeout     : seconds a request may pause between two bytes before the receiver drops it.
     """
 
-    def __init__(self, config, *, clk_freq=None, baud=115200, frame_bytes=1024, timeout=0.01):
+    def __init__(self, config, *, clk_freq=None, baud=115200, frame_bytes=FRAME_BYTES, timeout=0.01):
         if not isinstance(config, AccelConfig):
             raise TypeError(f"Config must be an AccelConfig, not {config!r}")
         if clk_freq is not None and (not isinstance(clk_freq, (int, float)) or isinstance(clk_freq, bool)
@@ -127,7 +130,7 @@ class BoardSim(wiring.Component):
     tx: Out(1, init=1)
     leds: Out(len(LEDS))
 
-    def __init__(self, config, *, clk_freq=None, baud=None, timeout=SIM_TIMEOUT_S, frame_bytes=1024):
+    def __init__(self, config, *, clk_freq=None, baud=None, timeout=SIM_TIMEOUT_S, frame_bytes=FRAME_BYTES):
         clk_freq = config.clock_hz if clk_freq is None else clk_freq
         baud = round(clk_freq / SIM_CLOCKS_PER_BIT) if baud is None else baud
         self.top = BoardTop(config, clk_freq=clk_freq, baud=baud, frame_bytes=frame_bytes, timeout=timeout)

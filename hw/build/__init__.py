@@ -17,22 +17,20 @@ the flow, the top and the toolchain versions match the previous build in `out`
 `hw.build.program` loads a finished build into a board.
 """
 
-import gc
 import hashlib
 import json
 import shutil
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from amaranth.hdl import UnusedElaboratable
 
 from boards import TOPS, Board
 from ..config import AccelConfig, ConfigError
 from ..accel import Accelerator
-from ..board_top import BoardTop
+from ..board_top import FRAME_BYTES, BoardTop
+from ..link import check_frame_bytes
 from ..shell import UARTShell
 from ..uart import uart_divisor
 from . import cache as build_cache
@@ -191,24 +189,14 @@ def check_design(board, config, baud, top=None):
     """Raise `ConfigError` (one line) when the board top cannot be built for `config` and `baud`:
     the accelerator's own limits (power-of-two words, rows dividing them), the UART divisor, the
     link's frame size. Checked before elaboration, so a user's mistake is not a traceback."""
-    message = None
-    with warnings.catch_warnings():
-        # The objects made only to run their constructors' checks are never elaborated.
-        warnings.simplefilter("ignore", UnusedElaboratable)
-        try:
-            clk_freq = board.platform().default_clk_frequency
-            if (board.top if top is None else top) == "core":
-                uart_divisor(clk_freq, baud)
-            else:
-                design = BoardTop(config, clk_freq=clk_freq, baud=baud)
-                design._MustUse__silence = True
-                accel = Accelerator(config)
-                accel._MustUse__silence = True
-        except ValueError as error:
-            message = str(error)
-        gc.collect()
-    if message is not None:
-        raise ConfigError(message)
+    try:
+        clk_freq = board.platform().default_clk_frequency
+        uart_divisor(clk_freq, baud)
+        if (board.top if top is None else top) != "core":
+            Accelerator.check_config(config)
+            check_frame_bytes(config, FRAME_BYTES)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 def _top(top, platform, config, baud):
