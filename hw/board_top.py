@@ -83,10 +83,9 @@ class BoardTop(Elaboratable):
         divisor = uart_divisor(clk_freq, self._baud)
 
         m.submodules.accel = accel = Accelerator(self._config)
-        streaming = hasattr(accel, "load_in")
         m.submodules.link = link = Link(self._config, frame_bytes=self._frame_bytes,
                                         timeout_cycles=max(1, round(self._timeout * clk_freq)),
-                                        load_stream=streaming)
+                                        load_stream=True)
         m.submodules.uart_rx = uart_rx = UARTRx(divisor)
         m.submodules.uart_tx = uart_tx = UARTTx(divisor)
         wiring.connect(m, uart_rx.o, link.rx)
@@ -94,8 +93,7 @@ class BoardTop(Elaboratable):
         wiring.connect(m, link.host_write, accel.host_write)
         wiring.connect(m, link.read_req, accel.read_req)
         wiring.connect(m, accel.read_resp, link.read_resp)
-        if streaming:
-            wiring.connect(m, link.load, accel.load_in)
+        wiring.connect(m, link.load, accel.load_in)
         m.d.comb += [
             accel.start.eq(link.start),
             link.busy.eq(accel.busy),

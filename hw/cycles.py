@@ -119,7 +119,7 @@ class Timeline:
         elif opcode == Opcode.SYNC:
             end = max(t + SYNC_CYCLES - 1, self.idle_at) + 1
         elif opcode == Opcode.END:
-            end = t + END_CYCLES if t + END_CYCLES - 1 >= self.idle_at else max(t + END_CYCLES, self.idle_at) + 1
+            end = max(t + END_CYCLES, self.idle_at + 1)
         else:
             end = t + instruction_cycles(self.config, opcode, fields)
         self.now = end

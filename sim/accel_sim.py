@@ -6,7 +6,7 @@ from hw.isa import MemoryTarget
 
 from .amaranth_stream import stream_get, stream_put
 
-__all__ = ["write_entries", "read_entries", "run_program"]
+__all__ = ["write_entries", "read_entries", "run_program", "cycles_per_pc"]
 
 
 async def write_entries(ctx, dut, mem, base, values):
@@ -59,3 +59,12 @@ async def run_program(ctx, dut, limit=1_000_000, stream=(), marks=None):
             pc = ctx.get(dut.pc)
             marks[pc] = ctx.get(dut.cycles)
     raise AssertionError(f"the accelerator did not finish within {limit} cycles (pc={ctx.get(dut.pc)})")
+
+
+def cycles_per_pc(marks, cycles, count):
+    """Cycles of instructions 0 .. count-1 from `marks` (pc -> the cycles register when the controller
+    entered it): from entering a pc to entering the next; the last runs to `cycles` (done); 0 for a pc
+    never entered."""
+    starts = sorted(marks.items())
+    spent = {pc: nxt - at for (pc, at), (_, nxt) in zip(starts, starts[1:] + [(None, cycles)])}
+    return [spent.get(pc, 0) for pc in range(count)]

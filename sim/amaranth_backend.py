@@ -17,7 +17,7 @@ from hw.isa import MemoryTarget
 from sw.runtime import Backend, MemoryBackend, RuntimeApiError, register_backend
 from sw.runtime.host_port import TARGETS, entry_ints, result_value, stream_ints
 
-from .accel_sim import read_entries, run_program, write_entries
+from .accel_sim import cycles_per_pc, read_entries, run_program, write_entries
 
 __all__ = ["PysimBackend"]
 
@@ -102,9 +102,7 @@ class PysimBackend(Backend):
                         except AssertionError:
                             raise RuntimeApiError(f"watchdog: no done after {self.watchdog} cycles "
                                                   f"(pc {ctx.get(dut.pc)})") from None
-                        starts = sorted(marks.items())
-                        per_pc = {p: nxt - at for (p, at), (_, nxt) in zip(starts, starts[1:] + [(None, cycles)])}
-                        replies.put(("ok", (cycles, error, [per_pc.get(p, 0) for p in range(n_instr)])))
+                        replies.put(("ok", (cycles, error, cycles_per_pc(marks, cycles, n_instr))))
                 except BaseException as error:
                     replies.put(("error", error))
                     raise

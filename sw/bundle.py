@@ -23,7 +23,7 @@ import numpy as np
 from hw.config import AccelConfig, ConfigError
 from sw.container import pack_container, pad, unpack_container
 
-__all__ = ["MAGIC", "FORMAT_VERSION", "KIND", "MEMORIES", "BundleError", "Segment", "Bundle",
+__all__ = ["MAGIC", "FORMAT_VERSION", "KIND", "MEMORIES", "DEPTH_FIELDS", "STREAM_MEMORIES", "BundleError", "Segment", "Bundle",
            "save_bundle", "load_bundle", "to_bytes", "from_bytes", "word_limbs", "pack_words", "unpack_words",
            "word_mask"]
 
@@ -39,7 +39,7 @@ KIND = "bnn-program-bundle"
 #   result    : one signed sum
 MEMORIES = ("act", "weight", "scale", "threshold", "result")
 STREAM_MEMORIES = ("weight", "scale", "threshold")       # what LOAD writes (hw.isa.LOAD_TARGETS)
-_DEPTH = {"act": "act_depth", "weight": "weight_depth", "scale": "scale_depth",
+DEPTH_FIELDS = {"act": "act_depth", "weight": "weight_depth", "scale": "scale_depth",
           "threshold": "thr_depth", "result": "result_depth"}
 
 
@@ -110,10 +110,10 @@ class Bundle:
             if values.shape[1:] != shape or values.dtype != _entry_dtype(seg.memory):
                 _fail(f"A {seg.memory} segment must hold {_entry_dtype(seg.memory)} entries of shape "
                       f"{shape}, not {values.dtype} {values.shape[1:]}")
-            depth = getattr(c, _DEPTH[seg.memory])
+            depth = getattr(c, DEPTH_FIELDS[seg.memory])
             if not isinstance(seg.base, int) or seg.base < 0 or seg.base + len(values) > depth:
                 _fail(f"A {seg.memory} segment at {seg.base} with {len(values)} entries lies outside "
-                      f"{_DEPTH[seg.memory]} {depth}")
+                      f"{DEPTH_FIELDS[seg.memory]} {depth}")
         self._check_stream()
         for key in ("shape", "kernel", "stride", "padding", "pad_value", "act_base", "words_per_pixel",
                     "out_h", "out_w", "planes", "k"):
@@ -127,7 +127,8 @@ class Bundle:
 
     def _check_stream(self):
         """The stream holds exactly what the LOADs take, in their order, memory and address."""
-        from hw.isa import IsaError, MemoryTarget, Opcode, decode
+        from hw.isa import IsaError, Opcode, decode
+        from sw.runtime.host_port import MEMORY_NAMES
         loads = []
         for word in self.instructions:
             try:
@@ -135,7 +136,7 @@ class Bundle:
             except IsaError:
                 continue
             if opcode == Opcode.LOAD:
-                name = MemoryTarget(fields["mem"]).name.lower() if fields["mem"] < 6 else "?"
+                name = MEMORY_NAMES.get(fields["mem"], "?")
                 loads.append((name, fields["addr"], fields["count"]))
             if opcode == Opcode.END:
                 break

@@ -20,6 +20,7 @@ from cocotb.triggers import First, ReadOnly, RisingEdge, Timer, ValueChange
 
 from hw.accel import HostLayouts
 from hw.layouts import pack_payload
+from sim.accel_sim import cycles_per_pc
 from sim.runner import bench_config, bench_params
 from sw.bundle import load_bundle
 from sw.runtime import MemoryBackend, RuntimeApiError
@@ -130,9 +131,7 @@ class SimulatedAccelerator(MemoryBackend):
             await RisingEdge(dut.clk)
             dut.load_in__valid.value = 0
         # Cycles per instruction: from entering pc to entering the next (the last runs to done).
-        starts = sorted(marks.items())
-        per_pc = {pc: nxt - at for (pc, at), (_, nxt) in zip(starts, starts[1:] + [(None, cycles)])}
-        self._per_pc = [per_pc.get(pc, 0) for pc in range(len(self.bundle.instructions))]
+        self._per_pc = cycles_per_pc(marks, cycles, len(self.bundle.instructions))
         await RisingEdge(dut.clk)
         return cycles, error
 

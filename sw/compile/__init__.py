@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hw.config import AccelConfig
-from hw.isa import FIELD_LIMITS, IsaError, MemoryTarget, Opcode, encode
-from sw.bundle import Bundle, Segment, pack_words, unpack_words, word_limbs
+from hw.isa import FIELD_LIMITS, IsaError, Opcode, encode
+from sw.bundle import DEPTH_FIELDS, STREAM_MEMORIES, Bundle, Segment, pack_words, unpack_words, word_limbs
 from sw.model_format import ModelFormatError, deploy_forward, load_model
+from sw.runtime.host_port import TARGETS
 
 __all__ = ["CompileError", "ProgramState", "PASSES", "WEIGHT_MODES", "compile_model", "compile_file",
            "CheckConfig", "MergeBranches", "Lower", "CheckFit", "Allocate", "Emit", "Verify"]
@@ -33,8 +34,7 @@ class CompileError(ValueError):
 #:              layer's loads overlapping the current layer's compute;
 #:   auto     : resident when everything fits, else stream.
 WEIGHT_MODES = ("resident", "stream", "auto")
-_PARAMETER_MEMORIES = ("weight", "scale", "threshold")
-_PARAMETER_DEPTHS = {"weight": "weight_depth", "scale": "scale_depth", "threshold": "thr_depth"}
+_PARAMETER_MEMORIES = STREAM_MEMORIES
 
 
 def _parameter_need(config, op):
@@ -322,7 +322,7 @@ class CheckFit:
         if state.weights not in WEIGHT_MODES:
             raise CompileError(f"program: weights must be one of {', '.join(WEIGHT_MODES)}, not {state.weights!r}")
         totals = {"weight": 0, "scale": 0, "threshold": 0}
-        limits = _PARAMETER_DEPTHS
+        limits = DEPTH_FIELDS
         units = {"weight": "weight-buffer entries", "scale": "scale-memory entries",
                  "threshold": "threshold-memory entries"}
         convs = [op for op in state.ops if op["op"] != "pool"]
@@ -449,7 +449,7 @@ class Allocate:
             for mem in _PARAMETER_MEMORIES:
                 if state.streamed:
                     # Alternate halves: CONV k reads one while the LOADs of CONV k + 1 fill the other.
-                    bases[mem] = (convs % 2) * (getattr(c, _PARAMETER_DEPTHS[mem]) // 2)
+                    bases[mem] = (convs % 2) * (getattr(c, DEPTH_FIELDS[mem]) // 2)
                 else:
                     bases[mem] = next_free[mem]
                     next_free[mem] += need[mem]
@@ -488,9 +488,9 @@ class Emit:
 
         def loads(index):
             for segment in images[index]:
-                target = MemoryTarget[segment.memory.upper()]
                 emit(self._encode(state.ops[index]["name"], Opcode.LOAD,
-                                  {"mem": target.value, "addr": segment.base, "count": len(segment.values)}),
+                                  {"mem": TARGETS[segment.memory].value, "addr": segment.base,
+                                   "count": len(segment.values)}),
                      index)
                 stream.append(segment)
 
@@ -643,25 +643,33 @@ def state_to_bundle(state):
                   list(state.stream))
 
 
+def _run_passes(state, progress):
+    """`PASSES` in order; each changes `state` in place (so a failing pass leaves what it saw)."""
+    for p in PASSES:
+        if progress is not None:
+            progress(p.name)
+        state = p.apply(state)
+    return state
+
+
 def compile_model(model, config=None, verify_images=2, seed=0, progress=None, weights="auto", plane_groups=True):
     """Run `PASSES` on a BnnModel; returns the Bundle. `progress(pass_name)` is called before each;
     `weights` is one of WEIGHT_MODES; `plane_groups=False` keeps the first layer's 8 pixel planes apart."""
     config = AccelConfig() if config is None else config
-    state = ProgramState(model, config, verify_images=verify_images, seed=seed, weights=weights,
-                         plane_groups=plane_groups)
+
+    def fresh(plane_groups):
+        return ProgramState(model, config, verify_images=verify_images, seed=seed, weights=weights,
+                            plane_groups=plane_groups)
+
+    state = fresh(plane_groups)
     try:
-        for p in PASSES:
-            if progress is not None:
-                progress(p.name)
-            state = p.apply(state)
+        _run_passes(state, progress)
     except CompileError:
-        if not state.input.get("groups") or len(state.input["groups"]) == 8:
+        if len(state.input.get("groups", ())) in (0, 8):
             raise
-        # Grouped pixel planes repeat the first layer's weights; without them the network may fit.
-        state = ProgramState(model, config, verify_images=verify_images, seed=seed, weights=weights,
-                             plane_groups=False)
-        for p in PASSES:
-            state = p.apply(state)
+        # Grouped pixel planes repeat the first layer's weights; without them the network may fit
+        # (and if not, the refusal is the plain program's).
+        state = _run_passes(fresh(False), None)
     bundle = state_to_bundle(state).validate()
     bundle.model["checked"] = state.checked
     return bundle

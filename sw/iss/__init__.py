@@ -33,7 +33,8 @@ import sw.ref as ref
 import hw.cycles as hw_cycles
 from hw.config import AccelConfig
 from hw.isa import LOAD_TARGETS, IsaError, MemoryTarget, Opcode, decode
-from sw.bundle import word_limbs, word_mask
+from sw.bundle import DEPTH_FIELDS, STREAM_MEMORIES, word_limbs, word_mask
+from sw.runtime.host_port import MEMORY_NAMES
 
 __all__ = ["IssError", "ERROR_CODES", "ILLEGAL_OPCODE", "OUT_OF_RANGE", "BAD_FIELD", "PROGRAM_END", "STALL", "HAZARD",
            "END_CYCLES", "conv_cycles", "pool_cycles", "IssStatus", "Iss", "analytic_cycles",
@@ -48,8 +49,6 @@ HAZARD = 9          # ISS only: a CONV read a region with a LOAD queued since th
 END_CYCLES = hw_cycles.END_CYCLES
 ERROR_CODES = {ILLEGAL_OPCODE: "ILLEGAL_OPCODE", OUT_OF_RANGE: "OUT_OF_RANGE", BAD_FIELD: "BAD_FIELD",
                PROGRAM_END: "PROGRAM_END", STALL: "STALL", HAZARD: "HAZARD"}
-_LOAD_MEMORY = {MemoryTarget.WEIGHT: "weight", MemoryTarget.SCALE: "scale", MemoryTarget.THRESHOLD: "threshold"}
-_DEPTH_NAME = {"weight": "weight_depth", "scale": "scale_depth", "threshold": "thr_depth"}
 
 
 class IssError(RuntimeError):
@@ -140,7 +139,7 @@ class Iss:
 
     def feed(self, memory, values):
         """Append entries (the bundle's segment format for `memory`) to the load stream."""
-        if memory not in _DEPTH_NAME:
+        if memory not in STREAM_MEMORIES:
             raise ValueError(f"The load stream carries weight, scale or threshold entries, not {memory!r}")
         self.stream.append([memory, np.asarray(values)])
 
@@ -226,33 +225,41 @@ class Iss:
             if f["out_ch_base"] + f["out_ch"] > f["out_stride"] * w:
                 bad(f"CONV out_ch_base + out_ch = {f['out_ch_base'] + f['out_ch']} exceeds out_stride * W = "
                     f"{f['out_stride'] * w}")
+        for name, (_, end) in self._conv_regions(f).items():
+            limit_name = {"input": "act_depth", "output": "act_depth", "patch": "patch_depth"}.get(name) \
+                or DEPTH_FIELDS[name]
+            limit = getattr(c, limit_name)
+            if end > limit:
+                raise IssError(OUT_OF_RANGE, pc, f"CONV {name} region ends at {end}, past {limit_name} {limit}")
+
+    def _conv_regions(self, f):
+        """name -> (first, end) of every region a CONV reads or writes (docs/isa.md "Errors"); the
+        patch region counts from 0, the threshold region is reserved even for raw sums."""
+        c = self.config
         kw_words = f["kh"] * f["kw"] * f["in_cw"]
         ot = -(-f["out_ch"] // c.rows)
         m, n = f["wbases"], f["in_planes"]
         p = f["out_h"] * f["out_w"]
-        regions = [
-            ("input", f["in_base"] + n * f["in_h"] * f["in_w"] * f["in_stride"], "act_depth", c.act_depth),
-            ("patch", n * kw_words, "patch_depth", c.patch_depth),
-            ("weight", f["w_base"] + ot * m * kw_words, "weight_depth", c.weight_depth),
-            ("scale", f["s_base"] + ot * m * n, "scale_depth", c.scale_depth),
-            ("threshold", f["t_base"] + ot * c.rows, "thr_depth", c.thr_depth),
-        ]
+
+        def region(first, size):
+            return first, first + size
+
+        regions = {
+            "input": region(f["in_base"], n * f["in_h"] * f["in_w"] * f["in_stride"]),
+            "patch": region(0, n * kw_words),
+            "weight": region(f["w_base"], ot * m * kw_words),
+            "scale": region(f["s_base"], ot * m * n),
+            "threshold": region(f["t_base"], ot * c.rows),
+        }
         if f["raw"]:
-            regions.append(("result", f["out_base"] + p * f["out_ch"], "result_depth", c.result_depth))
+            regions["result"] = region(f["out_base"], p * f["out_ch"])
         else:
-            regions.append(("output", f["out_base"] + f["out_planes"] * p * f["out_stride"], "act_depth",
-                            c.act_depth))
-        for name, end, limit_name, limit in regions:
-            if end > limit:
-                raise IssError(OUT_OF_RANGE, pc, f"CONV {name} region ends at {end}, past {limit_name} {limit}")
+            regions["output"] = region(f["out_base"], f["out_planes"] * p * f["out_stride"])
+        return regions
 
     def _check_hazard(self, pc, f):
-        kw_words = f["kh"] * f["kw"] * f["in_cw"]
-        ot = -(-f["out_ch"] // self.config.rows)
-        reads = {"weight": (f["w_base"], f["w_base"] + ot * f["wbases"] * kw_words),
-                 "scale": (f["s_base"], f["s_base"] + ot * f["wbases"] * f["in_planes"])}
-        if not f["raw"]:
-            reads["threshold"] = (f["t_base"], f["t_base"] + ot * self.config.rows)
+        regions = self._conv_regions(f)
+        reads = {memory: regions[memory] for memory in ("weight", "scale") + (() if f["raw"] else ("threshold",))}
         for memory, first, end in self._pending:
             lo, hi = reads.get(memory, (0, 0))
             if first < hi and lo < end:
@@ -260,15 +267,14 @@ class Iss:
                                            f"since the last SYNC writes {first}..{end - 1}")
 
     def _load(self, pc, f):
-        target = MemoryTarget(f["mem"]) if f["mem"] in {t.value for t in MemoryTarget} else None
-        if target not in LOAD_TARGETS or f["count"] == 0:
+        if f["mem"] not in {t.value for t in LOAD_TARGETS} or f["count"] == 0:
             raise IssError(BAD_FIELD, pc, f"LOAD writes WEIGHT, SCALE or THRESHOLD, at least one entry "
                                           f"(mem {f['mem']}, count {f['count']})")
-        memory = _LOAD_MEMORY[target]
-        depth = getattr(self.config, _DEPTH_NAME[memory])
+        memory = MEMORY_NAMES[f["mem"]]
+        depth = getattr(self.config, DEPTH_FIELDS[memory])
         if f["addr"] + f["count"] > depth:
             raise IssError(OUT_OF_RANGE, pc, f"LOAD region ends at {f['addr'] + f['count']}, past "
-                                             f"{_DEPTH_NAME[memory]} {depth}")
+                                             f"{DEPTH_FIELDS[memory]} {depth}")
         base, left = f["addr"], f["count"]
         while left:
             if not self.stream:

@@ -9,12 +9,14 @@ from hw.config import AccelConfig
 from hw.isa import MemoryTarget
 from hw.layouts import CoreLayouts, pack_payload
 
-__all__ = ["TARGETS", "entry_ints", "stream_ints", "result_value"]
+__all__ = ["TARGETS", "MEMORY_NAMES", "entry_ints", "stream_ints", "result_value"]
 
 TARGETS = {
     "program": MemoryTarget.PROGRAM, "act": MemoryTarget.ACT, "weight": MemoryTarget.WEIGHT,
     "scale": MemoryTarget.SCALE, "threshold": MemoryTarget.THRESHOLD, "result": MemoryTarget.RESULT,
 }
+#: MemoryTarget value -> memory name (a LOAD's `mem` field names its memory through this).
+MEMORY_NAMES = {target.value: name for name, target in TARGETS.items()}
 
 
 def _limbs_to_int(limbs):

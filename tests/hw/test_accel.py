@@ -11,7 +11,7 @@ from hw.accel import AccelError, Accelerator
 from hw.config import AccelConfig
 from hw.isa import ConvArgs, ErrorCode, MemoryTarget, Opcode, encode
 from hw.layouts import CoreLayouts, pack_payload
-from sim.accel_sim import read_entries, run_program, write_entries
+from sim.accel_sim import cycles_per_pc, read_entries, run_program, write_entries
 from sw import ref
 
 CFG = AccelConfig(rows=2, cols=3, word_bits=8, max_wbases=2, max_abases=2, max_k=200, scale_depth=32,
@@ -251,11 +251,6 @@ def test_cycle_model_matches_rtl(layer):
     assert model == got["cycles"]
 
 
-def _per_pc(marks, cycles):
-    starts = sorted(marks.items())
-    return [nxt - at for (_, at), (_, nxt) in zip(starts, starts[1:] + [(None, cycles)])]
-
-
 def test_loads_feed_a_conv_and_overlap_compute():
     """Parameters arrive only through LOADs: seven queued before a SYNC (the queue fills and LOAD waits),
     one overlapping the CONV and one that END waits for. Results against sw.ref; every instruction's
@@ -283,7 +278,7 @@ def test_loads_feed_a_conv_and_overlap_compute():
     acc = ref.multibasis_conv2d(ref.from_bits(x)[:, None], ref.from_bits(wb), sc, padding=1, pad_value=1)[0]
     assert got["reads"][0] == [int(v) for v in acc.reshape(5, -1).T.reshape(-1)]
     model = program_cycles(cfg, [decode(word) for word in program])
-    assert _per_pc(got["marks"], got["cycles"]) == model
+    assert cycles_per_pc(got["marks"], got["cycles"], len(program)) == model
     assert model[6] > 4 and model[7] > 4 and model[-1] > 3      # the seventh LOAD, SYNC and END waited
 
 
