@@ -16,7 +16,7 @@ BOARD = Board(
     # bitstream runs from the 25 MHz oscillator (no PLL yet); place and route is timed against
     # `clock_hz` so the reported Fmax says whether a PLL could take it there.
     config=AccelConfig(rows=8, cols=8, word_bits=32, max_wbases=4, max_abases=4, acc_bits=32,
-                       max_k=4096, scale_depth=1024, thr_depth=1024, out_depth=32,
+                       max_k=4096, scale_depth=1024, thr_depth=1024, out_depth=512,
                        act_depth=12288, weight_depth=5120, patch_depth=256, result_depth=64,
                        instr_depth=64, clock_hz=100_000_000),
     capacity={"LUT": 83_640, "FF": 83_640, "BRAM": 208, "DSP": 156},

@@ -339,6 +339,17 @@ class Accelerator(wiring.Component):
         # `bad_r` / `range_r`, which the DECIDE states act on.
         bad_r, range_r = Signal(), Signal()
         kwords_m1 = reg("kwords_m1")          # kwords - 1, registered for the issue unit's loop test
+        # Loop bounds minus one, registered by the CHECK states so that the engines' "last
+        # iteration" tests compare two registers (no subtractor from the instruction register).
+        cw_m1 = Signal(8)                     # CONV in_cw, POOL cw
+        kw_m1 = Signal(10)                    # CONV kw, POOL kernel
+        kh_m1 = Signal(10)                    # CONV kh, POOL kernel
+        np_m1 = Signal(4)                     # CONV in_planes, POOL planes
+        ow_m1 = Signal(10)                    # out_w
+        oh_m1 = Signal(10)                    # POOL out_h
+        wb_m1 = Signal(4)                     # CONV wbases
+        op_m1 = Signal(4)                     # CONV out_planes
+        ot_m1 = Signal.like(out_tiles)        # CONV output tiles
         conv_bad = Signal()
         conv_range = Signal()
         m.d.comb += [
@@ -409,7 +420,7 @@ class Accelerator(wiring.Component):
 
         def advance_pixel():
             """Move the current pixel one to the right, wrapping to the next output row."""
-            with m.If(g_ox == cv.out_w - 1):
+            with m.If(g_ox == ow_m1):
                 m.d.sync += [
                     g_ox.eq(0), g_oy.eq(g_oy + 1),
                     g_ix.eq(-cv.pad), g_iy.eq(g_iy + cv.stride),
@@ -435,12 +446,18 @@ class Accelerator(wiring.Component):
         i_active = Signal()
         conv_running = Signal()
         i_pbase = Signal(range(cfg.patch_depth + 1))   # first word of the bank being read
-        # Stage 1: memory data valid, waiting for the core.
+        # Stage 1: the weight and patch memories' read data; stage 2: that data registered, offered
+        # to the core. The register keeps the block RAMs' output delay and their depth multiplexers
+        # out of the array edge's path. Both stages move together when the core takes a beat.
+        b_ctl_layout = data.StructLayout({"nbits": range(W + 1), "first": 1, "last": 1, "info": lay.pass_info})
         b_valid = Signal()
-        b_ctl = Signal(data.StructLayout({"nbits": range(W + 1), "first": 1, "last": 1,
-                                          "info": lay.pass_info}))
+        b_ctl = Signal(b_ctl_layout)
+        c_valid = Signal()
+        c_ctl = Signal(b_ctl_layout)
+        c_w = Signal(data.ArrayLayout(W, R))
+        c_a = Signal(data.ArrayLayout(W, C))
         advance = Signal()
-        m.d.comb += advance.eq(~b_valid | core.beats.ready)
+        m.d.comb += advance.eq(~c_valid | core.beats.ready)
         m.d.comb += [
             weight_r.addr.eq(i_waddr),
             weight_r.en.eq(advance),
@@ -448,25 +465,26 @@ class Accelerator(wiring.Component):
         for c in range(C):
             m.d.comb += [patch_r[c].addr.eq(i_paddr), patch_r[c].en.eq(advance)]
         m.d.comb += [
-            core.beats.valid.eq(b_valid),
-            core.beats.payload.w.eq(weight_r.data),
-            core.beats.payload.nbits.eq(b_ctl.nbits),
-            core.beats.payload.first.eq(b_ctl.first),
-            core.beats.payload.last.eq(b_ctl.last),
-            core.beats.payload.info.eq(b_ctl.info),
+            core.beats.valid.eq(c_valid),
+            core.beats.payload.w.eq(c_w),
+            core.beats.payload.a.eq(c_a),
+            core.beats.payload.nbits.eq(c_ctl.nbits),
+            core.beats.payload.first.eq(c_ctl.first),
+            core.beats.payload.last.eq(c_ctl.last),
+            core.beats.payload.info.eq(c_ctl.info),
         ]
-        for c in range(C):
-            m.d.comb += core.beats.payload.a[c].eq(patch_r[c].data)
         with m.If(advance):
+            m.d.sync += [c_valid.eq(b_valid), c_ctl.eq(b_ctl), c_w.eq(weight_r.data)]
+            m.d.sync += [c_a[c].eq(patch_r[c].data) for c in range(C)]
             m.d.sync += b_valid.eq(i_active)
             j_last = i_j == kwords_m1
             m.d.sync += [
-                b_ctl.nbits.eq(Mux(i_cwj == cv.in_cw - 1, cv.in_tail, W)),
+                b_ctl.nbits.eq(Mux(i_cwj == cw_m1, cv.in_tail, W)),
                 b_ctl.first.eq(i_j == 0),
                 b_ctl.last.eq(j_last),
                 b_ctl.info.k.eq(cv.k),
                 b_ctl.info.first_pass.eq((i_m == 0) & (i_n == 0)),
-                b_ctl.info.last_pass.eq((i_m == cv.wbases - 1) & (i_n == cv.in_planes - 1)),
+                b_ctl.info.last_pass.eq((i_m == wb_m1) & (i_n == np_m1)),
                 b_ctl.info.raw.eq(cv.raw),
                 b_ctl.info.scale_addr.eq(i_saddr),
                 b_ctl.info.thr_addr.eq(i_taddr),
@@ -475,20 +493,20 @@ class Accelerator(wiring.Component):
                 # Step the loops: j innermost, then n, m, ot.
                 with m.If(~j_last):
                     m.d.sync += [i_j.eq(i_j + 1), i_waddr.eq(i_waddr + 1), i_paddr.eq(i_paddr + 1),
-                                 i_cwj.eq(Mux(i_cwj == cv.in_cw - 1, 0, i_cwj + 1))]
+                                 i_cwj.eq(Mux(i_cwj == cw_m1, 0, i_cwj + 1))]
                 with m.Else():
                     m.d.sync += [i_j.eq(0), i_cwj.eq(0), i_saddr.eq(i_saddr + 1)]
-                    with m.If(i_n != cv.in_planes - 1):
+                    with m.If(i_n != np_m1):
                         m.d.sync += [i_n.eq(i_n + 1), i_waddr.eq(i_wstart),
                                      i_pstart.eq(i_pstart + kwords), i_paddr.eq(i_pstart + kwords)]
                     with m.Else():
                         m.d.sync += [i_n.eq(0), i_pstart.eq(i_pbase), i_paddr.eq(i_pbase),
                                      i_wstart.eq(i_wstart + kwords), i_waddr.eq(i_wstart + kwords)]
-                        with m.If(i_m != cv.wbases - 1):
+                        with m.If(i_m != wb_m1):
                             m.d.sync += i_m.eq(i_m + 1)
                         with m.Else():
                             m.d.sync += [i_m.eq(0), i_ot.eq(i_ot + 1), i_taddr.eq(i_taddr + R)]
-                            with m.If(i_ot == out_tiles - 1):
+                            with m.If(i_ot == ot_m1):
                                 # Every patch word of this tile has been read: the bank is free.
                                 m.d.sync += [i_active.eq(0), c_bank.eq(~c_bank)]
                                 for b in range(2):
@@ -550,7 +568,7 @@ class Accelerator(wiring.Component):
                     with m.If(res.last):
                         m.d.sync += [wr_o0.eq(wr_o0 + R), wr_tiles.eq(wr_tiles + 1),
                                      wr_res_addr.eq(wr_res_tile + wr_o0 + R)]
-                        with m.If(wr_tiles == out_tiles - 1):
+                        with m.If(wr_tiles == ot_m1):
                             next_pixel_tile()
                     with m.Else():
                         m.d.sync += wr_res_addr.eq(wr_res_tile + o + 1)
@@ -582,7 +600,7 @@ class Accelerator(wiring.Component):
                     act_w_data.eq(Cat(*([field] * (W // R)))),
                     act_w_en.eq(Mux(p < npix, Const(1, W // R) << wr_field, 0)),
                 ]
-                with m.If(wr_plane != cv.out_planes - 1):
+                with m.If(wr_plane != op_m1):
                     m.d.sync += [wr_plane.eq(wr_plane + 1), wr_out_addr.eq(wr_out_addr + out_plane_words)]
                 with m.Else():
                     m.d.sync += [wr_plane.eq(0), wr_col.eq(wr_col + 1),
@@ -594,7 +612,7 @@ class Accelerator(wiring.Component):
                             m.d.sync += [wr_field.eq(0), wr_word.eq(wr_word + 1)]
                         with m.Else():
                             m.d.sync += wr_field.eq(wr_field + 1)
-                        with m.If(wr_tiles == out_tiles - 1):
+                        with m.If(wr_tiles == ot_m1):
                             next_pixel_tile()
 
         # ---------------------------------------------------------------- POOL state
@@ -648,21 +666,21 @@ class Accelerator(wiring.Component):
                 m.d.sync += [g1_valid.eq(1), g1_pad.eq(~inside), g1_col.eq(g_col), g1_pw.eq(g_pw),
                              g_pw.eq(g_pw + 1)]
                 # Loops: cw innermost, then kx, ky, n, then the column.
-                with m.If(g_cw != cv.in_cw - 1):
+                with m.If(g_cw != cw_m1):
                     m.d.sync += g_cw.eq(g_cw + 1)
                 with m.Else():
                     m.d.sync += g_cw.eq(0)
-                    with m.If(g_kx != cv.kw - 1):
+                    with m.If(g_kx != kw_m1):
                         m.d.sync += [g_kx.eq(g_kx + 1), g_akx.eq(g_akx + cv.in_stride),
                                      g_ixk.eq(g_ixk + 1)]
                     with m.Else():
                         m.d.sync += [g_kx.eq(0), g_ixk.eq(g_ix)]
-                        with m.If(g_ky != cv.kh - 1):
+                        with m.If(g_ky != kh_m1):
                             m.d.sync += [g_ky.eq(g_ky + 1), g_aky.eq(g_aky + row_words),
                                          g_akx.eq(g_aky + row_words), g_iyk.eq(g_iyk + 1)]
                         with m.Else():
                             m.d.sync += [g_ky.eq(0), g_iyk.eq(g_iy)]
-                            with m.If(g_n != cv.in_planes - 1):
+                            with m.If(g_n != np_m1):
                                 m.d.sync += [g_n.eq(g_n + 1), g_an.eq(g_an + plane_words),
                                              g_aky.eq(g_an + plane_words), g_akx.eq(g_an + plane_words)]
                             with m.Else():
@@ -743,9 +761,12 @@ class Accelerator(wiring.Component):
                 with m.If(loads_idle):
                     finish()
             with m.State("LOAD_CHECK"):
-                with m.If(load_bad):
+                m.d.sync += [bad_r.eq(load_bad), range_r.eq(load_range)]
+                m.next = "LOAD_DECIDE"
+            with m.State("LOAD_DECIDE"):
+                with m.If(bad_r):
                     fail(ErrorCode.BAD_FIELD)
-                with m.Elif(load_range):
+                with m.Elif(range_r):
                     fail(ErrorCode.OUT_OF_RANGE)
                 with m.Elif(load_queue.w_rdy):
                     m.d.comb += load_queue.w_en.eq(1)
@@ -759,7 +780,10 @@ class Accelerator(wiring.Component):
                 run_steps(conv_steps, "CONV_CHECK")
             with m.State("CONV_CHECK"):
                 # The checks' adders and comparators end in registers; the next state acts on them.
-                m.d.sync += [bad_r.eq(conv_bad), range_r.eq(conv_range), kwords_m1.eq(kwords - 1)]
+                m.d.sync += [bad_r.eq(conv_bad), range_r.eq(conv_range), kwords_m1.eq(kwords - 1),
+                             cw_m1.eq(cv.in_cw - 1), kw_m1.eq(cv.kw - 1), kh_m1.eq(cv.kh - 1),
+                             np_m1.eq(cv.in_planes - 1), ow_m1.eq(cv.out_w - 1), wb_m1.eq(cv.wbases - 1),
+                             op_m1.eq(cv.out_planes - 1), ot_m1.eq(out_tiles - 1)]
                 m.next = "CONV_DECIDE"
             with m.State("CONV_DECIDE"):
                 with m.If(bad_r):
@@ -787,7 +811,9 @@ class Accelerator(wiring.Component):
             with m.State("POOL_SETUP"):
                 run_steps(pool_steps, "POOL_CHECK")
             with m.State("POOL_CHECK"):
-                m.d.sync += [bad_r.eq(pool_bad), range_r.eq(pool_range)]
+                m.d.sync += [bad_r.eq(pool_bad), range_r.eq(pool_range),
+                             cw_m1.eq(pl.cw - 1), kw_m1.eq(pl.kernel - 1), kh_m1.eq(pl.kernel - 1),
+                             np_m1.eq(pl.planes - 1), ow_m1.eq(pl.out_w - 1), oh_m1.eq(pl.out_h - 1)]
                 m.next = "POOL_DECIDE"
             with m.State("POOL_DECIDE"):
                 with m.If(bad_r):
@@ -804,33 +830,33 @@ class Accelerator(wiring.Component):
                     m.next = "POOL"
             with m.State("POOL"):
                 first = (q_ky == 0) & (q_kx == 0)
-                last_k = (q_ky == pl.kernel - 1) & (q_kx == pl.kernel - 1)
+                last_k = (q_ky == kh_m1) & (q_kx == kw_m1)
                 m.d.comb += [act_r_addr.eq(q_akx[:len(act_r_addr)]), act_r_en.eq(1)]
                 m.d.sync += [q1_valid.eq(1), q1_first.eq(first), q1_last.eq(last_k), q1_out.eq(q_out)]
                 with m.If(~last_k):
-                    with m.If(q_kx != pl.kernel - 1):
+                    with m.If(q_kx != kw_m1):
                         m.d.sync += [q_kx.eq(q_kx + 1), q_akx.eq(q_akx + pl.cw)]
                     with m.Else():
                         m.d.sync += [q_kx.eq(0), q_ky.eq(q_ky + 1), q_aky.eq(q_aky + p_row),
                                      q_akx.eq(q_aky + p_row)]
                 with m.Else():
                     m.d.sync += [q_kx.eq(0), q_ky.eq(0), q_out.eq(q_out + 1)]
-                    with m.If(q_cw != pl.cw - 1):
+                    with m.If(q_cw != cw_m1):
                         m.d.sync += [q_cw.eq(q_cw + 1), q_aky.eq(q_apx + q_cw + 1), q_akx.eq(q_apx + q_cw + 1)]
                     with m.Else():
                         m.d.sync += q_cw.eq(0)
-                        with m.If(q_px != pl.out_w - 1):
+                        with m.If(q_px != ow_m1):
                             nxt = q_apx + p_step_x
                             m.d.sync += [q_px.eq(q_px + 1), q_apx.eq(nxt), q_aky.eq(nxt), q_akx.eq(nxt)]
                         with m.Else():
                             m.d.sync += q_px.eq(0)
-                            with m.If(q_py != pl.out_h - 1):
+                            with m.If(q_py != oh_m1):
                                 nxt = q_apy + p_step_y
                                 m.d.sync += [q_py.eq(q_py + 1), q_apy.eq(nxt), q_apx.eq(nxt),
                                              q_aky.eq(nxt), q_akx.eq(nxt)]
                             with m.Else():
                                 m.d.sync += q_py.eq(0)
-                                with m.If(q_t != pl.planes - 1):
+                                with m.If(q_t != np_m1):
                                     nxt = q_at + p_plane
                                     m.d.sync += [q_t.eq(q_t + 1), q_at.eq(nxt), q_apy.eq(nxt),
                                                  q_apx.eq(nxt), q_aky.eq(nxt), q_akx.eq(nxt)]

@@ -76,7 +76,7 @@ class BinaryCore(wiring.Component):
         m.submodules.scale_mem = scale_mem = memory.Memory(
             shape=lay.scale_entry, depth=cfg.scale_depth, init=[])
         m.submodules.thr_mem = thr_mem = memory.Memory(
-            shape=lay.thr_entry, depth=cfg.thr_depth, init=[])
+            shape=ThresholdUnit.stored_layout(cfg), depth=cfg.thr_depth, init=[])
 
         # Parameter memory writes.
         scale_wp = scale_mem.write_port()
@@ -90,7 +90,7 @@ class BinaryCore(wiring.Component):
         m.d.comb += [
             self.thr_write.ready.eq(1),
             thr_wp.addr.eq(self.thr_write.payload.addr),
-            thr_wp.data.eq(self.thr_write.payload.entry),
+            thr_wp.data.eq(ThresholdUnit.store(cfg, self.thr_write.payload.entry)),
             thr_wp.en.eq(self.thr_write.valid),
         ]
 
@@ -111,7 +111,7 @@ class BinaryCore(wiring.Component):
             m.d.sync += since_last.eq(1)
         with m.Elif(~spacing_ok):
             m.d.sync += since_last.eq(since_last + 1)
-        popped = self.results.valid & self.results.ready
+        popped = out_fifo.r_rdy & out_fifo.r_en     # a FIFO entry moved to the output register
         m.d.sync += reserved.eq(reserved + Mux(accepted & ends_tile, rows, 0) - popped)
 
         m.d.comb += [
@@ -169,7 +169,7 @@ class BinaryCore(wiring.Component):
         row_c = delay(m, row_b, lead, "row_thr")
         valid_c = delay(m, valid_b, lead, "valid_thr")
         thr_rp = thr_mem.read_port()
-        thr_entry = Signal(lay.thr_entry)
+        thr_entry = Signal(ThresholdUnit.stored_layout(cfg))
         m.d.sync += thr_entry.eq(thr_rp.data)
         m.d.comb += [
             thr_rp.addr.eq(thr_addr_c + row_c),
@@ -194,9 +194,19 @@ class BinaryCore(wiring.Component):
             out_fifo.w_en.eq(thr_unit.out_valid),
         ]
 
+        # The FIFO's read data goes through one register before `results`: the FIFO's memory (block
+        # RAM when out_depth is large) then feeds a flip-flop, not the consumer's logic.
+        res_valid = Signal()
+        res_data = Signal(lay.result)
+        take = Signal()
         m.d.comb += [
-            self.results.valid.eq(out_fifo.r_rdy),
-            self.results.payload.eq(out_fifo.r_data),
-            out_fifo.r_en.eq(self.results.ready),
+            take.eq(out_fifo.r_rdy & (~res_valid | self.results.ready)),
+            out_fifo.r_en.eq(take),
+            self.results.valid.eq(res_valid),
+            self.results.payload.eq(res_data),
         ]
+        with m.If(take):
+            m.d.sync += [res_valid.eq(1), res_data.eq(out_fifo.r_data)]
+        with m.Elif(self.results.ready):
+            m.d.sync += res_valid.eq(0)
         return m

@@ -10,12 +10,12 @@ __all__ = ["SETUP_CYCLES", "ARRIVAL_CYCLES", "ISSUE_START", "BANK_REUSE", "TILE_
 
 END_CYCLES = 3          # fetch, latch, decode
 SETUP_CYCLES = 71       # fetch, latch, decode, 22 set-up products of 3 cycles, check, decide
-ARRIVAL_CYCLES = 3      # + cols: a tile's last beat accepted -> its row 0 at the writer
+ARRIVAL_CYCLES = 5      # + cols: a tile's last beat issued -> its row 0 at the writer
 ISSUE_START = 2         # a bank filled (or the previous tile issued) -> the next tile's first beat
 BANK_REUSE = 1          # a bank's last beat read -> the gather may refill it
 TILE_OVERHEAD = 9       # the last write -> the next instruction's fetch
 POOL_OVERHEAD = 36      # fetch, latch, decode, 10 set-up products of 3 cycles, check, decide, drain
-LOAD_CYCLES = 4         # fetch, latch, decode, check and queue (when the queue has room)
+LOAD_CYCLES = 5         # fetch, latch, decode, check, queue (when the queue has room)
 SYNC_CYCLES = 4         # fetch, latch, decode, wait (when the loads are done)
 
 
@@ -92,7 +92,7 @@ class Timeline:
     for END), given every instruction stepped before it. The load stream is assumed to offer an entry
     every cycle (as the simulation benches feed it); a slower source lengthens SYNC and END waits.
 
-    * LOAD queues at its fourth cycle, later when `LOAD_QUEUE_DEPTH` loads wait in the queue (a slot
+    * LOAD queues at its fifth cycle, later when `LOAD_QUEUE_DEPTH` loads wait in the queue (a slot
       frees the cycle after the engine takes a load); the engine takes a queued load the cycle after
       it was queued, or the cycle after its previous load's last entry, and writes one entry a cycle.
     * SYNC's fourth cycle repeats until the engine is idle and the queue empty; END's third likewise.

@@ -225,12 +225,15 @@ def test_threshold_unit_matches_ref():
     dut = ThresholdUnit(cfg)
     layouts = CoreLayouts(cfg)
     rng = np.random.default_rng(2)
-    t_min = -(1 << 23)
+    t_min, t_max = -(1 << 23), (1 << 23) - 1
     cases = []
-    for _ in range(200):
+    for _ in range(300):
         acc = rng.integers(-50, 50, size=cfg.cols)
+        acc[rng.random(cfg.cols) < 0.1] = t_min
+        acc[rng.random(cfg.cols) < 0.1] = t_max
         t = rng.integers(-50, 50, size=cfg.max_abases)
         t[rng.random(cfg.max_abases) < 0.2] = t_min
+        t[rng.random(cfg.max_abases) < 0.2] = t_max
         t[rng.random(cfg.max_abases) < 0.2] = acc[0]          # exactly at a sum: inclusive
         cases.append((acc, t, bool(rng.integers(2))))
     got = []
@@ -239,8 +242,9 @@ def test_threshold_unit_matches_ref():
         for acc, t, flip in cases:
             ctx.set(dut.in_valid, 1)
             ctx.set(dut.acc, [int(x) for x in acc])
-            ctx.set(dut.entry.as_value(), pack_payload(layouts.thr_entry,
-                                                       {"t": [int(x) for x in t], "flip": int(flip)}))
+            # The memory's stored form: t + flip, one bit wider (ThresholdUnit.store).
+            ctx.set(dut.entry.as_value(), pack_payload(ThresholdUnit.stored_layout(cfg),
+                                                       {"t1": [int(x) + flip for x in t], "flip": int(flip)}))
             await ctx.tick()
             got.append(unpack_payload(layouts.result["bits"].shape, ctx.get(dut.bits.as_value())))
 

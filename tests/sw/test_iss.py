@@ -293,8 +293,9 @@ def test_load_writes_the_stream_and_sync_orders_it():
     status = iss.run()
     assert np.array_equal(iss.weight[10:30], weights) and np.array_equal(iss.result, reference.result)
     assert [op for _, op, _ in status.trace] == ["LOAD", "SYNC", "CONV", "END"]
-    # The engine takes the load at cycle 4 and is idle from 4 + 20 + 1; SYNC (fetched at 4) ends then.
-    assert [spent for _, _, spent in status.trace][:2] == [4, 25 + 1 - 4]
+    # The LOAD queues at cycle 4; the engine takes it at 5 and is idle from 5 + 20 + 1; SYNC (fetched
+    # at 5) ends the cycle after.
+    assert [spent for _, _, spent in status.trace][:2] == [5, 26 + 1 - 5]
 
     iss = random_iss(6)
     iss.feed("weight", weights)
@@ -335,12 +336,13 @@ def test_timeline_queue_sync_and_end():
     from hw.isa import MemoryTarget
     t = hw.cycles.Timeline(CONFIG)
     load = lambda count: t.step(Opcode.LOAD, {"mem": MemoryTarget.WEIGHT.value, "addr": 0, "count": count})
-    assert [load(100) for _ in range(5)] == [4, 4, 4, 4, 4]
-    # Taken at 4, 105, 206, 307, 408. The sixth (fetched at 20) queues when the second's take frees
-    # a slot, at 106, and fetches the next instruction at 107; it is taken at 509, idle from 610.
-    assert load(100) == 107 - 20
-    assert t.step(Opcode.SYNC, {}) == 611 - 107
+    assert [load(100) for _ in range(5)] == [5, 5, 5, 5, 5]
+    # Queued at 4, 9, 14, 19, 24; taken at 5, 106, 207, 308, 409. The sixth (fetched at 25) queues
+    # when the second's take frees a slot, at 107, and fetches the next instruction at 108; it is
+    # taken at 510, idle from 611.
+    assert load(100) == 108 - 25
+    assert t.step(Opcode.SYNC, {}) == 612 - 108
     assert t.step(Opcode.END, {}) == 3
     t2 = hw.cycles.Timeline(CONFIG)
     t2.step(Opcode.LOAD, {"mem": MemoryTarget.SCALE.value, "addr": 0, "count": 10})
-    assert t2.step(Opcode.END, {}) == 16 - 4          # idle from 4 + 10 + 1; done the cycle after
+    assert t2.step(Opcode.END, {}) == 17 - 5          # idle from 5 + 10 + 1; done the cycle after
