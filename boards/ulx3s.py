@@ -10,14 +10,18 @@ BOARD = Board(
     name="ulx3s",
     description="Radiona ULX3S ECP5-85F: real bitstream with yosys + nextpnr-ecp5 + ecppack",
     platform=ULX3S_85F_Platform,
-    # 8 x 8 elements x 32 bits = 2048 binary MACs per cycle. Block RAM binds: the depths hold FINN's
-    # CNV (1 basis, parameters streamed layer by layer: 2 x 2,304 weight entries for its widest
-    # layer, 9,000 activation words for its first) and the README's LFC-128 at 3 x 3 bases. The
-    # bitstream runs from the 25 MHz oscillator (no PLL yet); place and route is timed against
-    # `clock_hz` so the reported Fmax says whether a PLL could take it there.
-    config=AccelConfig(rows=8, cols=8, word_bits=32, max_wbases=4, max_abases=4, acc_bits=32,
-                       max_k=4096, scale_depth=1024, thr_depth=1024, out_depth=512,
-                       act_depth=12288, weight_depth=5120, patch_depth=256, result_depth=64,
+    # 4 x 4 elements x 32 bits = 512 binary MACs per cycle: the largest geometry tried that
+    # nextpnr-ecp5 routes here. The board top at 4x8 and 8x8 (W = 32) fits by synthesis (8x8: 24 % of
+    # the LUTs) but router2 stalls with 1,300 to 4,600 overused wires (docs/build.md, "ULX3S
+    # routing"). The depths hold FINN's CNV (1 basis, parameters streamed layer by layer: 2 x 4,608
+    # weight entries for its widest layer, 9,000 activation words for its first) and the README's
+    # LFC-128 at 3 x 3 bases (1,056 scale entries). The output FIFO is deep enough (512) to sit in
+    # block RAM rather than LUT RAM. The bitstream runs from the 25 MHz oscillator (no PLL yet);
+    # place and route is timed against `clock_hz` so the reported Fmax says whether a PLL could take
+    # it there.
+    config=AccelConfig(rows=4, cols=4, word_bits=32, max_wbases=4, max_abases=4, acc_bits=32,
+                       max_k=4096, scale_depth=2048, thr_depth=1024, out_depth=512,
+                       act_depth=12288, weight_depth=10240, patch_depth=256, result_depth=64,
                        instr_depth=64, clock_hz=100_000_000),
     capacity={"LUT": 83_640, "FF": 83_640, "BRAM": 208, "DSP": 156},
     flow="ecp5",

@@ -175,7 +175,10 @@ class Accelerator(wiring.Component):
             m.d.comb += load_queue.r_en.eq(1)
             m.d.sync += [l_active.eq(1), l_mem.eq(queued.mem), l_addr.eq(queued.addr),
                          l_left.eq(queued.count)]
-        m.d.comb += self.load_in.ready.eq(l_active & ~load_flush)
+        # `ready` is a register, not a function of the FSM (the host link's stream logic hangs off
+        # it): in the cycle an error flushes the queue the active load may still take an entry, which
+        # lands inside that load's checked region.
+        m.d.comb += self.load_in.ready.eq(l_active)
         l_take = Signal()
         m.d.comb += l_take.eq(self.load_in.valid & self.load_in.ready)
         with m.If(l_take):

@@ -205,19 +205,26 @@ class Link(wiring.Component):
         addr = args[8:24]
         count = args[24:40]
 
-        # Per-target entry size, payload span and depth (constants selected by the target byte).
+        # Per-target entry size, payload span and depth (constants selected by the target byte), and
+        # the checks on them, registered in two steps so that DISPATCH reads flip-flops, not a
+        # multiplier and comparators from `args`. The argument bytes are complete at least three
+        # cycles before DISPATCH (the two CRC bytes come after them), so both steps have settled.
         known_target = Signal()
         eb = Signal(range(max_entry + 1))
         span = Signal(32)
         depth = Signal(17)
+        m.d.sync += [known_target.eq(0), eb.eq(0), span.eq(0), depth.eq(0)]
         with m.Switch(target):
             for t, size in sizes.items():
                 with m.Case(t.value):
-                    m.d.comb += [known_target.eq(1), eb.eq(size), span.eq(count * size), depth.eq(depths[t])]
+                    m.d.sync += [known_target.eq(1), eb.eq(size), span.eq(count * size), depth.eq(depths[t])]
         readable = Signal()
         m.d.comb += readable.eq((target == MemoryTarget.ACT.value) | (target == MemoryTarget.RESULT.value))
         in_range = Signal()
-        m.d.comb += in_range.eq(addr + count <= depth)
+        m.d.sync += in_range.eq(addr + count <= depth)
+
+        span_mismatch = Signal()        # the payload is not the arguments and `count` entries
+        m.d.sync += span_mismatch.eq(length != ARGS_BYTES + span)
 
         # ---------------------------------------------------------------- reply state
         reply_status = Signal(8)
@@ -341,7 +348,7 @@ class Link(wiring.Component):
 
                 bad_entries = [((length < ARGS_BYTES) | (count == 0), Reply.BAD_LENGTH),
                                (~known_target, Reply.BAD_TARGET),
-                               (length != ARGS_BYTES + span, Reply.BAD_LENGTH)]
+                               (span_mismatch, Reply.BAD_LENGTH)]
                 status = Cat(self.busy, self.done, Const(0, 6), self.error.as_value(),
                              Const(0, 8 - len(self.error.as_value())), self.pc, self.cycles)
                 with m.Switch(cmd):
