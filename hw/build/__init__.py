@@ -34,7 +34,7 @@ from ..link import check_frame_bytes
 from ..shell import UARTShell
 from ..uart import uart_divisor
 from . import cache as build_cache
-from .toolchain import (BuildError, ecp5_utilization_from_stat,
+from .toolchain import (BuildError, critical_path, ecp5_utilization_from_stat,
                         ice40_utilization_from_stat, nextpnr_report, read_stat_json,
                         run_step, synth_xilinx_stat, tool_env, toolchain_versions,
                         xilinx_utilization)
@@ -397,6 +397,7 @@ def _nextpnr_flow(result, platform, flow):
         "meets_target": fmax >= target_mhz,
         "meets_board_clock": fmax >= board_mhz,
         "source": f"nextpnr-{family} --report (achieved Fmax of the slowest clock)",
+        "critical_path": critical_path(out / "top.tim", clock_name),
     }
     result.timing = timing
     placed = pnr["utilization"]

@@ -11,6 +11,7 @@ from ..cli import OneLineParser
 from ..config import AccelConfig, ConfigError
 from . import BuildError, build, check_design
 from .program import PROGRAM_TIMEOUT, program
+from .toolchain import describe_critical_path
 
 
 
@@ -125,6 +126,8 @@ def summary(result):
             f"Fmax       {t['fmax_mhz']:.1f} MHz (nextpnr, clock {t['clock']}); target "
             f"{t['constraint_mhz']:g} MHz {'met' if t['meets_target'] else 'NOT met'}; the bitstream "
             f"runs at the {t['board_clock_mhz']:g} MHz board clock")
+        if t.get("critical_path"):
+            lines.append(f"critical   {describe_critical_path(t['critical_path'])}")
     for name, path in result.files.items():
         lines.append(f"{name:<11} {path}")
     if result.from_cache:

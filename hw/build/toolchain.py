@@ -18,7 +18,7 @@ from pathlib import Path
 
 __all__ = ["BuildError", "tool_env", "toolchain_versions", "run_step", "synth_xilinx_stat",
            "xilinx_utilization", "ecp5_utilization_from_stat", "ice40_utilization_from_stat",
-           "nextpnr_report"]
+           "nextpnr_report", "critical_path", "describe_critical_path"]
 
 
 class BuildError(Exception):
@@ -257,3 +257,64 @@ def nextpnr_report(path, log_path=None):
     utilization = {name: {"used": int(v["used"]), "available": int(v["available"])}
                    for name, v in report.get("utilization", {}).items()}
     return {"fmax_mhz": fmax, "constraint_mhz": constraint, "utilization": utilization}
+
+
+_CELL_SUFFIX = re.compile(r"_(?:TRELLIS|LUT4|CCU2C|PFUMX|L6MUX21|MULT18X18D|DP16KD|SB_|ICESTORM|DFF)|\$")
+
+
+def _signal_name(cell):
+    """A techmapped cell name as the design signal it came from (`link.args_TRELLIS_FF_Q_28.Q` ->
+    `link.args`)."""
+    cell = cell.lstrip("\\")
+    lead = "$" if cell.startswith("$") else ""
+    name = lead + _CELL_SUFFIX.split(cell[len(lead):], maxsplit=1)[0]
+    return re.sub(r"\.[A-Z][A-Z0-9_]*$", "", name) or cell
+
+
+def critical_path(log_path, clock=None):
+    """The critical path nextpnr reported for `clock` (the first clock reported when None), from its
+    log: {"clock", "total_ns", "logic_ns", "routing_ns", "start", "end", "sources"}, where start and
+    end are the design signals at either end and sources the project's `file.py:line`s on the way, in
+    order. None when the log has no report for that clock."""
+    text = Path(log_path).read_text(errors="replace")
+    header = re.compile(r"Critical path report for clock '([^']+)' \(posedge -> posedge\):")
+    step = re.compile(r"^Info:\s+(clk-to-q|logic|routing|setup)\s+([0-9.]+)\s+([0-9.]+)\s+(?:Source|Net)\s+(\S+)")
+    where = re.compile(r"((?:hw|sw|boards|sim)/[A-Za-z0-9_/]+\.py:\d+)")
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        found = header.search(line)
+        if not found or (clock is not None and found.group(1) != clock):
+            continue
+        steps, sources = [], []
+        for body in lines[i + 1:]:
+            if not body.startswith("Info:") or body.strip() == "Info:" or "Critical path report" in body:
+                break
+            match = step.match(body)
+            if match:
+                steps.append((match.group(1), float(match.group(2)), float(match.group(3)), match.group(4)))
+                continue
+            located = where.search(body)
+            if located and located.group(1) not in sources:
+                sources.append(located.group(1))
+        if not steps:
+            continue
+        cells = [name for kind, _, _, name in steps if kind != "routing"]
+        return {
+            "clock": found.group(1),
+            "total_ns": round(steps[-1][2], 2),
+            "logic_ns": round(sum(d for kind, d, _, _ in steps if kind != "routing"), 2),
+            "routing_ns": round(sum(d for kind, d, _, _ in steps if kind == "routing"), 2),
+            "start": _signal_name(cells[0]),
+            "end": _signal_name(cells[-1]),
+            "sources": sources,
+        }
+    return None
+
+
+def describe_critical_path(path):
+    """One sentence for docs and reports from a `critical_path` result."""
+    if path is None:
+        return "nextpnr's log has no critical path report"
+    via = f", through {', '.join(path['sources'])}" if path["sources"] else ""
+    return (f"{path['total_ns']:.1f} ns ({path['logic_ns']:.1f} ns logic, {path['routing_ns']:.1f} ns "
+            f"routing) from `{path['start']}` to `{path['end']}`{via}")

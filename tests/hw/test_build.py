@@ -18,7 +18,7 @@ from hw.build import cache as build_cache_module
 from hw.build.cache import CACHE_ENV
 from hw.build.program import find_programmer, program
 from hw.build.__main__ import main, make_parser, resolve_config
-from hw.build.toolchain import nextpnr_report, xilinx_utilization
+from hw.build.toolchain import critical_path, describe_critical_path, nextpnr_report, xilinx_utilization
 from hw.config import AccelConfig, ConfigError
 
 # The smallest board top that still has every part (UART, link, controller, 2x2 array, memories).
@@ -141,6 +141,44 @@ def test_fit_report_and_parsers(tmp_path):
     assert pnr["fmax_mhz"] == {"clk": 123.4} and pnr["utilization"]["TRELLIS_COMB"]["used"] == 10
 
 
+# Lines as nextpnr-ecp5 writes them (cut from a real log), two clocks' reports.
+NEXTPNR_LOG = """\
+Info: Critical path report for clock 'other' (posedge -> posedge):
+Info:       type curr  total name
+Info:   clk-to-q  0.52  0.52 Source x_TRELLIS_FF_Q.Q
+Info:      setup  0.00  0.52 Source y_TRELLIS_FF_Q.DI
+Info:
+Info: Critical path report for clock '$glbnet$accel.clk' (posedge -> posedge):
+Info:       type curr  total name
+Info:   clk-to-q  0.52  0.52 Source accel.fsm_state_TRELLIS_FF_Q_1.Q
+Info:    routing  1.45  1.97 Net accel.fsm_state[3] (34,36) -> (33,37)
+Info:                          Sink accel.pool_running_TRELLIS_FF_Q_DI_LUT4_Z_D_LUT4_Z.D
+Info:                          Defined in:
+Info:                               /work/main/hw/accel.py:724
+Info:                               /share/lattice/cells_map_trellis.v:108.23-108.24
+Info:      logic  0.24  2.21 Source accel.pool_running_TRELLIS_FF_Q_DI_LUT4_Z_D_LUT4_Z.F
+Info:    routing  4.46  6.67 Net link.error[0] (32,36) -> (31,37)
+Info:                          Defined in:
+Info:                               /work/main/hw/link.py:344
+Info:                               /work/main/hw/accel.py:724
+Info:      setup  0.00  6.67 Source \\$signal_TRELLIS_FF_Q.M
+Info:
+Info: Max frequency for clock '$glbnet$accel.clk': 149.93 MHz (PASS at 100.00 MHz)
+"""
+
+
+def test_critical_path_from_the_log(tmp_path):
+    log = tmp_path / "top.tim"
+    log.write_text(NEXTPNR_LOG)
+    path = critical_path(log, "$glbnet$accel.clk")
+    assert path == {"clock": "$glbnet$accel.clk", "total_ns": 6.67, "logic_ns": 0.76, "routing_ns": 5.91,
+                    "start": "accel.fsm_state", "end": "$signal",
+                    "sources": ["hw/accel.py:724", "hw/link.py:344"]}
+    assert critical_path(log)["clock"] == "other" and critical_path(log, "nowhere") is None
+    assert describe_critical_path(path) == ("6.7 ns (0.8 ns logic, 5.9 ns routing) from `accel.fsm_state` to "
+                                            "`$signal`, through hw/accel.py:724, hw/link.py:344")
+
+
 def test_does_not_fit(tmp_path, monkeypatch, capsys):
     """A config too big for the device writes its report and says by how much, in one line."""
     arty = boards.get_board("arty_a7")
@@ -192,6 +230,8 @@ def test_ulx3s_bitstream(tmp_path):
     timing = json.loads((tmp_path / "ulx3s" / "timing.json").read_text())
     assert timing["fmax_mhz"] > 25.0 and timing["meets_board_clock"]
     assert timing["constraint_mhz"] == cfg.clock_hz / 1e6
+    path = timing["critical_path"]      # the slowest clock's path: its delay is 1 / Fmax
+    assert path["clock"] == timing["clock"] and abs(1000 / path["total_ns"] - timing["fmax_mhz"]) < 1.0
     util = json.loads((tmp_path / "ulx3s" / "utilization.json").read_text())["utilization"]
     assert 100 < util["LUT"] < 20_000 and util["FF"] > 100
     assert result.fits and result.timing["fmax_mhz"] == timing["fmax_mhz"]
