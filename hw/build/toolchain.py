@@ -259,7 +259,7 @@ def nextpnr_report(path, log_path=None):
     return {"fmax_mhz": fmax, "constraint_mhz": constraint, "utilization": utilization}
 
 
-_CELL_SUFFIX = re.compile(r"_(?:TRELLIS|LUT4|CCU2C|PFUMX|L6MUX21|MULT18X18D|DP16KD|SB_|ICESTORM|DFF)|\$")
+_CELL_SUFFIX = re.compile(r"_(?:TRELLIS|LUT4|CCU2C|PFUMX|L6MUX21|MULT18X18D|DP16KD|SB_|ICESTORM|DFF|D[IO][AB]\d)|\$")
 
 
 def _signal_name(cell):
