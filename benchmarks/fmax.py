@@ -178,7 +178,7 @@ def main(argv=None):
         small = board.config.replace(rows=2, cols=2, word_bits=8, max_k=64, scale_depth=16,
                                      thr_depth=16, out_depth=4)
         for cfg, out, note in [(board.config, args.out, "default config, `python -m hw.build --board ulx3s`"),
-                               (small, args.out + "_small", "small config as in the CI test")]:
+                               (small, args.out + "_small", "2x2 W=8, max_k 64, small scale, threshold and output depths, the default's other depths")]:
             result = build(board, cfg, out)
             label = f"ULX3S board build {cfg.rows}x{cfg.cols} W={cfg.word_bits} ({note})"
             rows.append((label, result.timing["fmax_mhz"], result.utilization["LUT"]))
