@@ -712,6 +712,14 @@ class Accelerator(wiring.Component):
             m.d.sync += [done_r.eq(1), busy.eq(0)]
             m.next = "IDLE"
 
+        def fail_on_checks():
+            """A DECIDE state's first branches: halt on a registered check bit (BAD_FIELD before
+            OUT_OF_RANGE); the caller's `m.Elif` / `m.Else` follows."""
+            with m.If(bad_r.any()):
+                fail(ErrorCode.BAD_FIELD)
+            with m.Elif(range_r.any()):
+                fail(ErrorCode.OUT_OF_RANGE)
+
         load_bad = Signal()
         load_range = Signal()
         load_depth = Mux(ld.mem == MemoryTarget.WEIGHT, cfg.weight_depth,
@@ -762,10 +770,7 @@ class Accelerator(wiring.Component):
                 m.d.sync += [bad_r.eq(load_bad), range_r.eq(load_range)]
                 m.next = "LOAD_DECIDE"
             with m.State("LOAD_DECIDE"):
-                with m.If(bad_r.any()):
-                    fail(ErrorCode.BAD_FIELD)
-                with m.Elif(range_r.any()):
-                    fail(ErrorCode.OUT_OF_RANGE)
+                fail_on_checks()
                 with m.Elif(load_queue.w_rdy):
                     m.d.comb += load_queue.w_en.eq(1)
                     m.d.sync += pc.eq(pc + 1)
@@ -784,10 +789,7 @@ class Accelerator(wiring.Component):
                              op_m1.eq(cv.out_planes - 1), ot_m1.eq(out_tiles - 1)]
                 m.next = "CONV_DECIDE"
             with m.State("CONV_DECIDE"):
-                with m.If(bad_r.any()):
-                    fail(ErrorCode.BAD_FIELD)
-                with m.Elif(range_r.any()):
-                    fail(ErrorCode.OUT_OF_RANGE)
+                fail_on_checks()
                 with m.Else():
                     start_row = cv.in_base - pad_rows - pad_cols
                     m.d.sync += [
@@ -814,10 +816,7 @@ class Accelerator(wiring.Component):
                              np_m1.eq(pl.planes - 1), ow_m1.eq(pl.out_w - 1), oh_m1.eq(pl.out_h - 1)]
                 m.next = "POOL_DECIDE"
             with m.State("POOL_DECIDE"):
-                with m.If(bad_r.any()):
-                    fail(ErrorCode.BAD_FIELD)
-                with m.Elif(range_r.any()):
-                    fail(ErrorCode.OUT_OF_RANGE)
+                fail_on_checks()
                 with m.Else():
                     m.d.sync += [
                         q_t.eq(0), q_py.eq(0), q_px.eq(0), q_cw.eq(0), q_ky.eq(0), q_kx.eq(0),

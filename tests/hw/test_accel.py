@@ -298,3 +298,42 @@ def test_load_errors_halt_and_flush_the_queue():
     passing = [load(MemoryTarget.WEIGHT, 0, 1), encode(Opcode.SYNC), encode(Opcode.END)]
     got = simulate(CFG, [failing, passing], [], [], stream=[1] * 2, runs=2)
     assert got["errors"] == [ErrorCode.ILLEGAL_OPCODE.value, 0]
+
+
+def test_checks_agree_with_the_iss_on_random_illegal_fields():
+    """Every CONV / POOL / LOAD check is its own registered bit (hw/accel.py): random field changes,
+    one or two at a time, halt with the ISS's error code, BAD_FIELD before OUT_OF_RANGE when both
+    apply (docs/isa.md "Errors")."""
+    from hw.isa import FIELD_LIMITS, PoolArgs, decode
+    from sw.iss import Iss, IssError
+    rng = np.random.default_rng(11)
+    x, wb, sc, th, fl = random_layer(rng, n_planes=2, ch=11, h=4, w=4, m_bases=2, o=3, k=3, t_planes=2)
+    conv = decode(conv_image(CFG, x, wb, sc, th, fl, stride=1, pad=1, pad_value=0, raw=False,
+                             out_base=600)["instr"])[1]
+    pool = dict(in_base=0, in_h=4, in_w=4, cw=2, planes=2, kernel=2, stride=2, out_h=2, out_w=2, out_base=900)
+    load = dict(mem=MemoryTarget.WEIGHT.value, addr=10, count=20)
+    bases = [(Opcode.CONV, conv), (Opcode.POOL, pool), (Opcode.LOAD, load)]
+    small = {"in_h": 8, "in_w": 8, "in_cw": 4, "in_stride": 4, "in_tail": 12, "in_planes": 4, "kh": 5,
+             "kw": 5, "stride": 3, "pad": 3, "out_h": 8, "out_w": 8, "out_ch": 8, "out_ch_base": 10,
+             "out_stride": 3, "out_planes": 4, "wbases": 3, "k": 300, "cw": 3, "planes": 4, "kernel": 5,
+             "mem": 7, "count": 300}
+    programs, expected = [], []
+    while len(programs) < 200:
+        opcode, fields = bases[int(rng.integers(len(bases)))]
+        changed = dict(fields)
+        for name in rng.choice(sorted(fields), size=int(rng.integers(1, 3)), replace=False):
+            limit = small.get(name, FIELD_LIMITS[name]) if rng.random() < 0.8 else FIELD_LIMITS[name]
+            near = min(max(fields[name] + int(rng.integers(-2, 3)), 0), FIELD_LIMITS[name])
+            changed[name] = near if rng.random() < 0.4 else int(rng.integers(0, limit + 1))
+        instr = encode(opcode, **changed)
+        iss = Iss(CFG)
+        iss.load_program([instr, encode(Opcode.END)])
+        try:
+            iss.run()
+        except IssError as error:
+            if error.code in (ErrorCode.BAD_FIELD.value, ErrorCode.OUT_OF_RANGE.value):
+                programs.append([instr])        # (a legal LOAD stops the ISS with its STALL)
+                expected.append(error.code)
+    got = simulate(CFG, programs, [], [], runs=len(programs))
+    assert got["errors"] == expected
+    assert {ErrorCode.BAD_FIELD.value, ErrorCode.OUT_OF_RANGE.value} <= set(expected)
