@@ -3,20 +3,23 @@
 to the RTL's cycle counter."""
 
 from .config import AccelConfig
+from .controller.plan import (CHECK_CYCLES, CONV_SETUP_STEPS, DECODE_CYCLES, POOL_DRAIN_CYCLES,
+                              POOL_SETUP_STEPS, PRODUCT_CYCLES)
 
 __all__ = ["SETUP_CYCLES", "ARRIVAL_CYCLES", "ISSUE_START", "BANK_REUSE", "TILE_OVERHEAD", "END_CYCLES",
            "POOL_OVERHEAD", "LOAD_CYCLES", "SYNC_CYCLES", "conv_cycles", "pool_cycles",
            "instruction_cycles", "conv_ideal_cycles", "conv_macs", "Timeline", "program_cycles"]
 
-END_CYCLES = 3          # fetch, latch, decode
-SETUP_CYCLES = 71       # fetch, latch, decode, 22 set-up products of 3 cycles, check, decide
+END_CYCLES = DECODE_CYCLES
+# Fetch, latch, decode, the set-up products the sequencer walks, check, decide.
+SETUP_CYCLES = DECODE_CYCLES + PRODUCT_CYCLES * len(CONV_SETUP_STEPS) + CHECK_CYCLES
 ARRIVAL_CYCLES = 5      # + cols: a tile's last beat issued -> its row 0 at the writer
 ISSUE_START = 2         # a bank filled (or the previous tile issued) -> the next tile's first beat
 BANK_REUSE = 1          # a bank's last beat read -> the gather may refill it
 TILE_OVERHEAD = 9       # the last write -> the next instruction's fetch
-POOL_OVERHEAD = 36      # fetch, latch, decode, 10 set-up products of 3 cycles, check, decide, drain
-LOAD_CYCLES = 5         # fetch, latch, decode, check, queue (when the queue has room)
-SYNC_CYCLES = 4         # fetch, latch, decode, wait (when the loads are done)
+POOL_OVERHEAD = DECODE_CYCLES + PRODUCT_CYCLES * len(POOL_SETUP_STEPS) + CHECK_CYCLES + POOL_DRAIN_CYCLES
+LOAD_CYCLES = DECODE_CYCLES + CHECK_CYCLES      # fetch, latch, decode, check, queue (when the queue has room)
+SYNC_CYCLES = DECODE_CYCLES + 1                 # fetch, latch, decode, wait (when the loads are done)
 
 
 def _ceil(a, b):

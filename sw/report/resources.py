@@ -121,16 +121,28 @@ def synth_estimate(design, flow, workdir, name="top"):
 
 
 def _gateware_files(module="accel"):
-    """hw/<module>.py and every hw module it imports (relative imports, followed recursively)."""
+    """hw/<module>.py and every hw module or package it imports (relative imports, followed
+    recursively)."""
     hw = Path(__file__).resolve().parents[2] / "hw"
-    seen, todo = set(), [module]
+
+    def source(path):
+        """The file of a module path under hw/ (a package's __init__.py), or None."""
+        if (path / "__init__.py").exists():
+            return path / "__init__.py"
+        return path.with_suffix(".py") if path.with_suffix(".py").exists() else None
+
+    seen, todo = set(), [source(hw / module)]
     while todo:
-        name = todo.pop()
-        if name in seen or not (hw / f"{name}.py").exists():
+        path = todo.pop()
+        if path is None or path in seen:
             continue
-        seen.add(name)
-        todo += re.findall(r"^from \.(\w+) import", (hw / f"{name}.py").read_text(), re.M)
-    return [hw / f"{name}.py" for name in sorted(seen)]
+        seen.add(path)
+        for dots, name in re.findall(r"^from (\.+)(\w+) import", path.read_text(), re.M):
+            package = path.parent
+            for _ in range(len(dots) - 1):
+                package = package.parent
+            todo.append(source(package / name))
+    return sorted(seen)
 
 
 def gateware_digest():
@@ -138,7 +150,7 @@ def gateware_digest():
     the toolchain versions: a cached estimate is stale when either changes."""
     h = hashlib.sha256(json.dumps(toolchain_versions(), sort_keys=True).encode())
     for path in _gateware_files():
-        h.update(path.name.encode())
+        h.update(f"{path.parent.name}/{path.name}".encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:12]
 

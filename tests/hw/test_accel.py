@@ -100,8 +100,14 @@ def simulate(cfg, program, images, reads, stream=(), runs=1):
             out.setdefault("errors", []).append(out["error"])
         out["reads"] = [await read_entries(ctx, dut, mem, base, count) for mem, base, count in reads]
 
+    async def no_collisions(ctx):
+        """The engines never ask for one activation-buffer port in the same cycle."""
+        async for _, _, collision, pc in ctx.tick().sample(dut.act_collision, dut.pc):
+            assert not collision, f"activation-buffer collision at pc {pc}"
+
     sim = Simulator(dut)
     sim.add_clock(1e-8)
+    sim.add_process(no_collisions)
     sim.add_testbench(bench)
     sim.run()
     return out

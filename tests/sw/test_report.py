@@ -303,3 +303,13 @@ def test_sweep_model_falls_back_to_other_memory_sizes(tmp_path, model, capsys):
     assert rows[0]["resource_source"] == "model" and rows[0]["resources"]["LUT"] > 0
     assert len(lut_model.points) >= 3                  # the shipped Arty points, other memory sizes
     assert "no calibration at arty_a7's memory sizes" in capsys.readouterr().err
+
+
+def test_estimate_cache_follows_the_controller_package():
+    """The estimate cache's digest covers every gateware file the accelerator imports, packages too:
+    an edited engine must not reuse a stale synthesis result."""
+    from sw.report.resources import _gateware_files
+    names = {f"{p.parent.name}/{p.name}" for p in _gateware_files()}
+    assert {"hw/accel.py", "hw/core.py", "controller/__init__.py", "controller/gather.py",
+            "controller/sequencer.py", "hw/config.py"} <= names
+    assert "hw/link.py" not in names

@@ -1,0 +1,102 @@
+"""What the sequencer derives from an instruction before the engines run it: the set-up products, the
+loop bounds, and the cycle counts of the sequencer's own states.
+
+The step lists below are data, walked by `Sequencer` (one product every `PRODUCT_CYCLES` cycles through
+one shared multiplier) and counted by `hw.cycles`, so a new set-up step changes the RTL and the cycle
+model together.
+"""
+
+from amaranth.hdl import unsigned
+from amaranth.lib import data
+
+from ..isa import ConvArgs, PoolArgs
+
+__all__ = ["PRODUCT_BITS", "OPERAND_B_BITS", "PRODUCT_CYCLES", "DECODE_CYCLES", "CHECK_CYCLES",
+           "POOL_DRAIN_CYCLES", "CONV_SETUP_STEPS", "POOL_SETUP_STEPS", "Plan", "field_shape"]
+
+#: Width of a set-up product. A product saturates here (all ones), so no field combination can wrap a
+#: size back into range before the checks compare it with a memory's depth.
+PRODUCT_BITS = 32
+#: Width of every product's second operand: a field or a small derived value.
+OPERAND_B_BITS = 16
+#: Cycles per product: operands registered, product registered, result written.
+PRODUCT_CYCLES = 3
+#: FETCH, LATCH, DECODE.
+DECODE_CYCLES = 3
+#: CHECK (the check bits registered), DECIDE (act on them, start the engines).
+CHECK_CYCLES = 2
+#: The cycle after POOL's last window, when its last OR is written.
+POOL_DRAIN_CYCLES = 1
+
+
+def _cols(args, plan, cols):
+    return cols
+
+
+# (destination, operand a, operand b). An operand is an instruction field or an earlier destination
+# by name, or a function (args, plan, cols) -> value.
+CONV_SETUP_STEPS = (
+    ("khw", "kh", "kw"),
+    ("kwords", "khw", "in_cw"),
+    ("npix", "out_h", "out_w"),
+    ("row_words", "in_w", "in_stride"),
+    ("plane_words", "row_words", "in_h"),
+    ("in_need", "plane_words", "in_planes"),
+    ("patch_need", "kwords", "in_planes"),
+    ("kvalid", "khw", "in_tail"),              # + (kwords - khw) * W in the K check
+    ("otm", "out_tiles", "wbases"),
+    ("w_need", "kwords", lambda a, p, c: p.otm[:OPERAND_B_BITS]),   # otm = ceil(out_ch / R) * wbases < 2^16
+    ("s_need", "otm", "in_planes"),
+    ("res_need", "npix", "out_ch"),
+    ("out_plane_words", "npix", "out_stride"),
+    ("out_need", "out_plane_words", "out_planes"),
+    ("step_x", "stride", "in_stride"),
+    ("step_y", "row_words", "stride"),
+    ("span_h", lambda a, p, c: a.out_h - 1, "stride"),
+    ("span_w", lambda a, p, c: a.out_w - 1, "stride"),
+    ("pad_rows", "row_words", "pad"),
+    ("pad_cols", "pad", "in_stride"),
+    ("tile_res_step", _cols, "out_ch"),
+    ("tile_out_step", _cols, "out_stride"),
+)
+
+POOL_SETUP_STEPS = (
+    ("p_row", "in_w", "cw"),
+    ("p_plane", "p_row", "in_h"),
+    ("p_in_need", "p_plane", "planes"),
+    ("p_out_plane", "out_h", "out_w"),
+    ("p_out_plane", "p_out_plane", "cw"),
+    ("p_out_need", "p_out_plane", "planes"),
+    ("p_step_y", "p_row", "stride"),
+    ("p_step_x", "stride", "cw"),
+    ("span_h", lambda a, p, c: a.out_h - 1, "stride"),
+    ("span_w", lambda a, p, c: a.out_w - 1, "stride"),
+)
+
+
+def field_shape(*fields):
+    """The unsigned shape that holds every one of the given ISA fields (`(layout, name)` pairs)."""
+    return unsigned(max(layout[name].width for layout, name in fields))
+
+
+_products = {}
+for _dest, _, _ in CONV_SETUP_STEPS + POOL_SETUP_STEPS:
+    _products[_dest] = PRODUCT_BITS
+
+#: Everything the sequencer hands the engines besides the instruction: the set-up products, ceil(out_ch / R)
+#: and the loop bounds minus one (registered, so the engines' "last iteration" tests compare two
+#: registers). One layout for CONV and POOL; each engine reads its own fields.
+Plan = data.StructLayout({
+    **_products,
+    "out_tiles": ConvArgs["out_ch"].shape,
+    "kwords_m1": PRODUCT_BITS,
+    "cw_m1": field_shape((ConvArgs, "in_cw"), (PoolArgs, "cw")),
+    "kw_m1": field_shape((ConvArgs, "kw"), (PoolArgs, "kernel")),
+    "kh_m1": field_shape((ConvArgs, "kh"), (PoolArgs, "kernel")),
+    "np_m1": field_shape((ConvArgs, "in_planes"), (PoolArgs, "planes")),
+    "ow_m1": field_shape((ConvArgs, "out_w"), (PoolArgs, "out_w")),
+    "oh_m1": field_shape((PoolArgs, "out_h"),),
+    "wb_m1": field_shape((ConvArgs, "wbases"),),
+    "op_m1": field_shape((ConvArgs, "out_planes"),),
+    "ot_m1": ConvArgs["out_ch"].shape,
+})

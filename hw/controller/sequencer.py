@@ -1,0 +1,261 @@
+"""`Sequencer`: fetch, decode, set-up and checks; it starts the engines and waits for them."""
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from ..config import AccelConfig
+from ..isa import INSTRUCTION_BITS, ErrorCode, Instruction, LoadArgs, MemoryTarget, Opcode
+from .plan import CONV_SETUP_STEPS, OPERAND_B_BITS, POOL_SETUP_STEPS, PRODUCT_BITS, Plan
+
+__all__ = ["Sequencer"]
+
+
+class Sequencer(wiring.Component):
+    """Runs a program one instruction at a time, to completion (docs/isa.md).
+
+    Derived sizes (products of fields) are computed at the start of each CONV and POOL by the steps of
+    `hw.controller.plan` through one shared multiplier rather than by a dozen multipliers: three
+    cycles a product, a 32 x 16-bit multiplier whose 48-bit product saturates to 32 bits. Every check
+    (docs/isa.md "Errors") is its own bit, registered in a CHECK state and ORed in the DECIDE state
+    that follows, so a failing check halts with its code before anything is written.
+
+    Ports
+    -----
+    start       : In(1)    pulse: run the program from address 0.
+    busy        : Out(1)   a program is running.
+    done        : Out(1)   the last program ended (END or an error) and nothing started since.
+    error       : Out(ErrorCode)  why the last program stopped, NONE after END.
+    cycles      : Out(32)  cycles the last (or current) program has run.
+    pc          : Out      the instruction running or the one that failed.
+    prog_addr, prog_en : Out  the program memory's read port; prog_data : In  its data.
+    instr       : Out(Instruction)  the instruction register, steady while the engines run it.
+    plan        : Out(Plan)  the set-up products and loop bounds of the instruction.
+    conv_start  : Out(1)   pulse: a checked CONV starts (gather, issue and writer initialise).
+    conv_active : Out(1)   from the cycle after conv_start until the writer is done.
+    conv_done   : In(1)    the writer has written the CONV's last pixel tile.
+    pool_start  : Out(1)   pulse: a checked POOL starts.
+    pool_done   : In(1)    the pool engine's last write happens in this cycle.
+    loads       : Out(stream of LoadArgs)  checked LOADs, to the load engine's queue.
+    loads_idle  : In(1)    no load active or queued (SYNC and END wait for it).
+    flush       : Out(1)   an error: drop every queued load.
+    """
+
+    def __init__(self, config):
+        if not isinstance(config, AccelConfig):
+            raise TypeError(f"Config must be an AccelConfig, not {config!r}")
+        self._config = config
+        super().__init__({
+            "start": In(1),
+            "busy": Out(1),
+            "done": Out(1),
+            "error": Out(ErrorCode),
+            "cycles": Out(32),
+            "pc": Out(range(config.instr_depth + 1)),
+            "prog_addr": Out(range(config.instr_depth)),
+            "prog_en": Out(1),
+            "prog_data": In(INSTRUCTION_BITS),
+            "instr": Out(Instruction),
+            "plan": Out(Plan),
+            "conv_start": Out(1),
+            "conv_active": Out(1),
+            "conv_done": In(1),
+            "pool_start": Out(1),
+            "pool_done": In(1),
+            "loads": Out(stream.Signature(LoadArgs)),
+            "loads_idle": In(1),
+            "flush": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._config
+        R, C, W = cfg.rows, cfg.cols, cfg.word_bits
+        log_r = R.bit_length() - 1
+        ins, plan, busy, pc = self.instr, self.plan, self.busy, self.pc
+        cv, pl, ld = ins.args.conv, ins.args.pool, ins.args.load
+
+        with m.If(busy):
+            m.d.sync += self.cycles.eq(self.cycles + 1)
+
+        # R divides W, a power of two, so R is one too. Registered: valid from the first set-up cycle.
+        m.d.sync += plan.out_tiles.eq((cv.out_ch + (R - 1)) >> log_r)
+
+        # ------------------------------------------------------------ set-up products
+        def resolve(spec, args):
+            if callable(spec):
+                return spec(args, plan, Const(C, 8))
+            if spec in Plan.members:
+                return getattr(plan, spec)
+            return getattr(args, spec)
+
+        def steps_of(step_list, args):
+            return [(getattr(plan, dest), resolve(a, args), resolve(b, args)) for dest, a, b in step_list]
+
+        conv_steps = steps_of(CONV_SETUP_STEPS, cv)
+        pool_steps = steps_of(POOL_SETUP_STEPS, pl)
+        for _, _, b in conv_steps + pool_steps:
+            assert len(b) <= OPERAND_B_BITS, b
+
+        step = Signal(range(max(len(conv_steps), len(pool_steps)) + 1))
+        phase = Signal(range(3))
+        mul_a = Signal(PRODUCT_BITS)
+        mul_b = Signal(OPERAND_B_BITS)
+        product = Signal(PRODUCT_BITS + OPERAND_B_BITS)
+        saturated = Signal(PRODUCT_BITS)
+        m.d.sync += product.eq(mul_a * mul_b)
+        m.d.comb += saturated.eq(Mux(product[PRODUCT_BITS:].any(), (1 << PRODUCT_BITS) - 1,
+                                     product[:PRODUCT_BITS]))
+
+        def run_steps(steps, next_state):
+            """Phase 0 registers the step's operands, phase 1 multiplies, phase 2 writes the result."""
+            m.d.sync += phase.eq(Mux(phase == 2, 0, phase + 1))
+            with m.Switch(step):
+                for i, (dest, a, b) in enumerate(steps):
+                    with m.Case(i):
+                        with m.If(phase == 0):
+                            m.d.sync += [mul_a.eq(a), mul_b.eq(b)]
+                        with m.If(phase == 2):
+                            m.d.sync += dest.eq(saturated)
+            with m.If(phase == 2):
+                m.d.sync += step.eq(step + 1)
+                with m.If(step == len(steps) - 1):
+                    m.d.sync += step.eq(0)
+                    m.next = next_state
+
+        # ------------------------------------------------------------ checks
+        p = plan
+        conv_bad = Cat(
+            (cv.in_h == 0) | (cv.in_w == 0) | (cv.in_cw == 0) | (cv.in_planes == 0) | (cv.kh == 0),
+            (cv.kw == 0) | (cv.stride == 0) | (cv.out_h == 0) | (cv.out_w == 0) | (cv.out_ch == 0),
+            (cv.wbases == 0) | (cv.in_stride < cv.in_cw) | (cv.in_tail == 0) | (cv.in_tail > W),
+            cv.k > cfg.max_k, cv.k != ((p.kwords - p.khw) << (W.bit_length() - 1)) + p.kvalid,
+            cv.wbases > cfg.max_wbases,
+            p.span_h + cv.kh > cv.in_h + 2 * cv.pad, p.span_w + cv.kw > cv.in_w + 2 * cv.pad,
+            ~cv.raw & ((cv.out_planes == 0) | (cv.out_planes > cfg.max_abases) | ((cv.out_ch_base % R) != 0)),
+            ~cv.raw & (cv.out_ch_base + cv.out_ch > cv.out_stride * W))
+        conv_range = Cat(
+            cv.in_base + p.in_need > cfg.act_depth, p.patch_need > cfg.patch_depth,
+            cv.w_base + p.w_need > cfg.weight_depth, cv.s_base + p.s_need > cfg.scale_depth,
+            cv.t_base + p.out_tiles * R > cfg.thr_depth,
+            cv.raw & (cv.out_base + p.res_need > cfg.result_depth),
+            ~cv.raw & (cv.out_base + p.out_need > cfg.act_depth))
+        pool_bad = Cat(
+            (pl.in_h == 0) | (pl.in_w == 0) | (pl.cw == 0) | (pl.planes == 0) | (pl.kernel == 0),
+            (pl.stride == 0) | (pl.out_h == 0) | (pl.out_w == 0),
+            p.span_h + pl.kernel > pl.in_h, p.span_w + pl.kernel > pl.in_w)
+        pool_range = Cat(pl.in_base + p.p_in_need > cfg.act_depth, pl.out_base + p.p_out_need > cfg.act_depth)
+        load_depth = Mux(ld.mem == MemoryTarget.WEIGHT, cfg.weight_depth,
+                         Mux(ld.mem == MemoryTarget.SCALE, cfg.scale_depth, cfg.thr_depth))
+        load_bad = (ld.count == 0) | ~((ld.mem == MemoryTarget.WEIGHT) | (ld.mem == MemoryTarget.SCALE) |
+                                       (ld.mem == MemoryTarget.THRESHOLD))
+        load_range = ld.addr + ld.count > load_depth
+        bad_r = Signal(max(len(conv_bad), len(pool_bad)))
+        range_r = Signal(max(len(conv_range), len(pool_range)))
+        m.d.comb += self.loads.payload.eq(ld)
+
+        # ------------------------------------------------------------ the instruction FSM
+        def fail(code):
+            m.d.sync += [self.error.eq(code), self.done.eq(1), busy.eq(0)]
+            m.d.comb += self.flush.eq(1)
+            m.next = "IDLE"
+
+        def finish():
+            m.d.sync += [self.done.eq(1), busy.eq(0)]
+            m.next = "IDLE"
+
+        def fail_on_checks():
+            """A DECIDE state's first branches: halt on a registered check bit (BAD_FIELD before
+            OUT_OF_RANGE); the caller's `m.Elif` / `m.Else` follows."""
+            with m.If(bad_r.any()):
+                fail(ErrorCode.BAD_FIELD)
+            with m.Elif(range_r.any()):
+                fail(ErrorCode.OUT_OF_RANGE)
+
+        def next_instruction():
+            m.d.sync += pc.eq(pc + 1)
+            m.next = "FETCH"
+
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.d.sync += [busy.eq(1), self.done.eq(0), self.error.eq(ErrorCode.NONE), pc.eq(0),
+                                 self.cycles.eq(0)]
+                    m.next = "FETCH"
+            with m.State("FETCH"):
+                with m.If(pc == cfg.instr_depth):
+                    fail(ErrorCode.PROGRAM_END)
+                with m.Else():
+                    m.d.comb += [self.prog_addr.eq(pc), self.prog_en.eq(1)]
+                    m.next = "LATCH"
+            with m.State("LATCH"):
+                m.d.sync += ins.eq(self.prog_data)
+                m.next = "DECODE"
+            with m.State("DECODE"):
+                with m.Switch(ins.opcode):
+                    with m.Case(Opcode.END):
+                        with m.If(self.loads_idle):
+                            finish()
+                        with m.Else():
+                            m.next = "END_WAIT"
+                    with m.Case(Opcode.LOAD):
+                        m.next = "LOAD_CHECK"
+                    with m.Case(Opcode.SYNC):
+                        m.next = "SYNC"
+                    with m.Case(Opcode.CONV):
+                        m.next = "CONV_SETUP"
+                    with m.Case(Opcode.POOL):
+                        m.next = "POOL_SETUP"
+                    with m.Default():
+                        fail(ErrorCode.ILLEGAL_OPCODE)
+            with m.State("END_WAIT"):
+                with m.If(self.loads_idle):
+                    finish()
+            with m.State("LOAD_CHECK"):
+                m.d.sync += [bad_r.eq(load_bad), range_r.eq(load_range)]
+                m.next = "LOAD_DECIDE"
+            with m.State("LOAD_DECIDE"):
+                fail_on_checks()
+                with m.Else():
+                    m.d.comb += self.loads.valid.eq(1)
+                    with m.If(self.loads.ready):
+                        next_instruction()
+            with m.State("SYNC"):
+                with m.If(self.loads_idle):
+                    next_instruction()
+            with m.State("CONV_SETUP"):
+                run_steps(conv_steps, "CONV_CHECK")
+            with m.State("CONV_CHECK"):
+                # The checks' adders and comparators end in registers; the next state acts on them.
+                m.d.sync += [bad_r.eq(conv_bad), range_r.eq(conv_range), p.kwords_m1.eq(p.kwords - 1),
+                             p.cw_m1.eq(cv.in_cw - 1), p.kw_m1.eq(cv.kw - 1), p.kh_m1.eq(cv.kh - 1),
+                             p.np_m1.eq(cv.in_planes - 1), p.ow_m1.eq(cv.out_w - 1), p.wb_m1.eq(cv.wbases - 1),
+                             p.op_m1.eq(cv.out_planes - 1), p.ot_m1.eq(p.out_tiles - 1)]
+                m.next = "CONV_DECIDE"
+            with m.State("CONV_DECIDE"):
+                fail_on_checks()
+                with m.Else():
+                    m.d.comb += self.conv_start.eq(1)
+                    m.d.sync += self.conv_active.eq(1)
+                    m.next = "CONV_RUN"
+            with m.State("CONV_RUN"):
+                # Gather, issue and writer run on their own; the instruction ends with the last write.
+                with m.If(self.conv_done):
+                    m.d.sync += self.conv_active.eq(0)
+                    next_instruction()
+            with m.State("POOL_SETUP"):
+                run_steps(pool_steps, "POOL_CHECK")
+            with m.State("POOL_CHECK"):
+                m.d.sync += [bad_r.eq(pool_bad), range_r.eq(pool_range),
+                             p.cw_m1.eq(pl.cw - 1), p.kw_m1.eq(pl.kernel - 1), p.kh_m1.eq(pl.kernel - 1),
+                             p.np_m1.eq(pl.planes - 1), p.ow_m1.eq(pl.out_w - 1), p.oh_m1.eq(pl.out_h - 1)]
+                m.next = "POOL_DECIDE"
+            with m.State("POOL_DECIDE"):
+                fail_on_checks()
+                with m.Else():
+                    m.d.comb += self.pool_start.eq(1)
+                    m.next = "POOL_RUN"
+            with m.State("POOL_RUN"):
+                with m.If(self.pool_done):
+                    next_instruction()
+        return m
