@@ -25,8 +25,8 @@ PRODUCT_CYCLES = 3
 DECODE_CYCLES = 3
 #: CHECK (the check bits registered), DECIDE (act on them, start the engines).
 CHECK_CYCLES = 2
-#: The cycle after POOL's last window, when its last OR is written.
-POOL_DRAIN_CYCLES = 1
+#: The cycles after POOL's last window read: its OR is computed and registered, then written.
+POOL_DRAIN_CYCLES = 2
 
 
 def _cols(args, plan, cols):

@@ -12,9 +12,9 @@ __all__ = ["PoolEngine"]
 
 
 class PoolEngine(wiring.Component):
-    """Reads each window's words one a cycle (kx innermost, then ky) and writes their OR, for every
-    channel word, output pixel (x, then y) and plane: planes * out_h * out_w * cw * kernel^2 cycles,
-    then one to write the last OR.
+    """Reads each window's words one a cycle (kx innermost, then ky) and writes their OR two cycles
+    after its last word is read, for every channel word, output pixel (x, then y) and plane:
+    planes * out_h * out_w * cw * kernel^2 cycles, then `POOL_DRAIN_CYCLES` to write the last OR.
 
     Ports
     -----
@@ -67,16 +67,21 @@ class PoolEngine(wiring.Component):
         s1_last = Signal()
         s1_out = Signal(addr)
         acc = Signal(W)
+        # Stage 2: a window's OR, registered before it is written (the buffer's read data does not
+        # run through the OR into its own write port in one cycle).
+        s2_write = Signal()
+        s2_out = Signal(addr)
+        s2_data = Signal(W)
         running = Signal()                # from start to the cycle of the last write
-        m.d.sync += s1_valid.eq(0)
+        m.d.sync += [s1_valid.eq(0), s2_write.eq(0)]
         with m.If(running):
             ored = Signal(W)
             m.d.comb += ored.eq(Mux(s1_first, self.act_r_data, acc | self.act_r_data))
             with m.If(s1_valid):
-                m.d.sync += acc.eq(ored)
-                with m.If(s1_last):
-                    m.d.comb += [self.act_w_addr.eq(s1_out), self.act_w_data.eq(ored),
-                                 self.act_w_en.eq((1 << len(self.act_w_en)) - 1)]
+                m.d.sync += [acc.eq(ored), s2_write.eq(s1_last), s2_out.eq(s1_out), s2_data.eq(ored)]
+            with m.If(s2_write):
+                m.d.comb += [self.act_w_addr.eq(s2_out), self.act_w_data.eq(s2_data),
+                             self.act_w_en.eq((1 << len(self.act_w_en)) - 1)]
 
         with m.FSM():
             with m.State("IDLE"):
@@ -117,7 +122,9 @@ class PoolEngine(wiring.Component):
                                                  aky.eq(nxt), akx.eq(nxt)]
                                 with m.Else():
                                     m.next = "DRAIN"
-            with m.State("DRAIN"):
+            with m.State("DRAIN"):            # the last window's OR
+                m.next = "WRITE"
+            with m.State("WRITE"):            # ... is written
                 m.d.comb += self.done.eq(1)
                 m.d.sync += running.eq(0)
                 m.next = "IDLE"

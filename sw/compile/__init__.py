@@ -98,10 +98,20 @@ class CheckConfig:
 
 class MergeBranches:
     """One CONV per layer: Group-Net branches with the same source and geometry become extra weight
-    bases (weights and scales concatenated along M); anything else is refused (v1 controller)."""
+    bases (weights and scales concatenated along M). A layer may read any earlier layer's output (the
+    network is a graph); branches of different sources summed into one layer (a ResNet shortcut),
+    branches of different geometry and a later layer reading the image are refused."""
 
     name = "merge-branches"
     _GEOMETRY = ("kind", "kernel", "stride", "padding", "pad_value", "groups", "abases", "k")
+
+    @staticmethod
+    def _check_source(name, index, source, what):
+        if not -1 <= source < index:
+            raise CompileError(f"{name}: {what} reads layer {source}, which is not an earlier layer")
+        if source == -1 and index > 0:
+            raise CompileError(f"{name}: {what} reads the image; only layer 0 reads it (the host unfolds "
+                               f"the image for the first layer)")
 
     def apply(self, state):
         c = state.config
@@ -109,21 +119,19 @@ class MergeBranches:
         for index, layer in enumerate(state.model.layers):
             name = _name(index, layer["kind"])
             if layer["kind"] == "maxpool":
-                if layer["source"] != index - 1:
-                    raise CompileError(f"{name}: its source is layer {layer['source']}, not the previous "
-                                       f"layer; the v1 controller runs layers as a chain")
-                if index == 0:
+                if index == 0 or layer["source"] == -1:
                     raise CompileError(f"{name}: pooling the image is not supported (pool after a layer)")
+                self._check_source(name, index, layer["source"], "it")
                 layers.append(dict(layer, name=name))
                 continue
             branches = layer["branches"]
             first = branches[0]
             for j, branch in enumerate(branches):
-                if branch["source"] != index - 1:
-                    what = "the image" if branch["source"] == -1 else f"layer {branch['source']}"
-                    raise CompileError(f"{name}: branch {j} reads {what}, not the previous layer's output; "
-                                       f"branches of other sources (shortcuts) are not supported by the "
-                                       f"v1 controller")
+                self._check_source(name, index, branch["source"], f"branch {j}")
+                if branch["source"] != first["source"]:
+                    raise CompileError(f"{name}: branch {j} reads layer {branch['source']} and branch 0 "
+                                       f"layer {first['source']}; summing branches of different sources "
+                                       f"(a residual shortcut) is not supported by the controller")
                 for key in self._GEOMETRY:
                     if branch.get(key) != first.get(key):
                         raise CompileError(f"{name}: branch {j} differs from branch 0 in {key} "
@@ -138,7 +146,7 @@ class MergeBranches:
             merged = {k: first[k] for k in first if k not in ("weights", "scales")}
             merged.update(weights=weights, scales=scales, wbases=m)
             entry = {"kind": layer["kind"], "name": name, "branch": merged, "out": int(layer["out_features"]),
-                     "branches": len(branches)}
+                     "branches": len(branches), "source": first["source"]}
             if "thresholds" in layer:
                 entry["thresholds"], entry["flip"] = layer["thresholds"], layer["flip"]
             layers.append(entry)
@@ -206,18 +214,18 @@ class Lower:
         ch, h, w = model.input_shape
         count = len(state.layers)
         ops = []
-        current = None
+        outputs = {}                    # layer index -> its output map (the dict every reader shares)
         for index, layer in enumerate(state.layers):
             name, kind = layer["name"], layer["kind"]
             last = index == count - 1
             if kind == "maxpool":
-                src = current
+                src = outputs[layer["source"]]
                 k, s = layer["kernel"], layer["stride"]
                 out = {"planes": src["planes"], "channels": src["channels"], "cw": src["cw"],
                        "h": (src["h"] - k) // s + 1, "w": (src["w"] - k) // s + 1}
                 ops.append({"op": "pool", "layer": index, "name": name, "kernel": k, "stride": s,
                             "in": src, "out": out})
-                current = out
+                outputs[index] = out
                 continue
             b = layer["branch"]
             m, n, o = b["wbases"], b["abases"], layer["out"]
@@ -254,7 +262,7 @@ class Lower:
                 geo = {"kh": 1, "kw": 1, "stride": 1, "pad": 0, "pad_value": 0, "groups": 1}
                 out_h, out_w = oh, ow
             else:
-                src = current
+                src = outputs[layer["source"]]
                 if kind == "linear":
                     if wts.shape[2] != src["channels"] * src["h"] * src["w"]:
                         raise CompileError(f"{name}: K {wts.shape[2]} does not match its input map")
@@ -306,7 +314,7 @@ class Lower:
                 if not np.array_equal(back[..., :cg], w5[:, sl].reshape(m, og, -1, cg)) or back[..., cg:].any():
                     raise CompileError(f"{name}: internal error: re-laid weights differ from the model's")
                 ops.append(op)
-            current = out_map
+            outputs[index] = out_map
         state.ops = ops
         state.checked.append("lower: re-laid weights unpack to the model's weights")
         return state
@@ -339,11 +347,10 @@ class CheckFit:
             where, mem, need, half = too_big[0]
             hint = (f"; streamed layer by layer, {where} would need {need} {units[mem]}, over half of "
                     f"{limits[mem]} = {half}")
-        seen_act = set()
+        allocate_maps(c, state.ops)         # the activation buffer holds the live maps at every layer
         for op in state.ops:
             name = op["name"]
             if op["op"] == "pool":
-                self._check_act(state, op, seen_act)
                 continue
             m, n, o = op["m"], op["n"], op["o"]
             if m > c.max_wbases:
@@ -384,7 +391,6 @@ class CheckFit:
                 _exceeds(name, "accumulator bound", bound, f"the {c.acc_bits}-bit accumulator's limit", c.acc_max)
             if op["scales"].size and (op["scales"].min() < c.scale_min or op["scales"].max() > c.scale_max):
                 raise CompileError(f"{name}: a scale does not fit {c.scale_bits}-bit signed fixed point")
-            self._check_act(state, op, seen_act)
         instructions = len(state.ops) + 1
         if state.streamed:
             # Per CONV a SYNC and a LOAD per memory it reads (docs/compiler.md "Streamed parameters").
@@ -394,22 +400,6 @@ class CheckFit:
             _exceeds("program", "instructions (with END)", instructions, "instr_depth", c.instr_depth)
         return state
 
-    @staticmethod
-    def _check_act(state, op, seen):
-        """Maps ping-pong between the bottom and the top of the activation buffer: a layer's input and
-        output maps must fit side by side."""
-        c = state.config
-        key = op["layer"]
-        if key in seen:
-            return
-        seen.add(key)
-        size_in = _map_words(op["in"])
-        size_out = 0 if op["out"] is None else _map_words(op["out"])
-        if size_in + size_out > c.act_depth:
-            what = "activation words of the input map" if op["out"] is None else \
-                f"activation words of the input and output maps ({size_in} + {size_out})"
-            _exceeds(op["name"], what, size_in + size_out, "act_depth", c.act_depth)
-
 
 def _map_words(spec):
     """Words a map occupies, plus the slack its grouped readers need: the controller checks a group's
@@ -417,24 +407,70 @@ def _map_words(spec):
     return spec["planes"] * spec["h"] * spec["w"] * spec["cw"] + spec.get("slack", 0)
 
 
+def map_lifetimes(ops):
+    """[(map, first op, last op)] in order of definition: a map lives from the op that writes it (-1 for
+    the host-unfolded input) to the last op that reads it (its writer's last op if nothing reads it)."""
+    lives = {}
+    for index, op in enumerate(ops):
+        spec = op["in"]
+        if id(spec) not in lives:
+            lives[id(spec)] = [spec, -1, index]
+        lives[id(spec)][2] = index
+        if op["out"] is not None:
+            entry = lives.setdefault(id(op["out"]), [op["out"], index, index])
+            entry[2] = max(entry[2], index)
+    return [tuple(entry) for entry in lives.values()]
+
+
+def allocate_maps(config, ops):
+    """Activation-buffer addresses by lifetime: a map keeps its words from the op that writes it to
+    the last op that reads it; an op's output never overlaps a map still live (its own input included).
+    Maps are placed first-fit, from the bottom for the input and every other map, from the top for the
+    rest, so a chain comes out as a ping-pong between the two ends. Returns {id(map): base}; refuses a
+    map that finds no gap, naming its layer, the words live then and act_depth."""
+    lives = map_lifetimes(ops)
+    placed = {}                                   # id -> (base, size, last op)
+    from_top = False
+    for spec, first, last in lives:
+        size = _map_words(spec)
+        live = sorted((b, b + n) for b, n, end in placed.values() if end >= max(first, 0))
+        gaps, at = [], 0
+        for lo, hi in live:
+            if lo > at:
+                gaps.append((at, lo))
+            at = max(at, hi)
+        gaps.append((at, config.act_depth))
+        fits = [(lo, hi) for lo, hi in gaps if hi - lo >= size]
+        if not fits:
+            writer = ops[max(first, 0)]
+            live_words = sum(n for _, n, end in placed.values() if end >= max(first, 0))
+            what = "the input map" if first < 0 else "its output map"
+            if live_words + size > config.act_depth:
+                also = f" and the maps still live ({size} + {live_words})" if live_words else ""
+                _exceeds(writer["name"], f"activation words of {what}{also}", live_words + size, "act_depth",
+                         config.act_depth)
+            raise CompileError(f"{writer['name']}: {what} needs {size} contiguous activation words; the "
+                               f"{live_words} words of the maps still live leave no such gap in act_depth = "
+                               f"{config.act_depth}")
+        base = fits[-1][1] - size if from_top else fits[0][0]
+        placed[id(spec)] = (base, size, last)
+        from_top = not from_top
+    return {i: base for i, (base, _, _) in placed.items()}
+
+
 class Allocate:
-    """Addresses: maps alternate between the bottom (0) and the top of the activation buffer; weights,
-    scales and thresholds are packed one layer after another (streamed: each CONV's at the start of
-    the lower or upper half, alternately); logits at result address 0."""
+    """Addresses: maps by lifetime in the activation buffer (`allocate_maps`); weights, scales and
+    thresholds packed one layer after another (streamed: each CONV's at the start of the lower or upper
+    half, alternately); logits at result address 0."""
 
     name = "allocate"
 
     def apply(self, state):
         c = state.config
-        bottom = True
-        placed = {}
+        map_bases = allocate_maps(c, state.ops)
 
         def place(spec):
-            nonlocal bottom
-            if id(spec) not in placed:
-                placed[id(spec)] = 0 if bottom else c.act_depth - _map_words(spec)
-                bottom = not bottom
-            return placed[id(spec)]
+            return map_bases[id(spec)]
 
         next_free = {mem: 0 for mem in _PARAMETER_MEMORIES}
         convs = 0

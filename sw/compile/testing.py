@@ -4,8 +4,10 @@
                          config=AccelConfig(), seed=0)
 
 Layer specs: `conv(out, kernel, stride=1, padding=0, pad_value=-1, groups=1, wbases=1, planes=1,
-branches=1)`, `linear(out, wbases=1, planes=1, branches=1)`, `maxpool(kernel, stride=None)`; `planes`
-is the number of output bit-planes (thresholds per channel), ignored on the last layer. Scales are small
+branches=1, source=None)`, `linear(out, wbases=1, planes=1, branches=1, source=None)`,
+`maxpool(kernel, stride=None, source=None)`; `planes` is the number of output bit-planes (thresholds per
+channel), ignored on the last layer; `source` is the layer whose output the layer reads (-1 the image),
+the previous one by default, so a list of specs can describe a graph. Scales are small
 random fixed-point integers and thresholds sit near the middle of each channel's sums, so bit-planes are
 not constant.
 """
@@ -18,32 +20,35 @@ from sw.model_format import BnnModel, validate_model
 __all__ = ["conv", "linear", "maxpool", "random_model"]
 
 
-def conv(out, kernel, stride=1, padding=0, pad_value=-1, groups=1, wbases=1, planes=1, branches=1):
+def conv(out, kernel, stride=1, padding=0, pad_value=-1, groups=1, wbases=1, planes=1, branches=1, source=None):
     return {"kind": "conv", "out": out, "kernel": kernel, "stride": stride, "padding": padding,
-            "pad_value": pad_value, "groups": groups, "wbases": wbases, "planes": planes, "branches": branches}
+            "pad_value": pad_value, "groups": groups, "wbases": wbases, "planes": planes, "branches": branches,
+            "source": source}
 
 
-def linear(out, wbases=1, planes=1, branches=1):
-    return {"kind": "linear", "out": out, "wbases": wbases, "planes": planes, "branches": branches}
+def linear(out, wbases=1, planes=1, branches=1, source=None):
+    return {"kind": "linear", "out": out, "wbases": wbases, "planes": planes, "branches": branches,
+            "source": source}
 
 
-def maxpool(kernel, stride=None):
-    return {"kind": "maxpool", "kernel": kernel, "stride": stride or kernel}
+def maxpool(kernel, stride=None, source=None):
+    return {"kind": "maxpool", "kernel": kernel, "stride": stride or kernel, "source": source}
 
 
 def random_model(specs, input_shape, config=None, seed=0):
     config = AccelConfig() if config is None else config
-    rng = np.random.default_rng(seed)
-    shape = tuple(input_shape)
-    planes = 8
     layers = []
+    rng = np.random.default_rng(seed)
+    outputs = {-1: (tuple(input_shape), 8)}         # layer -> (output shape, bit-planes)
     for index, spec in enumerate(specs):
         last = index == len(specs) - 1
+        source = index - 1 if spec.get("source") is None else spec["source"]
+        shape, planes = outputs[source]
         if spec["kind"] == "maxpool":
             c, h, w = shape
             k, s = spec["kernel"], spec["stride"]
-            layers.append({"kind": "maxpool", "source": index - 1, "kernel": k, "stride": s})
-            shape = (c, (h - k) // s + 1, (w - k) // s + 1)
+            layers.append({"kind": "maxpool", "source": source, "kernel": k, "stride": s})
+            outputs[index] = ((c, (h - k) // s + 1, (w - k) // s + 1), planes)
             continue
         out = spec["out"]
         branches = []
@@ -55,7 +60,7 @@ def random_model(specs, input_shape, config=None, seed=0):
                 g = spec["groups"]
                 weights = rng.choice(np.array([-1, 1], dtype=np.int8), (m, out, c // g, kh, kw))
                 k = c // g * kh * kw
-                branch = {"source": index - 1, "kind": "conv", "kernel": [kh, kw], "stride": spec["stride"],
+                branch = {"source": source, "kind": "conv", "kernel": [kh, kw], "stride": spec["stride"],
                           "padding": spec["padding"], "pad_value": spec["pad_value"], "groups": g}
                 ho = (h + 2 * spec["padding"] - kh) // spec["stride"] + 1
                 wo = (w + 2 * spec["padding"] - kw) // spec["stride"] + 1
@@ -63,7 +68,7 @@ def random_model(specs, input_shape, config=None, seed=0):
             else:
                 k = int(np.prod(shape))
                 weights = rng.choice(np.array([-1, 1], dtype=np.int8), (m, out, k))
-                branch = {"source": index - 1, "kind": "linear"}
+                branch = {"source": source, "kind": "linear"}
                 out_shape = (out,)
             if planes == 8:   # pixel planes: scales alpha * 2**(b-1) in fixed point
                 alpha = rng.integers(1, 8, (m, 1, out))
@@ -82,8 +87,8 @@ def random_model(specs, input_shape, config=None, seed=0):
             thresholds[rng.random((out, t)) < 0.03] = -(1 << (config.acc_bits - 1))
             layer["thresholds"] = thresholds
             layer["flip"] = rng.random(out) < 0.3
-            planes = t
         layers.append(layer)
-        shape = out_shape
+        outputs[index] = (out_shape, None if last else spec["planes"])
     cfg = {k: getattr(config, k) for k in ("scale_bits", "scale_frac", "acc_bits")}
-    return validate_model(BnnModel(layers, input_shape, shape[0], cfg, {"generator": "random", "seed": seed}))
+    classes = outputs[len(specs) - 1][0][0]
+    return validate_model(BnnModel(layers, input_shape, classes, cfg, {"generator": "random", "seed": seed}))

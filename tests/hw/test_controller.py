@@ -12,7 +12,7 @@ from amaranth.sim import Simulator
 from hw.config import AccelConfig
 from hw.controller import (ActBufferArbiter, GatherEngine, IssueEngine, LoadEngine, PoolEngine, Sequencer,
                            WriterEngine)
-from hw.controller.plan import Plan
+from hw.controller.plan import POOL_DRAIN_CYCLES, Plan
 from hw.cycles import LOAD_CYCLES, POOL_OVERHEAD, SETUP_CYCLES
 from hw.isa import ConvArgs, ErrorCode, Instruction, LoadArgs, MemoryTarget, Opcode, PoolArgs, encode
 from hw.layouts import CoreLayouts, pack_payload, unpack_payload
@@ -169,10 +169,10 @@ def test_sequencer_derives_the_plan_and_starts_the_engines_on_time():
     assert error == ErrorCode.NONE
     # CONV: fetch .. decide; the engines start in the decide cycle, the last of the set-up.
     assert events[0] == (SETUP_CYCLES - 1, "conv_start")
-    # POOL: fetched the cycle after the writer is done; its overhead less the drain cycle runs to
-    # the start, and (pool_done) the engine's run is the rest.
+    # POOL: fetched the cycle after the writer is done; its overhead less the drain runs to the
+    # start (the decide cycle), and the engine's run with its drain is the rest.
     conv_end = SETUP_CYCLES - 1 + 7 + 1
-    assert events[1] == (conv_end + POOL_OVERHEAD - 2, "pool_start")
+    assert events[1] == (conv_end + POOL_OVERHEAD - POOL_DRAIN_CYCLES - 1, "pool_start")
     expected = conv_plan(CFG, conv)
     assert {name: plans[0][name] for name in expected} == expected
     expected = pool_plan(pool)
@@ -466,7 +466,7 @@ def test_pool_ors_every_window():
                     expected[f["out_base"] + ((t * f["out_h"] + py) * f["out_w"] + px) * f["cw"] + cw] = v
     assert writes == expected
     windows = f["planes"] * f["out_h"] * f["out_w"] * f["cw"] * f["kernel"] ** 2
-    assert done == [windows]          # one read a window word, then the drain cycle
+    assert done == [windows + 1]      # one read a window word, then the OR registered, then written
 
 
 # ---------------------------------------------------------------- Load

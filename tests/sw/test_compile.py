@@ -1,6 +1,8 @@
 """sw.compile: random models run on the ISS bit-exactly like deploy_forward; refusals name the layer,
 the limit and the excess."""
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -86,8 +88,7 @@ def _refusal(specs, shape=(1, 8, 8), config=None, model_config=None, **changes):
 
 @pytest.mark.parametrize("specs, changes, message", [
     ([conv(64, 3, padding=1), conv(64, 3, padding=1), linear(10)], {"act_depth": 380},
-     "layer 0 (conv): activation words of the input and output maps (512 + 128) = 640 exceeds act_depth = 380 "
-     "by 260"),
+     "layer 0 (conv): activation words of the input map = 512 exceeds act_depth = 380 by 132"),
     ([linear(300), linear(10)], {"weight_depth": 100},
      "layer 0 (linear): weight-buffer entries used up to this layer = 150 exceeds weight_depth = 100 by 50; "
      "streamed layer by layer, layer 0 (linear) would need 150 weight-buffer entries, over half of "
@@ -161,14 +162,20 @@ def test_refuses_unsupported_layers():
         compile_model(model, config)
     assert str(info.value) == "layer 0 (conv): a grouped first layer is not supported (the host unfolds the " \
                               "image into one dense vector per pixel)"
-    # a shortcut branch from an earlier layer (ResNet)
+    # a shortcut branch from an earlier layer summed into the layer (ResNet)
     model = random_model([conv(8, 3, padding=1), conv(8, 3, padding=1), conv(8, 3, padding=1, branches=2),
                           linear(10)], (1, 6, 6), config)
     model.layers[2]["branches"][1]["source"] = 0
     with pytest.raises(CompileError) as info:
         compile_model(model, config)
-    assert str(info.value) == "layer 2 (conv): branch 1 reads layer 0, not the previous layer's output; " \
-                              "branches of other sources (shortcuts) are not supported by the v1 controller"
+    assert str(info.value) == "layer 2 (conv): branch 1 reads layer 0 and branch 0 layer 1; summing branches " \
+                              "of different sources (a residual shortcut) is not supported by the controller"
+    # a later layer reading the image
+    model = random_model([conv(8, 3, padding=1), conv(8, 3, padding=1, source=-1), linear(10)], (1, 6, 6), config)
+    with pytest.raises(CompileError) as info:
+        compile_model(model, config)
+    assert str(info.value) == "layer 1 (conv): branch 0 reads the image; only layer 0 reads it (the host " \
+                              "unfolds the image for the first layer)"
     # branches of different geometry
     model = random_model([conv(8, 3, padding=1, branches=2), linear(10)], (1, 6, 6), config)
     model.layers[0]["branches"][1]["stride"] = 2
@@ -176,13 +183,11 @@ def test_refuses_unsupported_layers():
         compile_model(model, config)
     assert str(info.value) == "layer 0 (conv): branch 1 differs from branch 0 in stride (2 vs 1); only " \
                               "branches of one geometry merge into weight bases"
-    # pooling that skips a layer
-    model = random_model([conv(8, 3, padding=1), conv(8, 3, padding=1), maxpool(2), linear(10)], (1, 6, 6), config)
-    model.layers[2]["source"] = 0
+    # pooling the image
+    model = random_model([conv(8, 3, padding=1), maxpool(2, source=-1), linear(10)], (1, 6, 6), config)
     with pytest.raises(CompileError) as info:
         compile_model(model, config)
-    assert str(info.value) == "layer 2 (maxpool): its source is layer 0, not the previous layer; the v1 " \
-                              "controller runs layers as a chain"
+    assert str(info.value) == "layer 1 (maxpool): pooling the image is not supported (pool after a layer)"
     with pytest.raises(CompileError) as info:
         compile_model(random_model([linear(10)], (1, 8, 8), config), AccelConfig(rows=3))
     assert str(info.value) == "config: word_bits 32 is not a multiple of rows 3; the writer stores a " \
@@ -255,3 +260,87 @@ def test_parameters_stream_when_they_do_not_fit_resident(tmp_path):
     assert all(np.array_equal(a.values, b.values) for a, b in zip(again.stream, bundle.stream))
     with pytest.raises(BundleError, match="load stream's segments .* do not match the program's LOADs"):
         to_bytes(dataclasses.replace(bundle, stream=bundle.stream[1:]))
+
+
+def random_graph(rng):
+    """Specs of a small random graph: every layer reads a random earlier output (never the image after
+    layer 0), some maps are read twice, some never; convolutions with random kernels, strides, padding,
+    groups and bases, pools, and a linear head on a random map."""
+    specs = [conv(int(rng.choice([8, 16])), 3, padding=1, planes=int(rng.integers(1, 3)))]
+    shapes = {0: (specs[0]["out"], 8, 8)}
+    for index in range(1, int(rng.integers(3, 7))):
+        source = int(rng.choice(sorted(shapes)))
+        c, h, w = shapes[source]
+        if h >= 4 and rng.random() < 0.25:
+            specs.append(maxpool(2, source=source))
+            shapes[index] = (c, h // 2, w // 2)
+            continue
+        k = int(rng.choice([1, 3]))
+        stride = int(rng.choice([1, 2])) if h >= 4 else 1
+        out = int(rng.choice([8, 16, 24]))
+        groups = 2 if c == 16 and out in (8, 16) and rng.random() < 0.4 else 1
+        specs.append(conv(out, k, stride=stride, padding=k // 2, pad_value=int(rng.choice([-1, 1])),
+                          groups=groups, wbases=int(rng.integers(1, 3)), planes=int(rng.integers(1, 3)),
+                          source=source))
+        shapes[index] = (out, (h + 2 * (k // 2) - k) // stride + 1, (w + 2 * (k // 2) - k) // stride + 1)
+    specs.append(linear(10, wbases=int(rng.integers(1, 3)), source=int(rng.choice(sorted(shapes)))))
+    return specs
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_graphs_run_on_the_iss_like_deploy_forward(seed):
+    """Layers that read any earlier output compile; live maps never share words; the ISS's logits equal
+    deploy_forward's (and the Verify pass compared every layer's planes)."""
+    from hw.isa import Opcode, decode
+    from sw.compile import (Allocate, CheckConfig, CheckFit, Lower, MergeBranches, ProgramState, _map_words,
+                            map_lifetimes)
+    config = AccelConfig(rows=2, cols=3, word_bits=8, max_wbases=2, max_abases=2, act_depth=4096,
+                         weight_depth=4096, scale_depth=1024, thr_depth=1024, patch_depth=512, max_k=2048)
+    rng = np.random.default_rng(seed)
+    specs = random_graph(rng)
+    model = random_model(specs, (1, 8, 8), config, seed=seed)
+    bundle = compile_model(model, config, verify_images=3, seed=seed)
+    assert "verify: ISS == deploy_forward at every layer on 3 random images" in bundle.model["checked"]
+    images = rng.integers(0, 256, (5, 1, 8, 8), dtype=np.uint8)
+    assert np.array_equal(open_backend("iss", bundle).run(images).logits, deploy_forward(model, images))
+    # The allocation: maps live at one op never overlap, and every CONV / POOL reads and writes them there.
+    state = ProgramState(model, config)
+    for p in (CheckConfig(), MergeBranches(), Lower(), CheckFit(), Allocate()):
+        state = p.apply(state)
+    spans = {id(spec): (state.ops[max(first, 0)]["in_base" if first < 0 else "out_base"], _map_words(spec), first, last)
+             for spec, first, last in map_lifetimes(state.ops)}
+    for t in range(len(state.ops)):
+        live = sorted((base, base + size) for base, size, first, last in spans.values() if first <= t <= last)
+        assert all(hi <= lo for (_, hi), (lo, _) in zip(live, live[1:])), (t, live)
+        assert live[-1][1] <= config.act_depth
+    reads = [decode(word) for word in bundle.instructions]
+    assert sum(op == Opcode.CONV for op, _ in reads) == sum(op["op"] == "conv" for op in state.ops)
+
+
+def test_random_graphs_skip_layers():
+    """The generator above makes graphs, not chains: most read an output other than the previous one."""
+    skips = [any(spec["source"] not in (None, i - 1) for i, spec in enumerate(random_graph(np.random.default_rng(seed))))
+             for seed in range(12)]
+    assert sum(skips) >= 8
+
+
+def test_a_map_read_later_stays_live():
+    """Layers 1 and 2 both read layer 0's map and the head reads layer 1's: at layer 2 three maps are
+    live (16 + 128 + 128 words), more than any layer of a chain of the same sizes needs (144); with less
+    room the refusal names the layer and the live words."""
+    from hw.isa import Opcode, decode
+    specs = [conv(32, 3, padding=1), conv(256, 3, padding=1, source=0), conv(256, 3, padding=1, source=0),
+             linear(10, source=1)]
+    config = AccelConfig()
+    model = random_model(specs, (1, 4, 4), config)
+    convs = [fields for opcode, fields in map(decode, compile_model(model, config).instructions)
+             if opcode == Opcode.CONV]
+    maps = [(f["out_base"], f["out_base"] + f["out_planes"] * 16 * f["out_stride"]) for f in convs[:3]]
+    assert convs[1]["in_base"] == convs[2]["in_base"] == maps[0][0]
+    assert convs[3]["in_base"] == maps[1][0]
+    for (lo, hi), (lo2, hi2) in itertools.combinations(maps, 2):
+        assert hi <= lo2 or hi2 <= lo              # all three live at layer 2: disjoint
+    assert compile_model(model, config.replace(act_depth=272), verify_images=1)
+    assert _refusal(specs, shape=(1, 4, 4), act_depth=250) == \
+        "layer 2 (conv): activation words of its output map and the maps still live (128 + 144) = 272 " \
+        "exceeds act_depth = 250 by 22"

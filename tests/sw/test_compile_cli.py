@@ -64,7 +64,7 @@ def test_compile_for_a_board(tmp_path, model_file, capsys):
      "max_k, max_wbases, out_depth, patch_depth, result_depth, rows, scale_bits, scale_depth, scale_frac, "
      "thr_depth, weight_depth, word_bits"),
     (["MODEL", "--config", "SMALL", "--out", "p.bundle"],
-     "layer 0 (conv): activation words of the input and output maps (512 + 64) = 576 exceeds act_depth = 100 by 476"),
+     "layer 0 (conv): activation words of the input map = 512 exceeds act_depth = 100 by 412"),
     (["MODEL", "--out", "nodir/p.bundle"], "Cannot write nodir/p.bundle: No such file or directory"),
 ])
 def test_errors_are_one_line(tmp_path, model_file, capsys, monkeypatch, args, message):
