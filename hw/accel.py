@@ -149,6 +149,7 @@ class Accelerator(wiring.Component):
         for engine in (gather, issue, writer):
             m.d.comb += [engine.conv.eq(seq.instr.args.conv), engine.plan.eq(seq.plan),
                          engine.active.eq(seq.conv_active)]
+        m.d.comb += [gather.shortcut.eq(seq.shortcut), issue.shortcut.eq(seq.shortcut)]
         m.d.comb += [
             gather.start.eq(seq.conv_start), writer.start.eq(seq.conv_start), seq.conv_done.eq(writer.done),
             pool.pool.eq(seq.instr.args.pool), pool.plan.eq(seq.plan), pool.start.eq(seq.pool_start),

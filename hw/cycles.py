@@ -4,15 +4,18 @@ to the RTL's cycle counter."""
 
 from .config import AccelConfig
 from .controller.plan import (CHECK_CYCLES, CONV_SETUP_STEPS, DECODE_CYCLES, POOL_DRAIN_CYCLES,
-                              POOL_SETUP_STEPS, PRODUCT_CYCLES)
+                              POOL_SETUP_STEPS, PRODUCT_CYCLES, SHORTCUT_SETUP_STEPS)
 
-__all__ = ["SETUP_CYCLES", "ARRIVAL_CYCLES", "ISSUE_START", "BANK_REUSE", "TILE_OVERHEAD", "END_CYCLES",
+__all__ = ["SETUP_CYCLES", "SHORTCUT_SETUP_CYCLES", "SHORTCUT_CYCLES", "ARRIVAL_CYCLES", "ISSUE_START", "BANK_REUSE", "TILE_OVERHEAD", "END_CYCLES",
            "POOL_OVERHEAD", "LOAD_CYCLES", "SYNC_CYCLES", "conv_cycles", "pool_cycles",
            "instruction_cycles", "conv_ideal_cycles", "conv_macs", "Timeline", "program_cycles"]
 
 END_CYCLES = DECODE_CYCLES
 # Fetch, latch, decode, the set-up products the sequencer walks, check, decide.
 SETUP_CYCLES = DECODE_CYCLES + PRODUCT_CYCLES * len(CONV_SETUP_STEPS) + CHECK_CYCLES
+# A CONV after a SHORTCUT: the second source's set-up products too.
+SHORTCUT_SETUP_CYCLES = PRODUCT_CYCLES * len(SHORTCUT_SETUP_STEPS)
+SHORTCUT_CYCLES = DECODE_CYCLES                 # fetch, latch, decode (the second source is latched)
 ARRIVAL_CYCLES = 5      # + cols: a tile's last beat issued -> its row 0 at the writer
 ISSUE_START = 2         # a bank filled (or the previous tile issued) -> the next tile's first beat
 BANK_REUSE = 1          # a bank's last beat read -> the gather may refill it
@@ -27,29 +30,43 @@ def _ceil(a, b):
 
 
 def conv_cycles(config: AccelConfig, f):
-    """Cycles of one CONV with decoded fields `f` (a dict as `hw.isa.decode` returns).
+    """Cycles of one CONV with decoded fields `f` (a dict as `hw.isa.decode` returns; `f["shortcut"]`,
+    when present, the decoded SHORTCUT before it).
 
     Three engines overlap (docs/isa.md, "Cycle model"): the gather fills one of two patch banks per
-    pixel tile (C * (N * KW + 1) + 1 cycles); the issue unit streams a filled bank's passes, a pass
-    ending max(KW, R) cycles after the previous one (the core's pass spacing); the writer takes a
-    tile's rows from `cols + ARRIVAL_CYCLES` after its last beat, one per cycle, then writes C x T
-    fields (bit-planes), or takes C cycles per row (sums). The instruction ends with the last write.
+    pixel tile (C * (N * KW + N2 * KW2 + 1) + 1 cycles, N2 * KW2 the second source's words); the issue
+    unit streams a filled bank's passes, the main source's then the second's for every output tile, a
+    pass ending max(its K-words, R) cycles after the previous one (the core's pass spacing); the writer
+    takes a tile's rows from `cols + ARRIVAL_CYCLES` after its last beat, one per cycle, then writes
+    C x T fields (bit-planes), or takes C cycles per row (sums). The instruction ends with the last write.
     """
     R, C = config.rows, config.cols
-    kwords = f["kh"] * f["kw"] * f["in_cw"]
-    passes = f["wbases"] * f["in_planes"]
+    sources = [f] + ([f["shortcut"]] if f.get("shortcut") else [])
+    passes = []                                   # K-words of every pass of one output tile, in order
+    words = 0                                     # patch words of one pixel
+    for s in sources:
+        kwords = s["kh"] * s["kw"] * s["in_cw"]
+        passes += [kwords] * (s["wbases"] * s["in_planes"])
+        words += s["in_planes"] * kwords
     out_tiles = _ceil(f["out_ch"], R)
-    gather = C * (f["in_planes"] * kwords + 1) + 1
+    gather = C * (words + 1) + 1
     gather_end, issue_end = 0, []
     last_beat = -R
     writer = 0
+    tail = []                                     # the core's take times of a tile's last three beats
     for tile in range(_ceil(f["out_h"] * f["out_w"], C)):
         start = gather_end if tile < 2 else max(gather_end, issue_end[tile - 2] + BANK_REUSE)
         gather_end = start + gather
-        beat = max(gather_end, issue_end[-1] if issue_end else 0) + ISSUE_START
+        # The issue engine reads two beats ahead of the core: when the tile's second-to-last beat
+        # waited for the pass spacing, the next tile's first beat was read during that wait and
+        # follows the last beat at once.
+        follow = 1 if len(tail) == 3 and tail[1] >= tail[0] + 2 else ISSUE_START
+        beat = max(gather_end + ISSUE_START, issue_end[-1] + follow if issue_end else ISSUE_START)
+        tail = []
         for _ in range(out_tiles):
-            for _ in range(passes):
+            for kwords in passes:
                 last_beat = max(last_beat + R, beat + kwords - 1)
+                tail = (tail + list(range(max(beat, beat + kwords - 3), beat + kwords - 1)) + [last_beat])[-3:]
                 beat = last_beat + 1
             row = last_beat + C + ARRIVAL_CYCLES
             t = writer
@@ -57,7 +74,8 @@ def conv_cycles(config: AccelConfig, f):
                 t = max(t, row + r) + (C if f["raw"] else 1)
             writer = t if f["raw"] else t + C * f["out_planes"]
         issue_end.append(last_beat)
-    return SETUP_CYCLES + writer + TILE_OVERHEAD
+    setup = SETUP_CYCLES + (SHORTCUT_SETUP_CYCLES if len(sources) > 1 else 0)
+    return setup + writer + TILE_OVERHEAD
 
 
 def pool_cycles(config: AccelConfig, f):
@@ -65,8 +83,9 @@ def pool_cycles(config: AccelConfig, f):
 
 
 def conv_macs(f):
-    """Binary multiply-accumulates of a CONV: pixels x channels x K x basis pairs."""
-    return f["out_h"] * f["out_w"] * f["out_ch"] * f["k"] * f["wbases"] * f["in_planes"]
+    """Binary multiply-accumulates of a CONV: pixels x channels x K x basis pairs, of both sources."""
+    sources = [f] + ([f["shortcut"]] if f.get("shortcut") else [])
+    return f["out_h"] * f["out_w"] * f["out_ch"] * sum(s["k"] * s["wbases"] * s["in_planes"] for s in sources)
 
 
 def conv_ideal_cycles(config: AccelConfig, f):
@@ -106,6 +125,7 @@ class Timeline:
         self.now = 0            # cycle of the next instruction's fetch, from the first fetch
         self.taken = []         # cycle the engine took each load
         self.idle_at = 0        # first cycle with no load active or queued
+        self.shortcut = None    # the fields of a SHORTCUT waiting for its CONV
 
     def step(self, opcode, fields):
         from .isa import LOAD_QUEUE_DEPTH, Opcode
@@ -123,8 +143,13 @@ class Timeline:
             end = max(t + SYNC_CYCLES - 1, self.idle_at) + 1
         elif opcode == Opcode.END:
             end = max(t + END_CYCLES, self.idle_at + 1)
+        elif opcode == Opcode.SHORTCUT:
+            end = t + SHORTCUT_CYCLES
+        elif opcode == Opcode.CONV and self.shortcut is not None:
+            end = t + conv_cycles(self.config, dict(fields, shortcut=self.shortcut))
         else:
             end = t + instruction_cycles(self.config, opcode, fields)
+        self.shortcut = fields if opcode == Opcode.SHORTCUT else None
         self.now = end
         return end - t
 

@@ -11,7 +11,7 @@ from amaranth.lib import data, enum
 
 from .layouts import pack_payload, unpack_payload
 
-__all__ = ["Opcode", "ErrorCode", "MemoryTarget", "ConvArgs", "PoolArgs", "LoadArgs", "Instruction",
+__all__ = ["Opcode", "ErrorCode", "MemoryTarget", "ConvArgs", "ShortcutArgs", "PoolArgs", "LoadArgs", "Instruction",
            "INSTRUCTION_BITS", "LOAD_TARGETS", "LOAD_QUEUE_DEPTH", "IsaError", "encode", "decode", "FIELD_LIMITS"]
 
 INSTRUCTION_BITS = 256
@@ -27,6 +27,7 @@ class Opcode(enum.Enum, shape=4):
     POOL = 2   # max pooling of bit-planes (bitwise OR over each window)
     LOAD = 3   # queue a load: `count` entries of the load stream into a weight/scale/threshold region
     SYNC = 4   # wait until every queued load has written its last entry
+    SHORTCUT = 5  # a second source whose passes the next CONV sums into its tiles (a residual shortcut)
 
 
 class ErrorCode(enum.Enum, shape=3):
@@ -76,6 +77,14 @@ ConvArgs = data.StructLayout({
     "k":          20,  # valid bits of one pass: kh * kw * in_channels
 })
 
+#: The second source of a two-source CONV: its input map, kernel and parameters; the output geometry,
+#: channels and thresholds are the CONV's. Each field has the width of the CONV field of that name.
+ShortcutArgs = data.StructLayout({
+    name: ConvArgs[name].shape
+    for name in ("in_base", "in_h", "in_w", "in_cw", "in_stride", "in_tail", "in_planes", "kh", "kw", "stride",
+                 "pad", "pad_value", "wbases", "w_base", "s_base", "k")
+})
+
 PoolArgs = data.StructLayout({
     "in_base":  16,
     "in_h":     10,
@@ -103,16 +112,18 @@ LOAD_QUEUE_DEPTH = 4
 _args_bits = INSTRUCTION_BITS - Opcode.as_shape().width
 Instruction = data.StructLayout({
     "opcode": Opcode,
-    "args": data.UnionLayout({"conv": ConvArgs, "pool": PoolArgs, "load": LoadArgs, "raw_bits": _args_bits}),
+    "args": data.UnionLayout({"conv": ConvArgs, "shortcut": ShortcutArgs, "pool": PoolArgs, "load": LoadArgs,
+                              "raw_bits": _args_bits}),
 })
 assert Instruction.size == INSTRUCTION_BITS
 
-_ARGS = {Opcode.CONV: ("conv", ConvArgs), Opcode.POOL: ("pool", PoolArgs), Opcode.LOAD: ("load", LoadArgs)}
+_ARGS = {Opcode.CONV: ("conv", ConvArgs), Opcode.SHORTCUT: ("shortcut", ShortcutArgs), Opcode.POOL: ("pool", PoolArgs),
+         Opcode.LOAD: ("load", LoadArgs)}
 
 
 FIELD_LIMITS = {
     name: (1 << field.width) - 1
-    for layout in (ConvArgs, PoolArgs, LoadArgs) for name, field in layout
+    for layout in (ConvArgs, ShortcutArgs, PoolArgs, LoadArgs) for name, field in layout
 }
 
 

@@ -5,7 +5,7 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..config import AccelConfig
-from ..isa import ConvArgs
+from ..isa import ConvArgs, ShortcutArgs
 from .plan import Plan
 
 __all__ = ["GatherEngine"]
@@ -16,8 +16,10 @@ class GatherEngine(wiring.Component):
 
     Per tile of C output pixels, column c's bank gets that pixel's receptive field in (activation
     basis n, ky, kx, channel word) order, one activation-buffer read a cycle; a position outside the
-    map is the padding word (all ones for `pad_value` 1, else all zeros) and reads nothing. A tile takes
-    C * (N * kh * kw * in_cw + 1) + 1 cycles.
+    map is the padding word (all ones for `pad_value` 1, else all zeros) and reads nothing. With a
+    shortcut (`plan.shortcut`), the second source's field follows, read the same way from its own map
+    with its own kernel, stride and padding. A tile takes C * (N * KW + N2 * KW2 + 1) + 1 cycles
+    (KW = kh * kw * in_cw, N2 and KW2 the same for the second source).
 
     Address registers are as wide as the activation buffer's address: they wrap modulo a power of two
     at least the depth, and only addresses inside the map (checked before the CONV runs) are read.
@@ -25,6 +27,7 @@ class GatherEngine(wiring.Component):
     Ports
     -----
     conv, plan  : In   the running CONV's fields and set-up (steady from `start` on).
+    shortcut    : In   the second source's fields (used when `plan.shortcut`).
     start       : In(1)  pulse: initialise for a new CONV.
     active      : In(1)  the CONV runs (from the cycle after `start`).
     act_addr, act_en : Out  activation-buffer read requests; act_data : In  the word read (one cycle later).
@@ -41,6 +44,7 @@ class GatherEngine(wiring.Component):
         self._config = config
         super().__init__({
             "conv": In(ConvArgs),
+            "shortcut": In(ShortcutArgs),
             "plan": In(Plan),
             "start": In(1),
             "active": In(1),
@@ -71,14 +75,15 @@ class GatherEngine(wiring.Component):
             m.d.comb += [patch_r[c].addr.eq(self.patch_addr), patch_r[c].en.eq(self.patch_en),
                          self.patch_data[c].eq(patch_r[c].data)]
 
-        # The current pixel (advances one per column, across tiles).
+        # The current pixel (advances one per column, across tiles), and per source where it reads.
         oy = Signal(ConvArgs["out_h"].width)
         ox = Signal(ConvArgs["out_w"].width)
-        iy = Signal(coord)                    # oy * stride - pad
-        ix = Signal(coord)
-        pix = Signal(addr_bits)               # in_base + iy * row_words + ix * in_stride
-        row = Signal(addr_bits)               # the same for ox = 0
+        iy = [Signal(coord, name=f"iy{k}") for k in range(2)]     # oy * stride - pad
+        ix = [Signal(coord, name=f"ix{k}") for k in range(2)]
+        pix = [Signal(addr_bits, name=f"pix{k}") for k in range(2)]   # in_base + iy * row_words + ix * in_stride
+        row = [Signal(addr_bits, name=f"row{k}") for k in range(2)]   # the same for ox = 0
         col = Signal(range(C))
+        src = Signal()                        # the source being read: 0 the CONV's, 1 the shortcut's
         n = Signal(ConvArgs["in_planes"].width)
         ky = Signal(ConvArgs["kh"].width)
         kx = Signal(ConvArgs["kw"].width)
@@ -94,17 +99,25 @@ class GatherEngine(wiring.Component):
         bank = Signal()                       # bank the gather fills
         rd_bank = Signal()                    # bank the issue engine reads
         bank_full = Signal(2)                 # bank b holds a gathered tile not yet issued
+        # The source being read: its map, kernel and sizes.
+        sc = self.shortcut
+        in_h, in_w = Mux(src, sc.in_h, cv.in_h), Mux(src, sc.in_w, cv.in_w)
+        in_stride = Mux(src, sc.in_stride, cv.in_stride)
+        pad_value = Mux(src, sc.pad_value, cv.pad_value)
+        cw_m1, kw_m1 = Mux(src, plan.cw2_m1, plan.cw_m1), Mux(src, plan.kw2_m1, plan.kw_m1)
+        kh_m1, np_m1 = Mux(src, plan.kh2_m1, plan.kh_m1), Mux(src, plan.np2_m1, plan.np_m1)
+        row_words = Mux(src, plan.row_words2, plan.row_words)
+        plane_words = Mux(src, plan.plane_words2, plan.plane_words)
         # Pipeline stage 1 (the activation word arrives).
         s1_valid = Signal()
         s1_pad = Signal()
         s1_col = Signal(range(C))
         s1_pw = Signal(range(2 * cfg.patch_depth + 1))
-        pad_word = Signal(W)
-        m.d.comb += pad_word.eq(Mux(cv.pad_value, (1 << W) - 1, 0))
+        s1_pad_value = Signal()
         for c in range(C):
             m.d.comb += [
                 patch_w[c].addr.eq(s1_pw),
-                patch_w[c].data.eq(Mux(s1_pad, pad_word, self.act_data)),
+                patch_w[c].data.eq(Mux(s1_pad, Mux(s1_pad_value, (1 << W) - 1, 0), self.act_data)),
                 patch_w[c].en.eq(s1_valid & (s1_col == c)),
             ]
         m.d.sync += s1_valid.eq(0)
@@ -117,59 +130,70 @@ class GatherEngine(wiring.Component):
                     m.d.sync += bank_full[b].eq(0)
 
         with m.If(self.start):
-            start_row = cv.in_base - plan.pad_rows - plan.pad_cols
-            m.d.sync += [oy.eq(0), ox.eq(0), iy.eq(-cv.pad), ix.eq(-cv.pad), pix.eq(start_row),
-                         row.eq(start_row), p0.eq(0), more.eq(plan.npix != 0), bank.eq(0), rd_bank.eq(0),
-                         bank_full.eq(0)]
+            starts = [cv.in_base - plan.pad_rows - plan.pad_cols, sc.in_base - plan.pad_rows2 - plan.pad_cols2]
+            for k, (args, start_row) in enumerate(zip((cv, sc), starts)):
+                m.d.sync += [iy[k].eq(-args.pad), ix[k].eq(-args.pad), pix[k].eq(start_row), row[k].eq(start_row)]
+            m.d.sync += [oy.eq(0), ox.eq(0), p0.eq(0), more.eq(plan.npix != 0), bank.eq(0), rd_bank.eq(0),
+                         bank_full.eq(0), src.eq(0)]
 
         def advance_pixel():
             """Move the current pixel one to the right, wrapping to the next output row."""
+            steps = [(cv, plan.step_x, plan.step_y), (sc, plan.step_x2, plan.step_y2)]
             with m.If(ox == plan.ow_m1):
-                m.d.sync += [ox.eq(0), oy.eq(oy + 1), ix.eq(-cv.pad), iy.eq(iy + cv.stride),
-                             pix.eq(row + plan.step_y), row.eq(row + plan.step_y)]
+                m.d.sync += [ox.eq(0), oy.eq(oy + 1)]
+                for k, (args, _, step_y) in enumerate(steps):
+                    m.d.sync += [ix[k].eq(-args.pad), iy[k].eq(iy[k] + args.stride),
+                                 pix[k].eq(row[k] + step_y), row[k].eq(row[k] + step_y)]
             with m.Else():
-                m.d.sync += [ox.eq(ox + 1), ix.eq(ix + cv.stride), pix.eq(pix + plan.step_x)]
+                m.d.sync += ox.eq(ox + 1)
+                for k, (args, step_x, _) in enumerate(steps):
+                    m.d.sync += [ix[k].eq(ix[k] + args.stride), pix[k].eq(pix[k] + step_x)]
 
-        def start_pixel():
-            """Point the running addresses at the current pixel's first (n, ky, kx)."""
-            m.d.sync += [an.eq(pix), aky.eq(pix), akx.eq(pix), iyk.eq(iy), ixk.eq(ix)]
+        def start_pixel(k):
+            """Point the running addresses at the current pixel's first (n, ky, kx) in source k."""
+            m.d.sync += [an.eq(pix[k]), aky.eq(pix[k]), akx.eq(pix[k]), iyk.eq(iy[k]), ixk.eq(ix[k])]
 
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(self.active & more & ~bank_full.bit_select(bank, 1)):
                     m.d.sync += [col.eq(0), n.eq(0), ky.eq(0), kx.eq(0), cw.eq(0),
                                  pw.eq(Mux(bank, cfg.patch_depth, 0))]
-                    start_pixel()
+                    start_pixel(0)
                     m.next = "RUN"
             with m.State("RUN"):
-                inside = (iyk >= 0) & (iyk < cv.in_h) & (ixk >= 0) & (ixk < cv.in_w)
+                inside = (iyk >= 0) & (iyk < in_h) & (ixk >= 0) & (ixk < in_w)
                 m.d.comb += [self.act_addr.eq((akx + cw)[:addr_bits]), self.act_en.eq(inside)]
-                m.d.sync += [s1_valid.eq(1), s1_pad.eq(~inside), s1_col.eq(col), s1_pw.eq(pw), pw.eq(pw + 1)]
-                # Loops: cw innermost, then kx, ky, n, then the column.
-                with m.If(cw != plan.cw_m1):
+                m.d.sync += [s1_valid.eq(1), s1_pad.eq(~inside), s1_pad_value.eq(pad_value), s1_col.eq(col),
+                             s1_pw.eq(pw), pw.eq(pw + 1)]
+                # Loops: cw innermost, then kx, ky, n, then the source, then the column.
+                with m.If(cw != cw_m1):
                     m.d.sync += cw.eq(cw + 1)
                 with m.Else():
                     m.d.sync += cw.eq(0)
-                    with m.If(kx != plan.kw_m1):
-                        m.d.sync += [kx.eq(kx + 1), akx.eq(akx + cv.in_stride), ixk.eq(ixk + 1)]
+                    with m.If(kx != kw_m1):
+                        m.d.sync += [kx.eq(kx + 1), akx.eq(akx + in_stride), ixk.eq(ixk + 1)]
                     with m.Else():
-                        m.d.sync += [kx.eq(0), ixk.eq(ix)]
-                        with m.If(ky != plan.kh_m1):
-                            m.d.sync += [ky.eq(ky + 1), aky.eq(aky + plan.row_words),
-                                         akx.eq(aky + plan.row_words), iyk.eq(iyk + 1)]
+                        m.d.sync += [kx.eq(0), ixk.eq(Mux(src, ix[1], ix[0]))]
+                        with m.If(ky != kh_m1):
+                            m.d.sync += [ky.eq(ky + 1), aky.eq(aky + row_words),
+                                         akx.eq(aky + row_words), iyk.eq(iyk + 1)]
                         with m.Else():
-                            m.d.sync += [ky.eq(0), iyk.eq(iy)]
-                            with m.If(n != plan.np_m1):
-                                m.d.sync += [n.eq(n + 1), an.eq(an + plan.plane_words),
-                                             aky.eq(an + plan.plane_words), akx.eq(an + plan.plane_words)]
+                            m.d.sync += [ky.eq(0), iyk.eq(Mux(src, iy[1], iy[0]))]
+                            with m.If(n != np_m1):
+                                m.d.sync += [n.eq(n + 1), an.eq(an + plane_words),
+                                             aky.eq(an + plane_words), akx.eq(an + plane_words)]
+                            with m.Elif(~src & plan.shortcut):
+                                # The pixel's second field follows its first in the same bank.
+                                m.d.sync += [n.eq(0), src.eq(1)]
+                                start_pixel(1)
                             with m.Else():
                                 # Next column: the next pixel.
-                                m.d.sync += [n.eq(0), pw.eq(Mux(bank, cfg.patch_depth, 0)),
+                                m.d.sync += [n.eq(0), src.eq(0), pw.eq(Mux(bank, cfg.patch_depth, 0)),
                                              col.eq(Mux(col == C - 1, 0, col + 1))]
                                 advance_pixel()
                                 m.next = "NEXT_COLUMN"
             with m.State("NEXT_COLUMN"):
-                start_pixel()
+                start_pixel(0)
                 with m.If(col == 0):      # wrapped: all C columns gathered (the last word lands now)
                     m.d.sync += [p0.eq(p0 + C), more.eq(p0 + C < plan.npix), bank.eq(~bank)]
                     for b in range(2):

@@ -5,7 +5,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..config import AccelConfig
-from ..isa import ConvArgs
+from ..isa import ConvArgs, ShortcutArgs
 from ..layouts import CoreLayouts
 from .plan import Plan
 
@@ -14,7 +14,10 @@ __all__ = ["IssueEngine"]
 
 class IssueEngine(wiring.Component):
     """Streams one beat a cycle (weight entry + the C patch words) for every (output tile, weight
-    basis m, activation basis n, K-word j) of a gathered tile, j innermost.
+    basis m, activation basis n, K-word j) of a gathered tile, j innermost; with a shortcut
+    (`plan.shortcut`), each output tile's passes of the second source follow the main source's
+    (its weights from `shortcut.w_base`, its scales from `shortcut.s_base`, its patch words after the
+    main source's), the tile's last pass being the second source's last.
 
     Two register stages sit between the memories and the core: the weight and patch read data, then
     that data registered and offered on `beats`; both move together when the core takes a beat, so the
@@ -23,6 +26,7 @@ class IssueEngine(wiring.Component):
     Ports
     -----
     conv, plan  : In   the running CONV's fields and set-up.
+    shortcut    : In   the second source's fields (used when `plan.shortcut`).
     active      : In(1)  the CONV runs.
     tiles       : In(stream of the bank index)  a gathered tile; taken when its last word has been
                   read (that frees the bank for the gather).
@@ -38,6 +42,7 @@ class IssueEngine(wiring.Component):
         self.layouts = lay = CoreLayouts(config)
         super().__init__({
             "conv": In(ConvArgs),
+            "shortcut": In(ShortcutArgs),
             "plan": In(Plan),
             "active": In(1),
             "tiles": In(stream.Signature(1)),
@@ -56,19 +61,27 @@ class IssueEngine(wiring.Component):
         R, W = cfg.rows, cfg.word_bits
         cv, plan, lay = self.conv, self.plan, self.layouts
 
+        sc = self.shortcut
         ot = Signal(ConvArgs["out_ch"].width)          # output tile
+        src = Signal()                                 # the source of this pass: 0 the CONV's, 1 the shortcut's
         mb = Signal(ConvArgs["wbases"].width)          # weight basis
         nb = Signal(ConvArgs["in_planes"].width)       # activation basis
         j = Signal(range(cfg.patch_depth))             # K-word (kwords <= patch_depth, checked)
         cwj = Signal(ConvArgs["in_cw"].width)          # channel word of K-word j
-        wstart = Signal.like(self.weight_addr)         # weight entry of (ot, m, j = 0)
+        wstart = [Signal.like(self.weight_addr, name=f"wstart{k}") for k in range(2)]   # entry of (ot, m, j = 0)
         waddr = Signal.like(self.weight_addr)
         pbase = Signal.like(self.patch_addr)           # first word of the bank being read
         pstart = Signal.like(self.patch_addr)          # patch word of (n, j = 0)
         paddr = Signal.like(self.patch_addr)
-        saddr = Signal(lay.pass_info["scale_addr"].shape)
+        saddr = [Signal(lay.pass_info["scale_addr"].shape, name=f"saddr{k}") for k in range(2)]
         taddr = Signal(lay.pass_info["thr_addr"].shape)
         busy = Signal()
+        # The source of this pass: its sizes.
+        kwords = Mux(src, plan.kwords2, plan.kwords)
+        kwords_m1 = Mux(src, plan.kwords2_m1, plan.kwords_m1)
+        cw_m1 = Mux(src, plan.cw2_m1, plan.cw_m1)
+        wb_m1, np_m1 = Mux(src, plan.wb2_m1, plan.wb_m1), Mux(src, plan.np2_m1, plan.np_m1)
+        second = pbase + plan.patch_need               # the second source's first patch word
 
         # Stage 1: the memories' read data; stage 2 (c_*): that data registered, offered to the core.
         ctl_layout = data.StructLayout({"nbits": range(W + 1), "first": 1, "last": 1, "info": lay.pass_info})
@@ -94,35 +107,49 @@ class IssueEngine(wiring.Component):
         with m.If(advance):
             m.d.sync += [c_valid.eq(b_valid), c_ctl.eq(b_ctl), c_w.eq(self.weight_data), c_a.eq(self.patch_data),
                          b_valid.eq(busy)]
-            j_last = j == plan.kwords_m1
+            j_last = j == kwords_m1
+            last_source = src | ~plan.shortcut
             m.d.sync += [
-                b_ctl.nbits.eq(Mux(cwj == plan.cw_m1, cv.in_tail, W)),
+                b_ctl.nbits.eq(Mux(cwj == cw_m1, Mux(src, sc.in_tail, cv.in_tail), W)),
                 b_ctl.first.eq(j == 0),
                 b_ctl.last.eq(j_last),
-                b_ctl.info.k.eq(cv.k),
-                b_ctl.info.first_pass.eq((mb == 0) & (nb == 0)),
-                b_ctl.info.last_pass.eq((mb == plan.wb_m1) & (nb == plan.np_m1)),
+                b_ctl.info.k.eq(Mux(src, sc.k, cv.k)),
+                b_ctl.info.first_pass.eq(~src & (mb == 0) & (nb == 0)),
+                b_ctl.info.last_pass.eq(last_source & (mb == wb_m1) & (nb == np_m1)),
                 b_ctl.info.raw.eq(cv.raw),
-                b_ctl.info.scale_addr.eq(saddr),
+                b_ctl.info.scale_addr.eq(Mux(src, saddr[1], saddr[0])),
                 b_ctl.info.thr_addr.eq(taddr),
             ]
             with m.If(busy):
-                # Step the loops: j innermost, then n, m, ot.
+                # Step the loops: j innermost, then n, m, the source, ot.
                 with m.If(~j_last):
                     m.d.sync += [j.eq(j + 1), waddr.eq(waddr + 1), paddr.eq(paddr + 1),
-                                 cwj.eq(Mux(cwj == plan.cw_m1, 0, cwj + 1))]
+                                 cwj.eq(Mux(cwj == cw_m1, 0, cwj + 1))]
                 with m.Else():
-                    m.d.sync += [j.eq(0), cwj.eq(0), saddr.eq(saddr + 1)]
-                    with m.If(nb != plan.np_m1):
-                        m.d.sync += [nb.eq(nb + 1), waddr.eq(wstart),
-                                     pstart.eq(pstart + plan.kwords), paddr.eq(pstart + plan.kwords)]
+                    m.d.sync += [j.eq(0), cwj.eq(0)]
+                    for k in range(2):
+                        with m.If(src == k):
+                            m.d.sync += saddr[k].eq(saddr[k] + 1)
+                    with m.If(nb != np_m1):
+                        m.d.sync += [nb.eq(nb + 1), waddr.eq(Mux(src, wstart[1], wstart[0])),
+                                     pstart.eq(pstart + kwords), paddr.eq(pstart + kwords)]
                     with m.Else():
-                        m.d.sync += [nb.eq(0), pstart.eq(pbase), paddr.eq(pbase),
-                                     wstart.eq(wstart + plan.kwords), waddr.eq(wstart + plan.kwords)]
-                        with m.If(mb != plan.wb_m1):
+                        m.d.sync += nb.eq(0)
+                        for k in range(2):
+                            with m.If(src == k):
+                                m.d.sync += [wstart[k].eq(wstart[k] + kwords), waddr.eq(wstart[k] + kwords)]
+                        m.d.sync += [pstart.eq(Mux(src, second, pbase)), paddr.eq(Mux(src, second, pbase))]
+                        with m.If(mb != wb_m1):
                             m.d.sync += mb.eq(mb + 1)
+                        with m.Elif(~src & plan.shortcut):
+                            # The main source's passes of this output tile are done: the shortcut's.
+                            m.d.sync += [mb.eq(0), src.eq(1), waddr.eq(wstart[1]), pstart.eq(second),
+                                         paddr.eq(second)]
                         with m.Else():
-                            m.d.sync += [mb.eq(0), ot.eq(ot + 1), taddr.eq(taddr + R)]
+                            m.d.sync += [mb.eq(0), src.eq(0), ot.eq(ot + 1), taddr.eq(taddr + R),
+                                         pstart.eq(pbase), paddr.eq(pbase)]
+                            with m.If(src):
+                                m.d.sync += waddr.eq(wstart[0])
                             with m.If(ot == plan.ot_m1):
                                 # Every patch word of this tile has been read: the bank is free.
                                 m.d.comb += self.tiles.ready.eq(1)
@@ -132,9 +159,9 @@ class IssueEngine(wiring.Component):
         with m.If(self.active & ~busy & self.tiles.valid):
             bank_base = Mux(self.tiles.payload, cfg.patch_depth, 0)
             m.d.sync += [
-                busy.eq(1), ot.eq(0), mb.eq(0), nb.eq(0), j.eq(0), cwj.eq(0),
-                wstart.eq(cv.w_base), waddr.eq(cv.w_base), pbase.eq(bank_base),
+                busy.eq(1), ot.eq(0), src.eq(0), mb.eq(0), nb.eq(0), j.eq(0), cwj.eq(0),
+                wstart[0].eq(cv.w_base), wstart[1].eq(sc.w_base), waddr.eq(cv.w_base), pbase.eq(bank_base),
                 pstart.eq(bank_base), paddr.eq(bank_base),
-                saddr.eq(cv.s_base), taddr.eq(cv.t_base),
+                saddr[0].eq(cv.s_base), saddr[1].eq(sc.s_base), taddr.eq(cv.t_base),
             ]
         return m

@@ -9,10 +9,11 @@ model together.
 from amaranth.hdl import unsigned
 from amaranth.lib import data
 
-from ..isa import ConvArgs, PoolArgs
+from ..isa import ConvArgs, PoolArgs, ShortcutArgs
 
 __all__ = ["PRODUCT_BITS", "OPERAND_B_BITS", "PRODUCT_CYCLES", "DECODE_CYCLES", "CHECK_CYCLES",
-           "POOL_DRAIN_CYCLES", "CONV_SETUP_STEPS", "POOL_SETUP_STEPS", "Plan", "field_shape"]
+           "POOL_DRAIN_CYCLES", "CONV_SETUP_STEPS", "SHORTCUT_SETUP_STEPS", "POOL_SETUP_STEPS", "Plan",
+           "field_shape"]
 
 #: Width of a set-up product. A product saturates here (all ones), so no field combination can wrap a
 #: size back into range before the checks compare it with a memory's depth.
@@ -34,7 +35,7 @@ def _cols(args, plan, cols):
 
 
 # (destination, operand a, operand b). An operand is an instruction field or an earlier destination
-# by name, or a function (args, plan, cols) -> value.
+# by name (`sc.` names a field of the SHORTCUT before the CONV), or a function (args, plan, cols) -> value.
 CONV_SETUP_STEPS = (
     ("khw", "kh", "kw"),
     ("kwords", "khw", "in_cw"),
@@ -60,6 +61,26 @@ CONV_SETUP_STEPS = (
     ("tile_out_step", _cols, "out_stride"),
 )
 
+#: A CONV with a SHORTCUT before it: the second source's sizes, after CONV_SETUP_STEPS.
+SHORTCUT_SETUP_STEPS = (
+    ("khw2", "sc.kh", "sc.kw"),
+    ("kwords2", "khw2", "sc.in_cw"),
+    ("row_words2", "sc.in_w", "sc.in_stride"),
+    ("plane_words2", "row_words2", "sc.in_h"),
+    ("in_need2", "plane_words2", "sc.in_planes"),
+    ("patch_need2", "kwords2", "sc.in_planes"),
+    ("kvalid2", "khw2", "sc.in_tail"),
+    ("otm2", "out_tiles", "sc.wbases"),
+    ("w_need2", "kwords2", lambda a, p, c: p.otm2[:OPERAND_B_BITS]),
+    ("s_need2", "otm2", "sc.in_planes"),
+    ("step_x2", "sc.stride", "sc.in_stride"),
+    ("step_y2", "row_words2", "sc.stride"),
+    ("span_h2", lambda a, p, c: a.out_h - 1, "sc.stride"),
+    ("span_w2", lambda a, p, c: a.out_w - 1, "sc.stride"),
+    ("pad_rows2", "row_words2", "sc.pad"),
+    ("pad_cols2", "sc.pad", "sc.in_stride"),
+)
+
 POOL_SETUP_STEPS = (
     ("p_row", "in_w", "cw"),
     ("p_plane", "p_row", "in_h"),
@@ -80,7 +101,7 @@ def field_shape(*fields):
 
 
 _products = {}
-for _dest, _, _ in CONV_SETUP_STEPS + POOL_SETUP_STEPS:
+for _dest, _, _ in CONV_SETUP_STEPS + SHORTCUT_SETUP_STEPS + POOL_SETUP_STEPS:
     _products[_dest] = PRODUCT_BITS
 
 #: Everything the sequencer hands the engines besides the instruction: the set-up products, ceil(out_ch / R)
@@ -99,4 +120,12 @@ Plan = data.StructLayout({
     "wb_m1": field_shape((ConvArgs, "wbases"),),
     "op_m1": field_shape((ConvArgs, "out_planes"),),
     "ot_m1": ConvArgs["out_ch"].shape,
+    # The second source (a SHORTCUT before the CONV).
+    "shortcut": 1,
+    "kwords2_m1": PRODUCT_BITS,
+    "cw2_m1": ShortcutArgs["in_cw"].shape,
+    "kw2_m1": ShortcutArgs["kw"].shape,
+    "kh2_m1": ShortcutArgs["kh"].shape,
+    "np2_m1": ShortcutArgs["in_planes"].shape,
+    "wb2_m1": ShortcutArgs["wbases"].shape,
 })

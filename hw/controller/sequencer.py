@@ -5,8 +5,8 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..config import AccelConfig
-from ..isa import INSTRUCTION_BITS, ErrorCode, Instruction, LoadArgs, MemoryTarget, Opcode
-from .plan import CONV_SETUP_STEPS, OPERAND_B_BITS, POOL_SETUP_STEPS, PRODUCT_BITS, Plan
+from ..isa import INSTRUCTION_BITS, ErrorCode, Instruction, LoadArgs, MemoryTarget, Opcode, ShortcutArgs
+from .plan import CONV_SETUP_STEPS, OPERAND_B_BITS, POOL_SETUP_STEPS, PRODUCT_BITS, SHORTCUT_SETUP_STEPS, Plan
 
 __all__ = ["Sequencer"]
 
@@ -30,6 +30,8 @@ class Sequencer(wiring.Component):
     pc          : Out      the instruction running or the one that failed.
     prog_addr, prog_en : Out  the program memory's read port; prog_data : In  its data.
     instr       : Out(Instruction)  the instruction register, steady while the engines run it.
+    shortcut    : Out(ShortcutArgs)  the second source a SHORTCUT latched for the CONV after it
+                  (`plan.shortcut` says whether the running CONV has one).
     plan        : Out(Plan)  the set-up products and loop bounds of the instruction.
     conv_start  : Out(1)   pulse: a checked CONV starts (gather, issue and writer initialise).
     conv_active : Out(1)   from the cycle after conv_start until the writer is done.
@@ -56,6 +58,7 @@ class Sequencer(wiring.Component):
             "prog_en": Out(1),
             "prog_data": In(INSTRUCTION_BITS),
             "instr": Out(Instruction),
+            "shortcut": Out(ShortcutArgs),
             "plan": Out(Plan),
             "conv_start": Out(1),
             "conv_active": Out(1),
@@ -73,7 +76,8 @@ class Sequencer(wiring.Component):
         R, C, W = cfg.rows, cfg.cols, cfg.word_bits
         log_r = R.bit_length() - 1
         ins, plan, busy, pc = self.instr, self.plan, self.busy, self.pc
-        cv, pl, ld = ins.args.conv, ins.args.pool, ins.args.load
+        cv, pl, ld, sc = ins.args.conv, ins.args.pool, ins.args.load, self.shortcut
+        pending = Signal()          # a SHORTCUT was decoded; the next instruction must be its CONV
 
         with m.If(busy):
             m.d.sync += self.cycles.eq(self.cycles + 1)
@@ -87,17 +91,20 @@ class Sequencer(wiring.Component):
                 return spec(args, plan, Const(C, 8))
             if spec in Plan.members:
                 return getattr(plan, spec)
+            if spec.startswith("sc."):
+                return getattr(sc, spec[3:])
             return getattr(args, spec)
 
         def steps_of(step_list, args):
             return [(getattr(plan, dest), resolve(a, args), resolve(b, args)) for dest, a, b in step_list]
 
         conv_steps = steps_of(CONV_SETUP_STEPS, cv)
+        shortcut_steps = steps_of(SHORTCUT_SETUP_STEPS, cv)
         pool_steps = steps_of(POOL_SETUP_STEPS, pl)
-        for _, _, b in conv_steps + pool_steps:
+        for _, _, b in conv_steps + shortcut_steps + pool_steps:
             assert len(b) <= OPERAND_B_BITS, b
 
-        step = Signal(range(max(len(conv_steps), len(pool_steps)) + 1))
+        step = Signal(range(max(len(conv_steps), len(shortcut_steps), len(pool_steps)) + 1))
         phase = Signal(range(3))
         mul_a = Signal(PRODUCT_BITS)
         mul_b = Signal(OPERAND_B_BITS)
@@ -108,7 +115,8 @@ class Sequencer(wiring.Component):
                                      product[:PRODUCT_BITS]))
 
         def run_steps(steps, next_state):
-            """Phase 0 registers the step's operands, phase 1 multiplies, phase 2 writes the result."""
+            """Phase 0 registers the step's operands, phase 1 multiplies, phase 2 writes the result;
+            `next_state` is a state name, or a function that sets `m.next` after the last step."""
             m.d.sync += phase.eq(Mux(phase == 2, 0, phase + 1))
             with m.Switch(step):
                 for i, (dest, a, b) in enumerate(steps):
@@ -121,7 +129,10 @@ class Sequencer(wiring.Component):
                 m.d.sync += step.eq(step + 1)
                 with m.If(step == len(steps) - 1):
                     m.d.sync += step.eq(0)
-                    m.next = next_state
+                    if callable(next_state):
+                        next_state()
+                    else:
+                        m.next = next_state
 
         # ------------------------------------------------------------ checks
         p = plan
@@ -133,13 +144,25 @@ class Sequencer(wiring.Component):
             cv.wbases > cfg.max_wbases,
             p.span_h + cv.kh > cv.in_h + 2 * cv.pad, p.span_w + cv.kw > cv.in_w + 2 * cv.pad,
             ~cv.raw & ((cv.out_planes == 0) | (cv.out_planes > cfg.max_abases) | ((cv.out_ch_base % R) != 0)),
-            ~cv.raw & (cv.out_ch_base + cv.out_ch > cv.out_stride * W))
+            ~cv.raw & (cv.out_ch_base + cv.out_ch > cv.out_stride * W),
+            # The SHORTCUT's fields (only when one precedes this CONV).
+            pending & ((sc.in_h == 0) | (sc.in_w == 0) | (sc.in_cw == 0) | (sc.in_planes == 0) | (sc.kh == 0)),
+            pending & ((sc.kw == 0) | (sc.stride == 0) | (sc.wbases == 0) | (sc.in_stride < sc.in_cw)),
+            pending & ((sc.in_tail == 0) | (sc.in_tail > W) | (sc.k > cfg.max_k) | (sc.wbases > cfg.max_wbases)),
+            pending & (sc.k != ((p.kwords2 - p.khw2) << (W.bit_length() - 1)) + p.kvalid2),
+            pending & (p.span_h2 + sc.kh > sc.in_h + 2 * sc.pad),
+            pending & (p.span_w2 + sc.kw > sc.in_w + 2 * sc.pad))
+        patch_words = Signal(PRODUCT_BITS + 1)
+        m.d.comb += patch_words.eq(p.patch_need + Mux(pending, p.patch_need2, 0))
         conv_range = Cat(
-            cv.in_base + p.in_need > cfg.act_depth, p.patch_need > cfg.patch_depth,
+            cv.in_base + p.in_need > cfg.act_depth, patch_words > cfg.patch_depth,
             cv.w_base + p.w_need > cfg.weight_depth, cv.s_base + p.s_need > cfg.scale_depth,
             cv.t_base + p.out_tiles * R > cfg.thr_depth,
             cv.raw & (cv.out_base + p.res_need > cfg.result_depth),
-            ~cv.raw & (cv.out_base + p.out_need > cfg.act_depth))
+            ~cv.raw & (cv.out_base + p.out_need > cfg.act_depth),
+            pending & (sc.in_base + p.in_need2 > cfg.act_depth),
+            pending & (sc.w_base + p.w_need2 > cfg.weight_depth),
+            pending & (sc.s_base + p.s_need2 > cfg.scale_depth))
         pool_bad = Cat(
             (pl.in_h == 0) | (pl.in_w == 0) | (pl.cw == 0) | (pl.planes == 0) | (pl.kernel == 0),
             (pl.stride == 0) | (pl.out_h == 0) | (pl.out_w == 0),
@@ -180,7 +203,7 @@ class Sequencer(wiring.Component):
             with m.State("IDLE"):
                 with m.If(self.start):
                     m.d.sync += [busy.eq(1), self.done.eq(0), self.error.eq(ErrorCode.NONE), pc.eq(0),
-                                 self.cycles.eq(0)]
+                                 self.cycles.eq(0), pending.eq(0)]
                     m.next = "FETCH"
             with m.State("FETCH"):
                 with m.If(pc == cfg.instr_depth):
@@ -193,19 +216,27 @@ class Sequencer(wiring.Component):
                 m.next = "DECODE"
             with m.State("DECODE"):
                 with m.Switch(ins.opcode):
-                    with m.Case(Opcode.END):
-                        with m.If(self.loads_idle):
-                            finish()
-                        with m.Else():
-                            m.next = "END_WAIT"
-                    with m.Case(Opcode.LOAD):
-                        m.next = "LOAD_CHECK"
-                    with m.Case(Opcode.SYNC):
-                        m.next = "SYNC"
                     with m.Case(Opcode.CONV):
                         m.next = "CONV_SETUP"
-                    with m.Case(Opcode.POOL):
-                        m.next = "POOL_SETUP"
+                    with m.Case(Opcode.END, Opcode.LOAD, Opcode.SYNC, Opcode.POOL, Opcode.SHORTCUT):
+                        with m.If(pending):
+                            fail(ErrorCode.BAD_FIELD)       # a SHORTCUT not followed by its CONV
+                        with m.Else():
+                            with m.Switch(ins.opcode):
+                                with m.Case(Opcode.END):
+                                    with m.If(self.loads_idle):
+                                        finish()
+                                    with m.Else():
+                                        m.next = "END_WAIT"
+                                with m.Case(Opcode.LOAD):
+                                    m.next = "LOAD_CHECK"
+                                with m.Case(Opcode.SYNC):
+                                    m.next = "SYNC"
+                                with m.Case(Opcode.POOL):
+                                    m.next = "POOL_SETUP"
+                                with m.Case(Opcode.SHORTCUT):
+                                    m.d.sync += [sc.eq(ins.args.shortcut), pending.eq(1)]
+                                    next_instruction()
                     with m.Default():
                         fail(ErrorCode.ILLEGAL_OPCODE)
             with m.State("END_WAIT"):
@@ -224,19 +255,29 @@ class Sequencer(wiring.Component):
                 with m.If(self.loads_idle):
                     next_instruction()
             with m.State("CONV_SETUP"):
-                run_steps(conv_steps, "CONV_CHECK")
+                def after_conv_steps():
+                    with m.If(pending):
+                        m.next = "SHORTCUT_SETUP"
+                    with m.Else():
+                        m.next = "CONV_CHECK"
+                run_steps(conv_steps, after_conv_steps)
+            with m.State("SHORTCUT_SETUP"):
+                run_steps(shortcut_steps, "CONV_CHECK")
             with m.State("CONV_CHECK"):
                 # The checks' adders and comparators end in registers; the next state acts on them.
                 m.d.sync += [bad_r.eq(conv_bad), range_r.eq(conv_range), p.kwords_m1.eq(p.kwords - 1),
                              p.cw_m1.eq(cv.in_cw - 1), p.kw_m1.eq(cv.kw - 1), p.kh_m1.eq(cv.kh - 1),
                              p.np_m1.eq(cv.in_planes - 1), p.ow_m1.eq(cv.out_w - 1), p.wb_m1.eq(cv.wbases - 1),
-                             p.op_m1.eq(cv.out_planes - 1), p.ot_m1.eq(p.out_tiles - 1)]
+                             p.op_m1.eq(cv.out_planes - 1), p.ot_m1.eq(p.out_tiles - 1),
+                             p.shortcut.eq(pending), p.kwords2_m1.eq(p.kwords2 - 1), p.cw2_m1.eq(sc.in_cw - 1),
+                             p.kw2_m1.eq(sc.kw - 1), p.kh2_m1.eq(sc.kh - 1), p.np2_m1.eq(sc.in_planes - 1),
+                             p.wb2_m1.eq(sc.wbases - 1)]
                 m.next = "CONV_DECIDE"
             with m.State("CONV_DECIDE"):
                 fail_on_checks()
                 with m.Else():
                     m.d.comb += self.conv_start.eq(1)
-                    m.d.sync += self.conv_active.eq(1)
+                    m.d.sync += [self.conv_active.eq(1), pending.eq(0)]
                     m.next = "CONV_RUN"
             with m.State("CONV_RUN"):
                 # Gather, issue and writer run on their own; the instruction ends with the last write.

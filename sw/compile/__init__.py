@@ -37,11 +37,22 @@ WEIGHT_MODES = ("resident", "stream", "auto")
 _PARAMETER_MEMORIES = STREAM_MEMORIES
 
 
-def _parameter_need(config, op):
-    """Entries of the weight, scale and threshold memories one CONV reads."""
-    kw_words = op["kh"] * op["kw"] * op["in_cw"]
+def _sources(op):
+    """A CONV's sources: its own fields and, for a two-source layer, its shortcut's."""
+    return [op] + ([op["shortcut"]] if op.get("shortcut") else [])
+
+
+def _source_need(config, op, s):
+    """Weight and scale entries source `s` of CONV `op` reads."""
     ot = -(-op["o"] // config.rows)
-    return {"weight": ot * op["m"] * kw_words, "scale": ot * op["m"] * op["n"],
+    return {"weight": ot * s["m"] * s["kh"] * s["kw"] * s["in_cw"], "scale": ot * s["m"] * s["n"]}
+
+
+def _parameter_need(config, op):
+    """Entries of the weight, scale and threshold memories one CONV reads (both sources)."""
+    needs = [_source_need(config, op, s) for s in _sources(op)]
+    ot = -(-op["o"] // config.rows)
+    return {"weight": sum(n["weight"] for n in needs), "scale": sum(n["scale"] for n in needs),
             "threshold": 0 if op["raw"] else ot * config.rows}
 
 
@@ -98,12 +109,29 @@ class CheckConfig:
 
 class MergeBranches:
     """One CONV per layer: Group-Net branches with the same source and geometry become extra weight
-    bases (weights and scales concatenated along M). A layer may read any earlier layer's output (the
-    network is a graph); branches of different sources summed into one layer (a ResNet shortcut),
-    branches of different geometry and a later layer reading the image are refused."""
+    bases (weights and scales concatenated along M); a second group of branches (another source, or
+    the same source through another kernel) becomes the layer's shortcut, a second source the CONV
+    sums into its tiles. A layer may read any earlier layer's output (the network is a graph); more
+    than two groups and a later layer reading the image are refused."""
 
     name = "merge-branches"
     _GEOMETRY = ("kind", "kernel", "stride", "padding", "pad_value", "groups", "abases", "k")
+
+    def _merge(self, c, name, numbered, count):
+        """Branches of one source and geometry (with their indices) -> one branch whose weight bases
+        are theirs."""
+        _, first = numbered[0]
+        weights = np.concatenate([b["weights"] for _, b in numbered], axis=0)
+        scales = np.concatenate([b["scales"] for _, b in numbered], axis=0)
+        m = weights.shape[0]
+        if m > c.max_wbases:
+            what = f"weight bases of {len(numbered)} merged branches" if count > 1 else "weight bases"
+            if len(numbered) < count:
+                what += f" reading layer {first['source']}"
+            _exceeds(name, what, m, "max_wbases", c.max_wbases)
+        merged = {k: first[k] for k in first if k not in ("weights", "scales")}
+        merged.update(weights=weights, scales=scales, wbases=m)
+        return merged
 
     @staticmethod
     def _check_source(name, index, source, what):
@@ -125,28 +153,29 @@ class MergeBranches:
                 layers.append(dict(layer, name=name))
                 continue
             branches = layer["branches"]
-            first = branches[0]
             for j, branch in enumerate(branches):
                 self._check_source(name, index, branch["source"], f"branch {j}")
-                if branch["source"] != first["source"]:
-                    raise CompileError(f"{name}: branch {j} reads layer {branch['source']} and branch 0 "
-                                       f"layer {first['source']}; summing branches of different sources "
-                                       f"(a residual shortcut) is not supported by the controller")
-                for key in self._GEOMETRY:
-                    if branch.get(key) != first.get(key):
-                        raise CompileError(f"{name}: branch {j} differs from branch 0 in {key} "
-                                           f"({branch.get(key)!r} vs {first.get(key)!r}); only branches of "
-                                           f"one geometry merge into weight bases")
-            weights = np.concatenate([b["weights"] for b in branches], axis=0)
-            scales = np.concatenate([b["scales"] for b in branches], axis=0)
-            m = weights.shape[0]
-            if m > c.max_wbases:
-                what = f"weight bases of {len(branches)} merged branches" if len(branches) > 1 else "weight bases"
-                _exceeds(name, what, m, "max_wbases", c.max_wbases)
-            merged = {k: first[k] for k in first if k not in ("weights", "scales")}
-            merged.update(weights=weights, scales=scales, wbases=m)
-            entry = {"kind": layer["kind"], "name": name, "branch": merged, "out": int(layer["out_features"]),
-                     "branches": len(branches), "source": first["source"]}
+            # Branches of one source and one geometry merge into weight bases; a second group (another
+            # map, or the same map through another kernel: a Bi-Real shortcut) is the layer's shortcut.
+            groups = {}
+            for j, branch in enumerate(branches):
+                key = (branch["source"],) + tuple(repr(branch.get(k)) for k in self._GEOMETRY)
+                groups.setdefault(key, []).append((j, branch))
+            if index == 0 and len(groups) > 1:
+                # The host unfolds the image for one kernel: the first layer has no second geometry.
+                j, branch = list(groups.values())[1][0]
+                key = next(k for k in self._GEOMETRY if branch.get(k) != branches[0].get(k))
+                raise CompileError(f"{name}: branch {j} differs from branch 0 in {key} ({branch.get(key)!r} vs "
+                                   f"{branches[0].get(key)!r}); only branches of one geometry merge into weight "
+                                   f"bases, and the first layer has no shortcut")
+            if len(groups) > 2:
+                what = ", ".join(f"branch {g[0][0]} (layer {g[0][1]['source']})" for g in groups.values())
+                raise CompileError(f"{name}: its branches form {len(groups)} groups of one source and geometry "
+                                   f"({what}); a layer sums at most two: its main branch and one shortcut")
+            merged = [self._merge(c, name, group, len(branches)) for group in groups.values()]
+            entry = {"kind": layer["kind"], "name": name, "branch": merged[0], "out": int(layer["out_features"]),
+                     "branches": len(branches), "source": merged[0]["source"],
+                     "shortcut": merged[1] if len(merged) > 1 else None}
             if "thresholds" in layer:
                 entry["thresholds"], entry["flip"] = layer["thresholds"], layer["flip"]
             layers.append(entry)
@@ -295,6 +324,12 @@ class Lower:
             if last and out_h * out_w != 1:
                 raise CompileError(f"{name}: the last layer must give one sum per class, not a "
                                    f"{out_h}x{out_w} map")
+            shortcut = None
+            if layer.get("shortcut") is not None:
+                if groups > 1:
+                    raise CompileError(f"{name}: a grouped layer with a shortcut branch is not supported "
+                                       f"(each group would need its own slice of the shortcut)")
+                shortcut = self._lower_shortcut(c, name, layer["shortcut"], outputs, out_h, out_w, o)
             for g in range(groups):
                 sl = slice(g * og, (g + 1) * og)
                 op = {"op": "conv", "layer": index, "name": name, "group": g, "groups": groups, **geo,
@@ -306,6 +341,9 @@ class Lower:
                       "scales": np.ascontiguousarray(b["scales"][:, :, sl])}
                 # The model's binary MACs (the first layer's plane groups repeat planes: not more work).
                 op["macs"] = m * og * out_h * out_w * (8 * k0 if index == 0 else n * op["k"])
+                if shortcut is not None:
+                    op["shortcut"] = shortcut
+                    op["macs"] += shortcut["m"] * shortcut["n"] * shortcut["k"] * og * out_h * out_w
                 if not last:
                     op["thresholds"] = layer["thresholds"][sl]
                     op["flip"] = layer["flip"][sl]
@@ -318,6 +356,37 @@ class Lower:
         state.ops = ops
         state.checked.append("lower: re-laid weights unpack to the model's weights")
         return state
+
+    @staticmethod
+    def _lower_shortcut(c, name, b, outputs, out_h, out_w, o):
+        """The second source of a two-source layer (a residual shortcut): a convolution of an earlier
+        map whose output has the main branch's shape, lowered like a conv branch."""
+        w_bits = c.word_bits
+        if b["source"] < 0:
+            raise CompileError(f"{name}: its shortcut reads the image; only layer 0 reads it")
+        if b["kind"] != "conv":
+            raise CompileError(f"{name}: a {b['kind']} shortcut branch is not supported (a shortcut is a "
+                               f"convolution of an earlier map)")
+        if b["groups"] != 1:
+            raise CompileError(f"{name}: a grouped shortcut branch is not supported")
+        src = outputs[b["source"]]
+        kh, kw = b["kernel"]
+        h2 = (src["h"] + 2 * b["padding"] - kh) // b["stride"] + 1
+        w2 = (src["w"] + 2 * b["padding"] - kw) // b["stride"] + 1
+        if (h2, w2) != (out_h, out_w):
+            raise CompileError(f"{name}: its shortcut branch gives a {h2}x{w2} map, the main branch "
+                               f"{out_h}x{out_w}")
+        wts = (b["weights"] > 0).astype(np.uint8).transpose(0, 1, 3, 4, 2)      # (M, O, kh, kw, C)
+        m, cg = wts.shape[0], wts.shape[4]
+        in_cw = -(-cg // w_bits)
+        weights = _relay_weights(wts, in_cw, w_bits)
+        back = unpack_words(weights, w_bits).reshape(m, o, kh * kw, in_cw * w_bits)
+        if not np.array_equal(back[..., :cg], wts.reshape(m, o, -1, cg)) or back[..., cg:].any():
+            raise CompileError(f"{name}: internal error: re-laid shortcut weights differ from the model's")
+        return {"in": src, "source": b["source"], "kh": kh, "kw": kw, "stride": b["stride"], "pad": b["padding"],
+                "pad_value": 1 if b["pad_value"] > 0 else 0, "m": m, "n": src["planes"], "in_cw": in_cw,
+                "in_tail": cg - (in_cw - 1) * w_bits, "k": kh * kw * cg, "weights": weights,
+                "scales": np.ascontiguousarray(b["scales"])}
 
 
 class CheckFit:
@@ -352,19 +421,25 @@ class CheckFit:
             name = op["name"]
             if op["op"] == "pool":
                 continue
-            m, n, o = op["m"], op["n"], op["o"]
-            if m > c.max_wbases:
-                _exceeds(name, "weight bases", m, "max_wbases", c.max_wbases)
-            if op["layer"] > 0 and n > c.max_abases:
-                _exceeds(name, "input activation bases", n, "max_abases", c.max_abases)
+            o = op["o"]
+            patch = []                              # (planes, K-words) of each source
+            for s in _sources(op):
+                of = "" if s is op else " of the shortcut"
+                if s["m"] > c.max_wbases:
+                    _exceeds(name, f"weight bases{of}", s["m"], "max_wbases", c.max_wbases)
+                if op["layer"] > 0 and s["n"] > c.max_abases:
+                    _exceeds(name, f"input activation bases{of}", s["n"], "max_abases", c.max_abases)
+                if s["k"] > c.max_k:
+                    _exceeds(name, f"K (bits of one dot product){of}", s["k"], "max_k", c.max_k)
+                if s["scales"].size and (s["scales"].min() < c.scale_min or s["scales"].max() > c.scale_max):
+                    raise CompileError(f"{name}: a scale{of} does not fit {c.scale_bits}-bit signed fixed point")
+                patch.append((s["n"], s["kh"] * s["kw"] * s["in_cw"]))
             if op["out"] is not None and op["out"]["planes"] > c.max_abases:
                 _exceeds(name, "output bit-planes", op["out"]["planes"], "max_abases", c.max_abases)
-            if op["k"] > c.max_k:
-                _exceeds(name, "K (bits of one dot product)", op["k"], "max_k", c.max_k)
-            kw_words = op["kh"] * op["kw"] * op["in_cw"]
-            if n * kw_words > c.patch_depth:
-                _exceeds(name, f"patch words ({n} planes x {kw_words} K-words)", n * kw_words,
-                         "patch_depth", c.patch_depth)
+            words = sum(n * kw_words for n, kw_words in patch)
+            if words > c.patch_depth:
+                what = " + ".join(f"{n} planes x {kw_words} K-words" for n, kw_words in patch)
+                _exceeds(name, f"patch words ({what})", words, "patch_depth", c.patch_depth)
             ot = -(-o // c.rows)
             for mem, amount in _parameter_need(c, op).items():
                 if state.streamed:
@@ -386,12 +461,10 @@ class CheckFit:
             if op["raw"] and op["out_h"] * op["out_w"] * o > c.result_depth:
                 _exceeds(name, "result-memory entries of the logits", op["out_h"] * op["out_w"] * o,
                          "result_depth", c.result_depth)
-            bound = int(np.abs(op["scales"]).sum(axis=(0, 1)).max()) * op["k"] if o else 0
+            bound = int(sum(np.abs(s["scales"]).sum(axis=(0, 1)) * s["k"] for s in _sources(op)).max()) if o else 0
             if bound > c.acc_max:
                 _exceeds(name, "accumulator bound", bound, f"the {c.acc_bits}-bit accumulator's limit", c.acc_max)
-            if op["scales"].size and (op["scales"].min() < c.scale_min or op["scales"].max() > c.scale_max):
-                raise CompileError(f"{name}: a scale does not fit {c.scale_bits}-bit signed fixed point")
-        instructions = len(state.ops) + 1
+        instructions = len(state.ops) + 1 + sum(1 for op in convs if op.get("shortcut"))
         if state.streamed:
             # Per CONV a SYNC and a LOAD per memory it reads (docs/compiler.md "Streamed parameters").
             instructions += sum(1 + sum(1 for amount in _parameter_need(c, op).values() if amount)
@@ -412,10 +485,10 @@ def map_lifetimes(ops):
     the host-unfolded input) to the last op that reads it (its writer's last op if nothing reads it)."""
     lives = {}
     for index, op in enumerate(ops):
-        spec = op["in"]
-        if id(spec) not in lives:
-            lives[id(spec)] = [spec, -1, index]
-        lives[id(spec)][2] = index
+        for spec in [op["in"]] + ([op["shortcut"]["in"]] if op.get("shortcut") else []):
+            if id(spec) not in lives:
+                lives[id(spec)] = [spec, -1, index]
+            lives[id(spec)][2] = index
         if op["out"] is not None:
             entry = lives.setdefault(id(op["out"]), [op["out"], index, index])
             entry[2] = max(entry[2], index)
@@ -491,6 +564,12 @@ class Allocate:
                     next_free[mem] += need[mem]
             convs += 1
             op["w_base"], op["s_base"], op["t_base"] = bases["weight"], bases["scale"], bases["threshold"]
+            if op.get("shortcut"):
+                # The shortcut's weights and scales follow the main source's in the layer's regions.
+                main = _source_need(c, op, op)
+                op["shortcut"]["in_base"] = place(op["shortcut"]["in"])
+                op["shortcut"]["w_base"] = op["w_base"] + main["weight"]
+                op["shortcut"]["s_base"] = op["s_base"] + main["scale"]
             if op["raw"]:
                 op["out_base"], op["t_base"] = 0, 0
         state.input["act_base"] = state.ops[0]["in_base"]
@@ -509,10 +588,10 @@ class Emit:
         compute, images = [], []
         for op in state.ops:
             if op["op"] == "pool":
-                compute.append(self._pool(op))
+                compute.append([self._pool(op)])
                 images.append([])
             else:
-                compute.append(self._conv(op))
+                compute.append(([self._shortcut(op)] if op.get("shortcut") else []) + [self._conv(op)])
                 images.append(self._images(c, op))
         convs = [i for i, op in enumerate(state.ops) if op["op"] != "pool"]
         instructions, segments, stream = [], [], []
@@ -540,7 +619,8 @@ class Emit:
                     loads(convs[k + 1])                # overlap the next CONV's loads with this one
             elif op["op"] != "pool":
                 segments.extend(images[index])
-            emit(compute[index], index)
+            for word in compute[index]:
+                emit(word, index)
         emit(encode(Opcode.END), len(state.ops) - 1)
 
         info = []
@@ -581,22 +661,36 @@ class Emit:
             "raw": int(op["raw"]), "k": op["k"]}
         return self._encode(op["name"], Opcode.CONV, fields)
 
+    def _shortcut(self, op):
+        s = op["shortcut"]
+        src = s["in"]
+        fields = {
+            "in_base": s["in_base"], "in_h": src["h"], "in_w": src["w"], "in_cw": s["in_cw"],
+            "in_stride": src["cw"], "in_tail": s["in_tail"], "in_planes": s["n"], "kh": s["kh"], "kw": s["kw"],
+            "stride": s["stride"], "pad": s["pad"], "pad_value": s["pad_value"], "wbases": s["m"],
+            "w_base": s["w_base"], "s_base": s["s_base"], "k": s["k"]}
+        return self._encode(op["name"], Opcode.SHORTCUT, fields)
+
     @staticmethod
     def _images(c, op):
-        """The weight, scale and (unless raw) threshold entries one CONV reads, as Segments."""
+        """The weight, scale and (unless raw) threshold entries one CONV reads, as Segments (a
+        shortcut's weights and scales after the main source's)."""
         rows, limbs = c.rows, word_limbs(c.word_bits)
-        m, n, o = op["m"], op["n"], op["o"]
-        kw_words = op["kh"] * op["kw"] * op["in_cw"]
+        o = op["o"]
         ot = -(-o // rows)
-        # Weight entries (ot, m, j) with R lanes; lanes past the group's channels are 0.
-        wpad = np.zeros((m, ot * rows, kw_words, limbs), dtype=np.uint64)
-        wpad[:, :o] = op["weights"]
-        wimg = wpad.reshape(m, ot, rows, kw_words, limbs).transpose(1, 0, 3, 2, 4).reshape(-1, rows, limbs)
-        spad = np.zeros((m, n, ot * rows), dtype=np.int64)
-        spad[..., :o] = op["scales"]
-        simg = spad.reshape(m, n, ot, rows).transpose(2, 0, 1, 3).reshape(-1, rows)
-        out = [Segment("weight", op["w_base"], np.ascontiguousarray(wimg)),
-               Segment("scale", op["s_base"], np.ascontiguousarray(simg))]
+        wimgs, simgs = [], []
+        for s in _sources(op):
+            m, n = s["m"], s["n"]
+            kw_words = s["kh"] * s["kw"] * s["in_cw"]
+            # Weight entries (ot, m, j) with R lanes; lanes past the group's channels are 0.
+            wpad = np.zeros((m, ot * rows, kw_words, limbs), dtype=np.uint64)
+            wpad[:, :o] = s["weights"]
+            wimgs.append(wpad.reshape(m, ot, rows, kw_words, limbs).transpose(1, 0, 3, 2, 4).reshape(-1, rows, limbs))
+            spad = np.zeros((m, n, ot * rows), dtype=np.int64)
+            spad[..., :o] = s["scales"]
+            simgs.append(spad.reshape(m, n, ot, rows).transpose(2, 0, 1, 3).reshape(-1, rows))
+        out = [Segment("weight", op["w_base"], np.ascontiguousarray(np.concatenate(wimgs))),
+               Segment("scale", op["s_base"], np.ascontiguousarray(np.concatenate(simgs)))]
         if not op["raw"]:
             t = op["thresholds"]
             timg = np.zeros((ot * rows, c.max_abases + 1), dtype=np.int64)

@@ -7,7 +7,8 @@ Layer specs: `conv(out, kernel, stride=1, padding=0, pad_value=-1, groups=1, wba
 branches=1, source=None)`, `linear(out, wbases=1, planes=1, branches=1, source=None)`,
 `maxpool(kernel, stride=None, source=None)`; `planes` is the number of output bit-planes (thresholds per
 channel), ignored on the last layer; `source` is the layer whose output the layer reads (-1 the image),
-the previous one by default, so a list of specs can describe a graph. Scales are small
+the previous one by default, so a list of specs can describe a graph; `shortcut=shortcut(source, kernel,
+stride, padding, pad_value, wbases)` adds a second branch from another layer (a residual shortcut). Scales are small
 random fixed-point integers and thresholds sit near the middle of each channel's sums, so bit-planes are
 not constant.
 """
@@ -17,13 +18,21 @@ import numpy as np
 from hw.config import AccelConfig
 from sw.model_format import BnnModel, validate_model
 
-__all__ = ["conv", "linear", "maxpool", "random_model"]
+__all__ = ["conv", "shortcut", "linear", "maxpool", "random_model"]
 
 
-def conv(out, kernel, stride=1, padding=0, pad_value=-1, groups=1, wbases=1, planes=1, branches=1, source=None):
+def conv(out, kernel, stride=1, padding=0, pad_value=-1, groups=1, wbases=1, planes=1, branches=1, source=None,
+         shortcut=None):
     return {"kind": "conv", "out": out, "kernel": kernel, "stride": stride, "padding": padding,
             "pad_value": pad_value, "groups": groups, "wbases": wbases, "planes": planes, "branches": branches,
-            "source": source}
+            "source": source, "shortcut": shortcut}
+
+
+def shortcut(source, kernel=1, stride=1, padding=0, pad_value=-1, wbases=1):
+    """A residual shortcut for `conv(..., shortcut=...)`: a binary convolution of layer `source`'s output
+    summed into the layer before its threshold; its output shape must be the layer's."""
+    return {"source": source, "kernel": kernel, "stride": stride, "padding": padding, "pad_value": pad_value,
+            "wbases": wbases}
 
 
 def linear(out, wbases=1, planes=1, branches=1, source=None):
@@ -33,6 +42,18 @@ def linear(out, wbases=1, planes=1, branches=1, source=None):
 
 def maxpool(kernel, stride=None, source=None):
     return {"kind": "maxpool", "kernel": kernel, "stride": stride or kernel, "source": source}
+
+
+def _shortcut_branch(rng, spec, outputs, out_shape):
+    (c, h, w), planes = outputs[spec["source"]]
+    k, s, p, m = spec["kernel"], spec["stride"], spec["padding"], spec["wbases"]
+    got = (out_shape[0], (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1)
+    if got != tuple(out_shape):
+        raise ValueError(f"A shortcut from layer {spec['source']} gives {got}, not the layer's {tuple(out_shape)}")
+    return {"source": spec["source"], "kind": "conv", "kernel": [k, k], "stride": s, "padding": p,
+            "pad_value": spec["pad_value"], "groups": 1, "wbases": m, "abases": planes, "k": c * k * k,
+            "weights": rng.choice(np.array([-1, 1], dtype=np.int8), (m, out_shape[0], c, k, k)),
+            "scales": rng.integers(-40, 41, (m, planes, out_shape[0])).astype(np.int64)}
 
 
 def random_model(specs, input_shape, config=None, seed=0):
@@ -77,6 +98,8 @@ def random_model(specs, input_shape, config=None, seed=0):
                 scales = rng.integers(-40, 41, (m, planes, out))
             branch.update(wbases=m, abases=planes, k=k, weights=weights, scales=scales.astype(np.int64))
             branches.append(branch)
+        if spec.get("shortcut"):
+            branches.append(_shortcut_branch(rng, spec["shortcut"], outputs, out_shape))
         layer = {"kind": spec["kind"], "out_features": out, "branches": branches}
         if not last:
             t = spec["planes"]

@@ -159,6 +159,7 @@ class Iss:
         pc = 0
         timeline = hw_cycles.Timeline(self.config)
         self._pending = []          # (memory, first, end) of the LOADs queued since the last SYNC
+        shortcut = None             # the fields of a SHORTCUT, for the CONV after it
         while True:
             if pc >= self.config.instr_depth:
                 raise IssError(PROGRAM_END, pc, f"the program counter ran past instr_depth "
@@ -167,22 +168,26 @@ class Iss:
                 opcode, fields = decode(self.program[pc])
             except IsaError as error:
                 raise IssError(ILLEGAL_OPCODE, pc, str(error)) from None
+            if shortcut is not None and opcode != Opcode.CONV:
+                raise IssError(BAD_FIELD, pc, f"a SHORTCUT must be followed by a CONV, not {opcode.name}")
             if opcode == Opcode.END:
                 spent = timeline.step(opcode, fields)
                 cycles += spent
                 trace.append((pc, "END", spent))
                 return IssStatus(cycles, trace)
             if opcode == Opcode.CONV:
-                self._check_conv(pc, fields)
-                self._check_hazard(pc, fields)
-                self._conv(fields)
+                f = fields if shortcut is None else dict(fields, shortcut=shortcut)
+                self._check_conv(pc, f)
+                self._check_hazard(pc, f)
+                self._conv(f)
             elif opcode == Opcode.POOL:
                 self._check_pool(pc, fields)
                 self._pool(fields)
             elif opcode == Opcode.LOAD:
                 self._load(pc, fields)
-            else:
+            elif opcode == Opcode.SYNC:
                 self._pending = []
+            shortcut = fields if opcode == Opcode.SHORTCUT else None
             spent = timeline.step(opcode, fields)
             cycles += spent
             trace.append((pc, opcode.name, spent))
@@ -198,25 +203,27 @@ class Iss:
         def bad(detail):
             raise IssError(BAD_FIELD, pc, detail)
 
-        for name in ("in_h", "in_w", "in_cw", "in_planes", "kh", "kw", "stride", "out_h", "out_w", "out_ch",
-                     "wbases"):
-            if f[name] == 0:
-                bad(f"CONV field {name} is 0")
-        if f["in_stride"] < f["in_cw"]:
-            bad(f"CONV in_stride {f['in_stride']} is less than in_cw {f['in_cw']}")
-        if not 1 <= f["in_tail"] <= w:
-            bad(f"CONV in_tail {f['in_tail']} is not in 1..{w}")
-        if f["k"] > c.max_k:
-            bad(f"CONV k {f['k']} exceeds max_k {c.max_k}")
-        valid = f["kh"] * f["kw"] * ((f["in_cw"] - 1) * w + f["in_tail"])
-        if f["k"] != valid:
-            bad(f"CONV k {f['k']} is not kh*kw*((in_cw-1)*W + in_tail) = {valid}")
-        if f["wbases"] > c.max_wbases:
-            bad(f"CONV wbases {f['wbases']} exceeds max_wbases {c.max_wbases}")
-        for out, k, size in (("out_h", "kh", "in_h"), ("out_w", "kw", "in_w")):
-            if (f[out] - 1) * f["stride"] + f[k] > f[size] + 2 * f["pad"]:
-                bad(f"CONV's last window leaves the padded input ({out} {f[out]}, stride {f['stride']}, "
-                    f"{k} {f[k]}, {size} {f[size]}, pad {f['pad']})")
+        sources = [("CONV", f)] + ([("SHORTCUT", f["shortcut"])] if "shortcut" in f else [])
+        for what, s in sources:
+            for name in ("in_h", "in_w", "in_cw", "in_planes", "kh", "kw", "stride", "wbases") + \
+                    (("out_h", "out_w", "out_ch") if what == "CONV" else ()):
+                if s[name] == 0:
+                    bad(f"{what} field {name} is 0")
+            if s["in_stride"] < s["in_cw"]:
+                bad(f"{what} in_stride {s['in_stride']} is less than in_cw {s['in_cw']}")
+            if not 1 <= s["in_tail"] <= w:
+                bad(f"{what} in_tail {s['in_tail']} is not in 1..{w}")
+            if s["k"] > c.max_k:
+                bad(f"{what} k {s['k']} exceeds max_k {c.max_k}")
+            valid = s["kh"] * s["kw"] * ((s["in_cw"] - 1) * w + s["in_tail"])
+            if s["k"] != valid:
+                bad(f"{what} k {s['k']} is not kh*kw*((in_cw-1)*W + in_tail) = {valid}")
+            if s["wbases"] > c.max_wbases:
+                bad(f"{what} wbases {s['wbases']} exceeds max_wbases {c.max_wbases}")
+            for out, k, size in (("out_h", "kh", "in_h"), ("out_w", "kw", "in_w")):
+                if (f[out] - 1) * s["stride"] + s[k] > s[size] + 2 * s["pad"]:
+                    bad(f"{what}'s last window leaves the padded input ({out} {f[out]}, stride {s['stride']}, "
+                        f"{k} {s[k]}, {size} {s[size]}, pad {s['pad']})")
         if not f["raw"]:
             if not 1 <= f["out_planes"] <= c.max_abases:
                 bad(f"CONV out_planes {f['out_planes']} is not in 1..max_abases {c.max_abases}")
@@ -226,31 +233,37 @@ class Iss:
                 bad(f"CONV out_ch_base + out_ch = {f['out_ch_base'] + f['out_ch']} exceeds out_stride * W = "
                     f"{f['out_stride'] * w}")
         for name, (_, end) in self._conv_regions(f).items():
-            limit_name = {"input": "act_depth", "output": "act_depth", "patch": "patch_depth"}.get(name) \
-                or DEPTH_FIELDS[name]
+            limit_name = {"input": "act_depth", "output": "act_depth", "patch": "patch_depth",
+                          "shortcut input": "act_depth"}.get(name) or DEPTH_FIELDS[name.split()[-1]]
             limit = getattr(c, limit_name)
             if end > limit:
                 raise IssError(OUT_OF_RANGE, pc, f"CONV {name} region ends at {end}, past {limit_name} {limit}")
 
     def _conv_regions(self, f):
         """name -> (first, end) of every region a CONV reads or writes (docs/isa.md "Errors"); the
-        patch region counts from 0, the threshold region is reserved even for raw sums."""
+        patch region counts from 0 (both sources' words), the threshold region is reserved even for raw
+        sums; a SHORTCUT's regions are named `shortcut input`, `shortcut weight`, `shortcut scale`."""
         c = self.config
-        kw_words = f["kh"] * f["kw"] * f["in_cw"]
         ot = -(-f["out_ch"] // c.rows)
-        m, n = f["wbases"], f["in_planes"]
         p = f["out_h"] * f["out_w"]
 
         def region(first, size):
             return first, first + size
 
-        regions = {
-            "input": region(f["in_base"], n * f["in_h"] * f["in_w"] * f["in_stride"]),
-            "patch": region(0, n * kw_words),
-            "weight": region(f["w_base"], ot * m * kw_words),
-            "scale": region(f["s_base"], ot * m * n),
-            "threshold": region(f["t_base"], ot * c.rows),
-        }
+        def source_regions(s, prefix):
+            kw_words = s["kh"] * s["kw"] * s["in_cw"]
+            m, n = s["wbases"], s["in_planes"]
+            return {f"{prefix}input": region(s["in_base"], n * s["in_h"] * s["in_w"] * s["in_stride"]),
+                    f"{prefix}weight": region(s["w_base"], ot * m * kw_words),
+                    f"{prefix}scale": region(s["s_base"], ot * m * n)}, n * kw_words
+
+        regions, patch = source_regions(f, "")
+        if "shortcut" in f:
+            second, patch2 = source_regions(f["shortcut"], "shortcut ")
+            regions.update(second)
+            patch += patch2
+        regions["patch"] = region(0, patch)
+        regions["threshold"] = region(f["t_base"], ot * c.rows)
         if f["raw"]:
             regions["result"] = region(f["out_base"], p * f["out_ch"])
         else:
@@ -259,12 +272,13 @@ class Iss:
 
     def _check_hazard(self, pc, f):
         regions = self._conv_regions(f)
-        reads = {memory: regions[memory] for memory in ("weight", "scale") + (() if f["raw"] else ("threshold",))}
+        names = ("weight", "scale", "shortcut weight", "shortcut scale") + (() if f["raw"] else ("threshold",))
+        reads = [(name.split()[-1], regions[name]) for name in names if name in regions]
         for memory, first, end in self._pending:
-            lo, hi = reads.get(memory, (0, 0))
-            if first < hi and lo < end:
-                raise IssError(HAZARD, pc, f"CONV reads {memory} entries {lo}..{hi - 1} while a LOAD queued "
-                                           f"since the last SYNC writes {first}..{end - 1}")
+            for read, (lo, hi) in reads:
+                if read == memory and first < hi and lo < end:
+                    raise IssError(HAZARD, pc, f"CONV reads {memory} entries {lo}..{hi - 1} while a LOAD "
+                                               f"queued since the last SYNC writes {first}..{end - 1}")
 
     def _load(self, pc, f):
         if f["mem"] not in {t.value for t in LOAD_TARGETS} or f["count"] == 0:
@@ -310,45 +324,15 @@ class Iss:
     # Semantics ------------------------------------------------------------------------------------
     def _conv(self, f):
         c = self.config
-        w_bits, rows = c.word_bits, c.rows
-        limbs = self.limbs
+        rows = c.rows
         batch = self.batch
         p_count = f["out_h"] * f["out_w"]
-        in_cw = f["in_cw"]
-        kw_words = f["kh"] * f["kw"] * in_cw
-        m_count, n_count = f["wbases"], f["in_planes"]
         ot_count = -(-f["out_ch"] // rows)
         o_pad = ot_count * rows
-        # Gather addresses, (P, KW) in K-word order (ky, kx, cw).
-        oy, ox = np.divmod(np.arange(p_count), f["out_w"])
-        ky, kx, cw = (a.reshape(-1) for a in np.meshgrid(np.arange(f["kh"]), np.arange(f["kw"]),
-                                                          np.arange(in_cw), indexing="ij"))
-        iy = oy[:, None] * f["stride"] + ky[None] - f["pad"]
-        ix = ox[:, None] * f["stride"] + kx[None] - f["pad"]
-        inside = (iy >= 0) & (iy < f["in_h"]) & (ix >= 0) & (ix < f["in_w"])
-        pixel = np.where(inside, iy * f["in_w"] + ix, 0)
-        plane = np.arange(n_count)[:, None, None] * (f["in_h"] * f["in_w"])
-        addr = f["in_base"] + (plane + pixel[None]) * f["in_stride"] + cw[None, None]
-        patch = self.act[:, addr]                                       # (B, N, P, KW, L)
-        pad_word = self.full_mask if f["pad_value"] else np.zeros(limbs, dtype=np.uint64)
-        patch[:, :, ~inside] = pad_word
-        # Per-beat masks: nbits = in_tail on a tap's last channel word, W otherwise.
-        masks = np.where((np.arange(kw_words) % in_cw == in_cw - 1)[:, None],
-                         word_mask(f["in_tail"], w_bits)[None], self.full_mask[None])  # (KW, L)
-        patch &= masks
-        a_words = patch.reshape(batch, n_count, p_count, kw_words * limbs)
-        wt = self.weight[f["w_base"]:f["w_base"] + ot_count * m_count * kw_words]
-        wt = wt.reshape(ot_count, m_count, kw_words, rows, limbs) & masks[None, None, :, None, :]
-        wt = wt.transpose(1, 0, 3, 2, 4).reshape(m_count, o_pad, kw_words * limbs)
-        a_words, wt = _dense(a_words, w_bits), _dense(wt, w_bits)
-        sc = self.scale[f["s_base"]:f["s_base"] + ot_count * m_count * n_count]
-        sc = sc.reshape(ot_count, m_count, n_count, rows).transpose(1, 2, 0, 3).reshape(m_count, n_count, o_pad)
         acc = np.zeros((batch * p_count, o_pad), dtype=np.int64)
-        for n in range(n_count):
-            a_n = a_words[:, n].reshape(batch * p_count, -1)
-            for m in range(m_count):
-                dots = ref.binary_dot_packed(a_n, wt[m], f["k"])
-                acc += sc[m, n][None, :] * dots
+        self._add_passes(acc, f, f)
+        if "shortcut" in f:
+            self._add_passes(acc, f["shortcut"], f)
         # The accumulator is acc_bits wide and wraps (never happens for a program the compiler made).
         half = 1 << (c.acc_bits - 1)
         if c.acc_bits < 64:
@@ -365,6 +349,49 @@ class Iss:
         bits = (ref.threshold(acc, thr, flip) > 0).astype(np.uint8)     # (T, B, P, O_pad)
         bits[..., f["out_ch"]:] = 0
         self._write_fields(bits, f)
+
+    def _add_passes(self, acc, s, f):
+        """Add the passes of source `s` (the CONV's own fields, or its SHORTCUT's) over the CONV `f`'s
+        output pixels and channels to `acc` (B*P, O_pad)."""
+        c = self.config
+        w_bits, rows = c.word_bits, c.rows
+        limbs = self.limbs
+        batch = self.batch
+        p_count = f["out_h"] * f["out_w"]
+        in_cw = s["in_cw"]
+        kw_words = s["kh"] * s["kw"] * in_cw
+        m_count, n_count = s["wbases"], s["in_planes"]
+        ot_count = -(-f["out_ch"] // rows)
+        o_pad = ot_count * rows
+        # Gather addresses, (P, KW) in K-word order (ky, kx, cw).
+        oy, ox = np.divmod(np.arange(p_count), f["out_w"])
+        ky, kx, cw = (a.reshape(-1) for a in np.meshgrid(np.arange(s["kh"]), np.arange(s["kw"]),
+                                                          np.arange(in_cw), indexing="ij"))
+        iy = oy[:, None] * s["stride"] + ky[None] - s["pad"]
+        ix = ox[:, None] * s["stride"] + kx[None] - s["pad"]
+        inside = (iy >= 0) & (iy < s["in_h"]) & (ix >= 0) & (ix < s["in_w"])
+        pixel = np.where(inside, iy * s["in_w"] + ix, 0)
+        plane = np.arange(n_count)[:, None, None] * (s["in_h"] * s["in_w"])
+        addr = s["in_base"] + (plane + pixel[None]) * s["in_stride"] + cw[None, None]
+        patch = self.act[:, addr]                                       # (B, N, P, KW, L)
+        pad_word = self.full_mask if s["pad_value"] else np.zeros(limbs, dtype=np.uint64)
+        patch[:, :, ~inside] = pad_word
+        # Per-beat masks: nbits = in_tail on a tap's last channel word, W otherwise.
+        masks = np.where((np.arange(kw_words) % in_cw == in_cw - 1)[:, None],
+                         word_mask(s["in_tail"], w_bits)[None], self.full_mask[None])  # (KW, L)
+        patch &= masks
+        a_words = patch.reshape(batch, n_count, p_count, kw_words * limbs)
+        wt = self.weight[s["w_base"]:s["w_base"] + ot_count * m_count * kw_words]
+        wt = wt.reshape(ot_count, m_count, kw_words, rows, limbs) & masks[None, None, :, None, :]
+        wt = wt.transpose(1, 0, 3, 2, 4).reshape(m_count, o_pad, kw_words * limbs)
+        a_words, wt = _dense(a_words, w_bits), _dense(wt, w_bits)
+        sc = self.scale[s["s_base"]:s["s_base"] + ot_count * m_count * n_count]
+        sc = sc.reshape(ot_count, m_count, n_count, rows).transpose(1, 2, 0, 3).reshape(m_count, n_count, o_pad)
+        for n in range(n_count):
+            a_n = a_words[:, n].reshape(batch * p_count, -1)
+            for m in range(m_count):
+                dots = ref.binary_dot_packed(a_n, wt[m], s["k"])
+                acc += sc[m, n][None, :] * dots
 
     def _write_fields(self, bits, f):
         """Write bit `o + out_ch_base` of each pixel's output words for every plane (R-bit fields)."""

@@ -25,23 +25,30 @@ class ReportError(ValueError):
     """A report cannot be made (measured run failed, resources for another config, ...); one line."""
 
 
+def _patch_words(f):
+    """Patch words of one pixel: every activation basis' K-words, of both sources of a two-source CONV."""
+    return sum(s["in_planes"] * s["kh"] * s["kw"] * s["in_cw"] for s in [f] + ([f["shortcut"]] if "shortcut" in f else []))
+
+
 def gather_cycles(config, f):
     """Cycles the gather engine spends reading the activation buffer for one CONV (docs/isa.md: one
-    word a cycle, `C * (N * KW + 1) + 1` per pixel tile): the 'memory' side of the roofline."""
+    word a cycle, `C * (N * KW + N2 * KW2 + 1) + 1` per pixel tile): the 'memory' side of the roofline."""
     tiles = -(-(f["out_h"] * f["out_w"]) // config.cols)
-    kwords = f["kh"] * f["kw"] * f["in_cw"]
-    return tiles * (config.cols * (f["in_planes"] * kwords + 1) + 1)
+    return tiles * (config.cols * (_patch_words(f) + 1) + 1)
 
 
 def _conv_fields(bundle, pcs):
+    """Decoded CONVs of the instructions `pcs`, each with `shortcut` (the SHORTCUT before it) if any."""
     out = []
+    shortcut = None
     for pc in pcs:
         try:
             opcode, fields = decode(bundle.instructions[pc])
         except IsaError:
             continue
         if opcode == Opcode.CONV:
-            out.append(fields)
+            out.append(fields if shortcut is None else dict(fields, shortcut=shortcut))
+        shortcut = fields if opcode == Opcode.SHORTCUT else None
     return out
 
 
@@ -71,7 +78,7 @@ def memory_use(bundle):
         act_peak = max(act_peak, in_words + out_words)
         in_words = out_words
         for f in _conv_fields(bundle, layer["instructions"]):
-            patch = max(patch, f["in_planes"] * f["kh"] * f["kw"] * f["in_cw"])
+            patch = max(patch, _patch_words(f))
     # (name, entries used, depth, bits an entry, copies of the memory)
     rows = [
         ("weight", end.get("weight", 0), c.weight_depth, c.rows * c.word_bits, 1),

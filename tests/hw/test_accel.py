@@ -343,3 +343,126 @@ def test_checks_agree_with_the_iss_on_random_illegal_fields():
     got = simulate(CFG, programs, [], [], runs=len(programs))
     assert got["errors"] == expected
     assert {ErrorCode.BAD_FIELD.value, ErrorCode.OUT_OF_RANGE.value} <= set(expected)
+
+
+@pytest.mark.parametrize("raw", [True, False])
+def test_two_source_conv_sums_both_sources(raw):
+    """SHORTCUT + CONV: each output tile sums the main source's passes (3x3, stride 1, pad 1, 2 x 2
+    bases, channels off the word and the array) and the second source's (another map, 9x7, 3x3 at
+    stride 2 with padding on every side and the other padding value, 1 activation x 2 weight bases),
+    thresholded once; against sw.ref, and the RTL's cycles against the cycle model."""
+    from hw.cycles import program_cycles
+    from hw.isa import ShortcutArgs, decode
+    rng = np.random.default_rng(31 + raw)
+    x1, w1, s1, thresholds, flip = random_layer(rng, n_planes=2, ch=11, h=5, w=4, m_bases=2, o=5, k=3, t_planes=2)
+    x2, w2, s2, _, _ = random_layer(rng, n_planes=1, ch=6, h=9, w=7, m_bases=2, o=5, k=3, t_planes=2)
+    out_base = 0 if raw else 700
+    main = conv_image(CFG, x1, w1, s1, thresholds, flip, stride=1, pad=1, pad_value=-1, raw=raw,
+                      out_base=out_base)
+    second = conv_image(CFG, x2, w2, s2, thresholds, flip, stride=2, pad=1, pad_value=1, raw=raw, in_base=300,
+                        out_base=out_base, w_base=len(main["weight"]), s_base=len(main["scale"]))
+    assert (second["out_h"], second["out_w"]) == (main["out_h"], main["out_w"])
+    sc_fields = decode(second["instr"])[1]
+    shortcut = encode(Opcode.SHORTCUT, **{name: sc_fields[name] for name, _ in ShortcutArgs})
+    program = [shortcut, main["instr"], encode(Opcode.END)]
+    images = [(MemoryTarget.ACT, 0, main["act"]), (MemoryTarget.ACT, 300, second["act"]),
+              (MemoryTarget.WEIGHT, 0, main["weight"] + second["weight"]),
+              (MemoryTarget.SCALE, 0, main["scale"] + second["scale"]), (MemoryTarget.THRESHOLD, 0, main["thr"])]
+    out_h, out_w = main["out_h"], main["out_w"]
+    n_pix = out_h * out_w
+    acc = (ref.multibasis_conv2d(ref.from_bits(x1)[:, None], ref.from_bits(w1), s1, padding=1, pad_value=-1)[0] +
+           ref.multibasis_conv2d(ref.from_bits(x2)[:, None], ref.from_bits(w2), s2, stride=2, padding=1,
+                                 pad_value=1)[0])                       # (O, H', W')
+    if raw:
+        got = simulate(CFG, program, images, [(MemoryTarget.RESULT, 0, n_pix * 5)])
+        assert got["error"] == 0
+        assert np.array_equal(np.array(got["reads"][0]).reshape(n_pix, 5), acc.reshape(5, n_pix).T)
+    else:
+        t_planes = thresholds.shape[1]
+        got = simulate(CFG, program, images, [(MemoryTarget.ACT, out_base, t_planes * n_pix * main["out_stride"])])
+        assert got["error"] == 0
+        words = np.array(got["reads"][0], dtype=np.int64).reshape(t_planes, out_h, out_w)
+        planes = ref.threshold(np.moveaxis(acc, 0, -1), thresholds, flip)
+        for t in range(t_planes):
+            for o in range(5):
+                assert np.array_equal((words[t] >> o) & 1, (planes[t, :, :, o] > 0).astype(np.int64)), (t, o)
+    model = program_cycles(CFG, [decode(word) for word in program])
+    assert cycles_per_pc(got["marks"], got["cycles"], len(program)) == model
+
+
+def test_shortcut_errors_halt_like_the_iss():
+    """A SHORTCUT not followed by a CONV, and a CONV whose shortcut fields are illegal, halt with the
+    ISS's error code."""
+    from hw.isa import ShortcutArgs, decode
+    from sw.iss import Iss, IssError
+    rng = np.random.default_rng(8)
+    x, wb, sc, th, fl = random_layer(rng, n_planes=1, ch=8, h=4, w=4, m_bases=1, o=2, k=3, t_planes=1)
+    conv = conv_image(CFG, x, wb, sc, th, fl, stride=1, pad=1, pad_value=0, raw=True, out_base=0)["instr"]
+    fields = decode(conv)[1]
+    good = {name: fields[name] for name, _ in ShortcutArgs}
+    cases = [
+        [encode(Opcode.SHORTCUT, **good), encode(Opcode.END)],                       # not followed by a CONV
+        [encode(Opcode.SHORTCUT, **good), encode(Opcode.SHORTCUT, **good), conv],
+        [encode(Opcode.SHORTCUT, **{**good, "k": good["k"] + 1}), conv],             # its K check
+        [encode(Opcode.SHORTCUT, **{**good, "stride": 0}), conv],
+        [encode(Opcode.SHORTCUT, **{**good, "w_base": CFG.weight_depth - 2}), conv],  # its weight region
+        [encode(Opcode.SHORTCUT, **{**good, "in_base": CFG.act_depth - 10}), conv],
+        [encode(Opcode.SHORTCUT, **{**good, "kh": 3, "kw": 3, "pad": 0, "k": 9 * 8}), conv],   # window leaves the map
+        [encode(Opcode.SHORTCUT, **good), conv, encode(Opcode.END)],                 # legal
+    ]
+    expected = []
+    for program in cases:
+        iss = Iss(CFG)
+        iss.load_program(program)
+        try:
+            iss.run()
+            expected.append(0)
+        except IssError as error:
+            expected.append(error.code)
+    assert expected[:7] == [ErrorCode.BAD_FIELD.value] * 4 + [ErrorCode.OUT_OF_RANGE.value] * 2 + \
+        [ErrorCode.BAD_FIELD.value] and expected[7] == 0
+    got = simulate(CFG, cases, [], [], runs=len(cases))
+    assert got["errors"] == expected
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_cycle_model_matches_rtl_on_random_layers(seed):
+    """Random layer shapes, half of them with a shortcut of another kernel and stride (K-words from 1
+    to many, so passes of different lengths meet at tile boundaries): the RTL's cycles equal the
+    cycle model's and its sums equal sw.ref's."""
+    from hw.cycles import program_cycles
+    from hw.isa import ShortcutArgs, decode
+    rng = np.random.default_rng(100 + seed)
+    k = int(rng.choice([1, 3]))
+    n, m, o = int(rng.integers(1, 3)), int(rng.integers(1, 3)), int(rng.integers(1, 7))
+    ch = int(rng.choice([3, 8, 11, 17]))
+    h, w = int(rng.integers(2, 5)), int(rng.integers(2, 6))       # h * w * o sums fit result_depth
+    pad = k // 2
+    x1, w1, s1, _, _ = random_layer(rng, n_planes=n, ch=ch, h=h, w=w, m_bases=m, o=o, k=k, t_planes=1)
+    main = conv_image(CFG, x1, w1, s1, np.zeros((o, 1), int), np.zeros(o, bool), stride=1, pad=pad,
+                      pad_value=-1, raw=True, out_base=0)
+    program, images = [main["instr"]], [(MemoryTarget.ACT, 0, main["act"])]
+    weights, scales = list(main["weight"]), list(main["scale"])
+    acc = ref.multibasis_conv2d(ref.from_bits(x1)[:, None], ref.from_bits(w1), s1, padding=pad, pad_value=-1)[0]
+    if seed % 2:
+        k2, stride2 = int(rng.choice([1, 3])), int(rng.choice([1, 2]))
+        n2, m2, ch2 = int(rng.integers(1, 3)), int(rng.integers(1, 3)), int(rng.choice([2, 8, 9]))
+        pad2 = k2 // 2
+        h2, w2 = (h - 1) * stride2 + k2 - 2 * pad2, (w - 1) * stride2 + k2 - 2 * pad2
+        x2, w2b, s2, _, _ = random_layer(rng, n_planes=n2, ch=ch2, h=h2, w=w2, m_bases=m2, o=o, k=k2, t_planes=1)
+        second = conv_image(CFG, x2, w2b, s2, np.zeros((o, 1), int), np.zeros(o, bool), stride=stride2, pad=pad2,
+                            pad_value=1, raw=True, in_base=400, out_base=0, w_base=len(weights), s_base=len(scales))
+        fields = decode(second["instr"])[1]
+        program.insert(0, encode(Opcode.SHORTCUT, **{name: fields[name] for name, _ in ShortcutArgs}))
+        images.append((MemoryTarget.ACT, 400, second["act"]))
+        weights += second["weight"]
+        scales += second["scale"]
+        acc = acc + ref.multibasis_conv2d(ref.from_bits(x2)[:, None], ref.from_bits(w2b), s2, stride=stride2,
+                                          padding=pad2, pad_value=1)[0]
+    program.append(encode(Opcode.END))
+    images += [(MemoryTarget.WEIGHT, 0, weights), (MemoryTarget.SCALE, 0, scales)]
+    got = simulate(CFG, program, images, [(MemoryTarget.RESULT, 0, h * w * o)])
+    assert got["error"] == 0
+    assert np.array_equal(np.array(got["reads"][0]).reshape(h * w, o), acc.reshape(o, h * w).T)
+    assert cycles_per_pc(got["marks"], got["cycles"], len(program)) == \
+        program_cycles(CFG, [decode(word) for word in program])

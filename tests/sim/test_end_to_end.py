@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from hw.config import AccelConfig
+from hw.isa import Opcode, decode
 from sw.bundle import BundleError, load_bundle, to_bytes
 from sw.compile import compile_file, compile_model
 from sw.compile.testing import conv, linear, maxpool, random_model
@@ -27,6 +28,10 @@ NETWORKS = {
     "cnv-xnor-digits": ["--model", "cnv", "--scheme", "xnor", "--dataset", "digits", "--width", "16"],
     "cnv-pa3x3-digits": ["--model", "cnv", "--scheme", "pa", "--wbases", "3", "--abases", "3",
                          "--dataset", "digits", "--width", "16"],
+    # Residual networks: layers that sum a shortcut (identity or downsampling) before the threshold.
+    "resnet-xnor-digits": ["--model", "resnet", "--scheme", "xnor", "--dataset", "digits", "--width", "8"],
+    "resnet-abc2x2-digits": ["--model", "resnet", "--scheme", "abc", "--wbases", "2", "--abases", "2",
+                             "--dataset", "digits", "--width", "8"],
 }
 
 
@@ -57,6 +62,8 @@ def test_trained_network_on_verilator(name, tmp_path, config_file):
     assert np.array_equal(rtl.cycles, iss.cycles)
     assert np.array_equal(rtl.layer_cycles, iss.layer_cycles)
     assert rtl.cycles[0] == sum(analytic_cycles(E2E, bundle.instructions))
+    if name.startswith("resnet"):
+        assert any(decode(word)[0] == Opcode.SHORTCUT for word in bundle.instructions)
     if "3x3" in name:
         # The same network with every layer's parameters streamed through LOAD / SYNC.
         streamed = compile_file(out, E2E, weights="stream")

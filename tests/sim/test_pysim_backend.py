@@ -1,6 +1,7 @@
 """Compiled bundles on the accelerator RTL in Amaranth's simulator, driven by the runtime's own host
 code: logits equal the ISS and deploy_forward exactly, and per-layer RTL cycles equal the analytic
-model (hw.cycles) exactly, with parameters resident or streamed through LOAD / SYNC."""
+model (hw.cycles) exactly, with parameters resident or streamed through LOAD / SYNC, on chains and on
+residual networks (layers that sum a shortcut from an earlier map)."""
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ from hw.config import AccelConfig
 from hw.isa import Opcode, decode
 from sw.iss import analytic_cycles
 from sw.compile import compile_model
-from sw.compile.testing import conv, linear, maxpool, random_model
+from sw.compile.testing import conv, linear, maxpool, random_model, shortcut
 from sw.model_format import deploy_forward
 from sw.runtime import RuntimeApiError, open_backend
 
@@ -24,16 +25,24 @@ CASES = {
     # an MLP (the first layer unfolds the whole image) with multi-basis layers, on a 4x2 array, W = 16.
     "mlp": ((1, 6, 6), SMALL.replace(rows=4, cols=2, word_bits=16), [
         linear(20, wbases=2, planes=2), linear(9, planes=1), linear(5)]),
+    # residual blocks: an identity-sized 1x1 shortcut, a downsampling 3x3 stride-2 shortcut with +1
+    # padding, a shortcut from two layers back, and a two-basis main branch.
+    "residual": ((1, 8, 8), SMALL, [
+        conv(6, 3, padding=1, planes=2), conv(6, 3, padding=1, wbases=2, shortcut=shortcut(0, wbases=2)),
+        conv(8, 3, stride=2, padding=1, shortcut=shortcut(1, 3, 2, 1, pad_value=1)),
+        conv(8, 3, padding=1, shortcut=shortcut(2)), linear(4)]),
 }
 
 
-@pytest.mark.parametrize("case, weights", [("cnn", "resident"), ("mlp", "resident"), ("cnn", "stream")])
+@pytest.mark.parametrize("case, weights", [("cnn", "resident"), ("mlp", "resident"), ("cnn", "stream"),
+                                           ("residual", "resident"), ("residual", "stream")])
 def test_rtl_equals_iss_and_deploy(case, weights):
     shape, config, specs = CASES[case]
     model = random_model(specs, shape, config, seed=5)
     bundle = compile_model(model, config, weights=weights)
     opcodes = {decode(word)[0] for word in bundle.instructions}
     assert (Opcode.LOAD in opcodes) == (weights == "stream") and bool(bundle.stream) == (weights == "stream")
+    assert (Opcode.SHORTCUT in opcodes) == (case == "residual")
     images = np.random.default_rng(2).integers(0, 256, (2,) + shape, dtype=np.uint8)
     rtl = open_backend("pysim", bundle).run(images)
     iss = open_backend("iss", bundle).run(images)

@@ -8,7 +8,7 @@ import pytest
 
 from hw.config import AccelConfig
 from sw.compile import CompileError, compile_model
-from sw.compile.testing import conv, linear, maxpool, random_model
+from sw.compile.testing import conv, linear, maxpool, random_model, shortcut
 from sw.iss import END_CYCLES
 from sw.model_format import deploy_forward
 from sw.runtime import open_backend
@@ -162,14 +162,40 @@ def test_refuses_unsupported_layers():
         compile_model(model, config)
     assert str(info.value) == "layer 0 (conv): a grouped first layer is not supported (the host unfolds the " \
                               "image into one dense vector per pixel)"
-    # a shortcut branch from an earlier layer summed into the layer (ResNet)
-    model = random_model([conv(8, 3, padding=1), conv(8, 3, padding=1), conv(8, 3, padding=1, branches=2),
-                          linear(10)], (1, 6, 6), config)
-    model.layers[2]["branches"][1]["source"] = 0
+    # a later branch reading the image
+    model = random_model([conv(8, 3, padding=1), conv(8, 3, padding=1, branches=2), linear(10)], (1, 6, 6), config)
+    model.layers[1]["branches"][1].update(source=-1, abases=8)
     with pytest.raises(CompileError) as info:
         compile_model(model, config)
-    assert str(info.value) == "layer 2 (conv): branch 1 reads layer 0 and branch 0 layer 1; summing branches " \
-                              "of different sources (a residual shortcut) is not supported by the controller"
+    assert str(info.value) == "layer 1 (conv): branch 1 reads the image; only layer 0 reads it (the host " \
+                              "unfolds the image for the first layer)"
+    # three sources summed into one layer
+    model = random_model([conv(8, 3, padding=1), conv(8, 3, padding=1), conv(8, 3, padding=1),
+                          conv(8, 3, padding=1, branches=3), linear(10)], (1, 6, 6), config)
+    model.layers[3]["branches"][1]["source"] = 0
+    model.layers[3]["branches"][2]["source"] = 1
+    with pytest.raises(CompileError) as info:
+        compile_model(model, config)
+    assert str(info.value) == "layer 3 (conv): its branches form 3 groups of one source and geometry (branch 0 " \
+                              "(layer 2), branch 1 (layer 0), branch 2 (layer 1)); a layer sums at most two: its " \
+                              "main branch and one shortcut"
+    # a shortcut whose map differs from the main branch's
+    model = random_model([conv(8, 3, padding=1), conv(8, 3, stride=2, padding=1), conv(8, 3, padding=1),
+                          linear(10)], (1, 6, 6), config)
+    model.layers[2]["branches"].append(dict(model.layers[2]["branches"][0], source=0))
+    with pytest.raises(CompileError) as info:
+        compile_model(model, config)
+    assert str(info.value) == "layer 2 (conv): its shortcut branch gives a 6x6 map, the main branch 3x3"
+    model = random_model([conv(8, 3, padding=1), conv(8, 3, padding=1), conv(8, 3, padding=1, branches=3),
+                          linear(10)], (1, 6, 6), config)
+    model.layers[2]["branches"][1]["source"] = 0
+    model.layers[2]["branches"][2]["source"] = 0
+    model.layers[2]["branches"][2]["kernel"] = [1, 1]
+    with pytest.raises(CompileError) as info:
+        compile_model(model, config)
+    assert str(info.value) == "layer 2 (conv): its branches form 3 groups of one source and geometry (branch 0 " \
+                              "(layer 1), branch 1 (layer 0), branch 2 (layer 0)); a layer sums at most two: its " \
+                              "main branch and one shortcut"
     # a later layer reading the image
     model = random_model([conv(8, 3, padding=1), conv(8, 3, padding=1, source=-1), linear(10)], (1, 6, 6), config)
     with pytest.raises(CompileError) as info:
@@ -182,7 +208,7 @@ def test_refuses_unsupported_layers():
     with pytest.raises(CompileError) as info:
         compile_model(model, config)
     assert str(info.value) == "layer 0 (conv): branch 1 differs from branch 0 in stride (2 vs 1); only " \
-                              "branches of one geometry merge into weight bases"
+                              "branches of one geometry merge into weight bases, and the first layer has no shortcut"
     # pooling the image
     model = random_model([conv(8, 3, padding=1), maxpool(2, source=-1), linear(10)], (1, 6, 6), config)
     with pytest.raises(CompileError) as info:
@@ -265,7 +291,8 @@ def test_parameters_stream_when_they_do_not_fit_resident(tmp_path):
 def random_graph(rng):
     """Specs of a small random graph: every layer reads a random earlier output (never the image after
     layer 0), some maps are read twice, some never; convolutions with random kernels, strides, padding,
-    groups and bases, pools, and a linear head on a random map."""
+    groups and bases, some with a shortcut branch from another map (a residual sum), pools, and a
+    linear head on a random map."""
     specs = [conv(int(rng.choice([8, 16])), 3, padding=1, planes=int(rng.integers(1, 3)))]
     shapes = {0: (specs[0]["out"], 8, 8)}
     for index in range(1, int(rng.integers(3, 7))):
@@ -279,10 +306,20 @@ def random_graph(rng):
         stride = int(rng.choice([1, 2])) if h >= 4 else 1
         out = int(rng.choice([8, 16, 24]))
         groups = 2 if c == 16 and out in (8, 16) and rng.random() < 0.4 else 1
+        out_shape = (out, (h + 2 * (k // 2) - k) // stride + 1, (w + 2 * (k // 2) - k) // stride + 1)
+        # A shortcut from another map whose 1x1 or 3x3 convolution gives this layer's shape.
+        extra = None
+        others = [(i, shp) for i, shp in shapes.items() if i != source]
+        if groups == 1 and others and rng.random() < 0.6:
+            i, (c2, h2, w2) = others[int(rng.integers(len(others)))]
+            for k2, s2 in ((1, 1), (1, 2), (3, 1), (3, 2)):
+                if ((h2 + 2 * (k2 // 2) - k2) // s2 + 1, (w2 + 2 * (k2 // 2) - k2) // s2 + 1) == out_shape[1:]:
+                    extra = shortcut(i, k2, s2, k2 // 2, int(rng.choice([-1, 1])), int(rng.integers(1, 3)))
+                    break
         specs.append(conv(out, k, stride=stride, padding=k // 2, pad_value=int(rng.choice([-1, 1])),
                           groups=groups, wbases=int(rng.integers(1, 3)), planes=int(rng.integers(1, 3)),
-                          source=source))
-        shapes[index] = (out, (h + 2 * (k // 2) - k) // stride + 1, (w + 2 * (k // 2) - k) // stride + 1)
+                          source=source, shortcut=extra))
+        shapes[index] = out_shape
     specs.append(linear(10, wbases=int(rng.integers(1, 3)), source=int(rng.choice(sorted(shapes)))))
     return specs
 
@@ -315,13 +352,16 @@ def test_graphs_run_on_the_iss_like_deploy_forward(seed):
         assert live[-1][1] <= config.act_depth
     reads = [decode(word) for word in bundle.instructions]
     assert sum(op == Opcode.CONV for op, _ in reads) == sum(op["op"] == "conv" for op in state.ops)
+    assert sum(op == Opcode.SHORTCUT for op, _ in reads) == sum(bool(op.get("shortcut")) for op in state.ops) \
+        == sum(bool(spec.get("shortcut")) for spec in specs)
 
 
-def test_random_graphs_skip_layers():
-    """The generator above makes graphs, not chains: most read an output other than the previous one."""
-    skips = [any(spec["source"] not in (None, i - 1) for i, spec in enumerate(random_graph(np.random.default_rng(seed))))
-             for seed in range(12)]
-    assert sum(skips) >= 8
+def test_random_graphs_skip_layers_and_sum_shortcuts():
+    """The generator above makes graphs, not chains: most read an output other than the previous one,
+    and most have a layer that sums a shortcut from another map."""
+    graphs = [random_graph(np.random.default_rng(seed)) for seed in range(12)]
+    assert sum(any(spec["source"] not in (None, i - 1) for i, spec in enumerate(g)) for g in graphs) >= 8
+    assert sum(any(spec.get("shortcut") for spec in g) for g in graphs) >= 6
 
 
 def test_a_map_read_later_stays_live():
