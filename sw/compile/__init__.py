@@ -326,9 +326,6 @@ class Lower:
                                    f"{out_h}x{out_w} map")
             shortcut = None
             if layer.get("shortcut") is not None:
-                if groups > 1:
-                    raise CompileError(f"{name}: a grouped layer with a shortcut branch is not supported "
-                                       f"(each group would need its own slice of the shortcut)")
                 shortcut = self._lower_shortcut(c, name, layer["shortcut"], outputs, out_h, out_w, o)
             for g in range(groups):
                 sl = slice(g * og, (g + 1) * og)
@@ -342,7 +339,9 @@ class Lower:
                 # The model's binary MACs (the first layer's plane groups repeat planes: not more work).
                 op["macs"] = m * og * out_h * out_w * (8 * k0 if index == 0 else n * op["k"])
                 if shortcut is not None:
-                    op["shortcut"] = shortcut
+                    # A grouped layer's CONV per group sums the shortcut's output channels of that group.
+                    op["shortcut"] = dict(shortcut, weights=np.ascontiguousarray(shortcut["weights"][:, sl]),
+                                          scales=np.ascontiguousarray(shortcut["scales"][:, :, sl]))
                     op["macs"] += shortcut["m"] * shortcut["n"] * shortcut["k"] * og * out_h * out_w
                 if not last:
                     op["thresholds"] = layer["thresholds"][sl]

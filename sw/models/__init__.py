@@ -12,7 +12,10 @@ x = pixel / 127.5 - 1, so the pixel 0 used for padding is -1); node i writes out
 
 Models: `lfc` (FINN's LFC: 3 x 1024 fully connected), `cnv` (FINN's CNV: 64-64-P-128-128-P-256-256,
 FC 512-512), `vgg_small` (128-128-P-256-256-P-512-512-P, FC), `resnet` (a stem and three residual
-stages, Group-Net / FTBNN style). `width` scales every model (its hidden width / base channels).
+stages, Group-Net / FTBNN style, small for tests), `resnet18` (the seeds' ResNet-18: basic blocks
+[2, 2, 2, 2] at w, 2w, 4w, 8w channels, a 3x3 stem) and `birealnet18` (the same with a shortcut around
+every binary 3x3 convolution, the Bi-Real / FTBNN layout). `width` scales every model (its hidden
+width / base channels).
 """
 
 import math
@@ -277,8 +280,43 @@ def _resnet(b, classes, width):
     b.linear(classes, last=True)
 
 
-MODELS = {"lfc": _lfc, "cnv": _cnv, "vgg_small": _vgg_small, "resnet": _resnet}
-DEFAULT_WIDTH = {"lfc": 1024, "cnv": 64, "vgg_small": 128, "resnet": 16}
+def _shortcut(b, channels, stride, source):
+    """The shortcut of a block from output `source` to `channels` at `stride`: the identity (exported as
+    an exact binary 1x1 convolution) when the shape allows it, else a binary 1x1 convolution."""
+    c = b.shapes[source][0]
+    if stride == 1 and c == channels:
+        return IdentityShortcut(channels, 1, source)
+    return Branch("conv", c, channels, b.scheme.weight_quantizer(), 1, stride, 0, 1, source)
+
+
+def _resnet18(b, classes, width, bireal=False):
+    """The seeds' ResNet-18: a 3x3 stem (the CIFAR variant's, for small images), four stages of two basic
+    blocks at w, 2w, 4w, 8w channels (stride 2 at each stage's first block), pooling down to 2x2 and a
+    fully connected head. A block's shortcut joins its second convolution; with `bireal` (Bi-Real /
+    FTBNN layout) every binary 3x3 convolution has its own shortcut from its input."""
+    b.conv(width, grouped=False)
+    for stage, channels in enumerate((width, 2 * width, 4 * width, 8 * width)):
+        for block in range(2):
+            stride = 2 if stage > 0 and block == 0 else 1
+            block_input = b.current
+            if bireal:
+                b.conv(channels, stride=stride, shortcut=_shortcut(b, channels, stride, block_input))
+                b.conv(channels, shortcut=_shortcut(b, channels, 1, b.current))
+            else:
+                b.conv(channels, stride=stride)
+                b.conv(channels, shortcut=_shortcut(b, channels, stride, block_input))
+    while b.shapes[-1][1] > 2:
+        b.pool()
+    b.linear(classes, last=True)
+
+
+def _birealnet18(b, classes, width):
+    _resnet18(b, classes, width, bireal=True)
+
+
+MODELS = {"lfc": _lfc, "cnv": _cnv, "vgg_small": _vgg_small, "resnet": _resnet, "resnet18": _resnet18,
+          "birealnet18": _birealnet18}
+DEFAULT_WIDTH = {"lfc": 1024, "cnv": 64, "vgg_small": 128, "resnet": 16, "resnet18": 16, "birealnet18": 16}
 
 
 def build_model(name, scheme, input_shape, classes, width=None):

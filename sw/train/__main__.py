@@ -14,7 +14,7 @@ from hw.cli import OneLineParser
 
 __all__ = ["main"]
 
-MODEL_NAMES = ("lfc", "cnv", "vgg_small", "resnet")
+MODEL_NAMES = ("lfc", "cnv", "vgg_small", "resnet", "resnet18", "birealnet18")
 SCHEME_NAMES = ("xnor", "trained", "abc", "pa", "groupnet", "ftbnn")
 DATASET_NAMES = ("digits", "mnist5k", "mnist", "cifar10", "svhn")
 

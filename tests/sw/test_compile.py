@@ -384,3 +384,18 @@ def test_a_map_read_later_stays_live():
     assert _refusal(specs, shape=(1, 4, 4), act_depth=250) == \
         "layer 2 (conv): activation words of its output map and the maps still live (128 + 144) = 272 " \
         "exceeds act_depth = 250 by 22"
+
+
+def test_grouped_layer_with_a_shortcut():
+    """A grouped convolution (two groups of one word each) that sums a shortcut: one SHORTCUT + CONV per
+    group, each with its group's output channels of the shortcut; the ISS equals deploy_forward."""
+    from hw.isa import Opcode, decode
+    config = AccelConfig(rows=2, cols=3, word_bits=8, max_wbases=2, max_abases=2, act_depth=4096,
+                         weight_depth=4096, scale_depth=1024, thr_depth=1024, patch_depth=512, max_k=2048)
+    model = random_model([conv(16, 3, padding=1), conv(16, 3, padding=1, groups=2, shortcut=shortcut(0, wbases=2)),
+                          linear(10)], (1, 6, 6), config, seed=4)
+    bundle = compile_model(model, config, verify_images=3)
+    opcodes = [decode(word)[0] for word in bundle.instructions]
+    assert opcodes.count(Opcode.SHORTCUT) == 2 and opcodes.count(Opcode.CONV) == 4
+    images = np.random.default_rng(4).integers(0, 256, (4, 1, 6, 6), dtype=np.uint8)
+    assert np.array_equal(open_backend("iss", bundle).run(images).logits, deploy_forward(model, images))

@@ -82,7 +82,7 @@ def _cli(*args):
 
 @pytest.mark.parametrize("args,status,message", [
     (["--model", "alexnet", "--scheme", "abc", "--dataset", "digits", "--out", "x.bnn"], 2,
-     "argument --model: unknown model 'alexnet'; choose from: lfc, cnv, vgg_small, resnet"),
+     "argument --model: unknown model 'alexnet'; choose from: lfc, cnv, vgg_small, resnet, resnet18, birealnet18"),
     (["--model", "lfc", "--scheme", "xnor", "--dataset", "cifar10", "--data-root", "/nonexistent",
       "--out", "x.bnn"], 1, "Data folder /nonexistent does not exist"),
 ])
@@ -150,3 +150,40 @@ def test_mnist5k_best_multibasis_within_one_point_of_full_precision():
             predictions = deployed
         accuracy[scheme] = np.mean(predictions == data.test_y)
     assert accuracy["fp"] - accuracy["abc"] <= 0.01
+
+
+@pytest.mark.parametrize("name, shortcuts", [("resnet18", 8), ("birealnet18", 16)])
+def test_resnet18_layouts(name, shortcuts):
+    """The seeds' ResNet-18 (basic blocks [2, 2, 2, 2] at w, 2w, 4w, 8w, a 3x3 stem) has a shortcut per
+    block; the Bi-Real layout one per binary 3x3 convolution, each from that convolution's own input."""
+    from sw.models import MODELS, IdentityShortcut, build_model
+    from sw.quant import make_scheme
+    from sw.train.__main__ import MODEL_NAMES
+    assert MODEL_NAMES == tuple(MODELS)
+    for shape in ((1, 8, 8), (1, 28, 28)):
+        net = build_model(name, make_scheme("xnor"), shape, 10, width=4)
+        convs = [n for n in net.nodes if getattr(n, "kind", None) == "conv"]
+        assert len(convs) == 17                                     # stem + 16 block convolutions
+        assert [n.out_features for n in convs[1::4]] == [4, 8, 16, 32]
+        summed = [(i, n) for i, n in enumerate(net.nodes) if len(getattr(n, "branches", [])) == 2]
+        assert len(summed) == shortcuts
+        identities = sum(isinstance(n.branches[1], IdentityShortcut) for _, n in summed)
+        assert identities == shortcuts - 3                          # stages 2-4 downsample with a 1x1 conv
+        if name == "birealnet18":
+            assert all(n.branches[1].source == n.branches[0].source for _, n in summed)
+        else:
+            assert all(n.branches[1].source == n.branches[0].source - 1 for _, n in summed)
+        assert net(torch.zeros((2,) + shape, dtype=torch.uint8)).shape == (2, 10)
+
+
+def test_birealnet18_trains_compiles_and_runs_on_the_iss(tmp_path):
+    from hw.config import AccelConfig
+    from sw.compile import compile_file
+    from sw.runtime import open_backend
+    out = tmp_path / "m.bnn"
+    assert main(["--model", "birealnet18", "--scheme", "abc", "--wbases", "2", "--abases", "2", "--width", "8",
+                 "--dataset", "digits", "--epochs", "1", "--seed", "3", "--out", str(out), "--no-progress"]) == 0
+    bundle = compile_file(out, AccelConfig(scale_depth=2048, weight_depth=4096))
+    images = load_dataset("digits").test_x[:32]
+    with open_backend("iss", bundle) as backend:
+        assert np.array_equal(backend.run(images).logits, deploy_forward(load_model(out), images))
