@@ -110,10 +110,19 @@ class IdentityShortcut(nn.Module):
 
 
 class Node(nn.Module):
-    """Sum of branches -> batch norm -> [FPReLU] -> activation planes; or, if last, gain * sum."""
+    """Sum of branches -> batch norm -> [FPReLU] -> activation planes; or, if last, gain * sum.
 
-    def __init__(self, branches, out_features, activation=None, fprelu=False, last=False, bias=False):
+    With `shortcut_after_norm` (a residual node: its last branch is the shortcut), batch norm applies
+    to the other branches' sum and the shortcut is added after it, as Bi-Real does: y = BN(main) + sc.
+    Batch norm is affine per channel, so y = g * main + sc + b is still one weighted sum of binary dot
+    products, and the export folds g into the main branches' scales (docs/schemes.md)."""
+
+    def __init__(self, branches, out_features, activation=None, fprelu=False, last=False, bias=False,
+                 shortcut_after_norm=False):
         super().__init__()
+        if shortcut_after_norm and (last or len(branches) < 2):
+            raise ModelError("A node adds a shortcut after batch norm only when it has one and is not last")
+        self.shortcut_after_norm = shortcut_after_norm
         self.branches = nn.ModuleList(branches)
         self.kind = branches[0].kind
         self.out_features = out_features
@@ -130,7 +139,8 @@ class Node(nn.Module):
 
     def forward(self, outputs):
         total = None
-        for branch in self.branches:
+        main = self.branches[:-1] if self.shortcut_after_norm else self.branches
+        for branch in main:
             term = branch(outputs[branch.source])
             total = term if total is None else total + term
         if self.bias is not None:
@@ -138,6 +148,9 @@ class Node(nn.Module):
         if self.last:
             return total * self.gain.reshape((1, -1) + (1,) * (total.dim() - 2))
         y = self.norm(total)
+        if self.shortcut_after_norm:
+            shortcut = self.branches[-1]
+            y = y + shortcut(outputs[shortcut.source])
         if self.nonlinearity is not None:
             y = self.nonlinearity(y)
         return self.activation(y)
@@ -218,7 +231,7 @@ class _Builder:
             raise ModelError(f"The input {self.shapes[0]} is too small for this model")
         branches = [branch] + ([shortcut] if shortcut is not None else [])
         node = Node(branches, out, None if last else self.scheme.activation_quantizer(),
-                    self.scheme.fprelu, last)
+                    self.scheme.fprelu, last, shortcut_after_norm=shortcut is not None and not last)
         return self._push(node, (out, ho, wo))
 
     def pool(self):

@@ -8,7 +8,9 @@ For every conv / linear node, with branches b, weight bases m, input planes n an
 so z[o] ~= u[o] * acc[o]. u[o] > 0 is chosen per output channel for hidden layers (so each channel's
 largest scale uses the full `scale_bits`, shrunk if the accumulator bound would not fit `acc_bits`) and
 globally for the last layer (argmax does not change). Batch norm y = g z + b, a monotone FPReLU f and the
-next activation thresholds phi_t (+1 where f(y) >= phi_t) fold into integer thresholds:
+next activation thresholds phi_t (+1 where f(y) >= phi_t) fold into integer thresholds (a node that adds
+its shortcut after batch norm, y = g z_main + z_sc + b, first multiplies its main branches' G by g
+and then folds with g = 1):
 
     g > 0:  acc >= ceil((f^-1(phi_t) - b) / (g u))     (flip 0)
     g < 0:  acc <= floor((f^-1(phi_t) - b) / (g u))    (flip 1)
@@ -236,6 +238,18 @@ def _export(net, config, training, pixel_scales):
             reals = [g * gain[None, None, :] for g in reals]
         if any(e["source"] == -1 for e in entries) and len(entries) > 1:
             raise ExportError(f"{name}: the pixel input cannot share a sum with other branches")
+        if not last:
+            # Batch norm y = g z + b of the sum z (or, with the shortcut added after it, of the main
+            # branches' sum: y = g z_main + z_sc + b, whose main scales take g and whose gain is 1).
+            bn = node.norm
+            std = torch.sqrt(bn.running_var + bn.eps).double().cpu().numpy()
+            g = bn.weight.detach().double().cpu().numpy() / std
+            b = bn.bias.detach().double().cpu().numpy() - bn.running_mean.double().cpu().numpy() * g
+            if node.bias is not None:
+                b = b + g * node.bias.detach().double().cpu().numpy()
+            if node.shortcut_after_norm:
+                reals = [r * g[None, None, :] for r in reals[:-1]] + reals[-1:]
+                g = np.ones_like(g)
         # The pixel planes' scales 2^(b-1) / 127.5 are ordinary plane scales: every channel's largest
         # scale (plane 7) gets the full width, so the lower planes' ratios 2^-(7-b) round far more
         # finely than an exact q * 2^b with q limited to scale_bits - 8 bits would.
@@ -253,12 +267,6 @@ def _export(net, config, training, pixel_scales):
             logit_unit = float(unit.max())
         else:
             bound = sum(ref.acc_bound(e["scales"], e["k"]) for e in entries)
-            bn = node.norm
-            std = torch.sqrt(bn.running_var + bn.eps).double().cpu().numpy()
-            g = bn.weight.detach().double().cpu().numpy() / std
-            b = bn.bias.detach().double().cpu().numpy() - bn.running_mean.double().cpu().numpy() * g
-            if node.bias is not None:
-                b = b + g * node.bias.detach().double().cpu().numpy()
             phi, next_betas = node.activation.export()
             y_thresholds = _inverse_nonlinearity(name, node, phi)
             layer["thresholds"], layer["flip"] = _thresholds(y_thresholds, g, b, unit, bound, config)

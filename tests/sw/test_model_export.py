@@ -46,8 +46,9 @@ def float_trace(net, images):
 
 CASES = [("lfc", "xnor", 1, 1), ("lfc", "trained", 1, 1), ("lfc", "abc", 3, 2), ("lfc", "pa", 2, 3),
          ("lfc", "groupnet", 3, 1), ("lfc", "ftbnn", 1, 1), ("cnv", "abc", 2, 2), ("cnv", "ftbnn", 1, 1),
-         ("resnet", "pa", 2, 2), ("resnet", "groupnet", 2, 1), ("vgg_small", "xnor", 1, 1)]
-WIDTH = {"lfc": 24, "cnv": 4, "resnet": 4, "vgg_small": 4}
+         ("resnet", "pa", 2, 2), ("resnet", "groupnet", 2, 1), ("vgg_small", "xnor", 1, 1),
+         ("resnet18", "xnor", 1, 1), ("birealnet18", "abc", 2, 2), ("birealnet18", "ftbnn", 1, 1)]
+WIDTH = {"lfc": 24, "cnv": 4, "resnet": 4, "vgg_small": 4, "resnet18": 4, "birealnet18": 4}
 
 
 @pytest.mark.parametrize("model,scheme,m,n", CASES)
