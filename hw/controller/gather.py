@@ -16,7 +16,7 @@ class GatherEngine(wiring.Component):
 
     Per tile of C output pixels, column c's bank gets that pixel's receptive field in (activation
     basis n, ky, kx, channel word) order, one activation-buffer read a cycle; a position outside the
-    map is the padding word (all ones for `pad_value` 1, else all zeros) and reads nothing. With a
+    map is the padding word (all ones for `pad_value` 1, else all zeros; the read there is discarded). With a
     shortcut (`plan.shortcut`), the second source's field follows, read the same way from its own map
     with its own kernel, stride and padding. A tile takes C * (N * KW + N2 * KW2 + 1) + 1 cycles
     (KW = kh * kw * in_cw, N2 and KW2 the same for the second source).
@@ -161,8 +161,11 @@ class GatherEngine(wiring.Component):
                     start_pixel(0)
                     m.next = "RUN"
             with m.State("RUN"):
+                # Every position is read, inside the map or not: a padded position's word is replaced
+                # by the padding word a cycle later, so the enable needs no comparison of the map's
+                # bounds (that path ran from the instruction's fields into the block RAM's enable).
                 inside = (iyk >= 0) & (iyk < in_h) & (ixk >= 0) & (ixk < in_w)
-                m.d.comb += [self.act_addr.eq((akx + cw)[:addr_bits]), self.act_en.eq(inside)]
+                m.d.comb += [self.act_addr.eq((akx + cw)[:addr_bits]), self.act_en.eq(1)]
                 m.d.sync += [s1_valid.eq(1), s1_pad.eq(~inside), s1_pad_value.eq(pad_value), s1_col.eq(col),
                              s1_pw.eq(pw), pw.eq(pw + 1)]
                 # Loops: cw innermost, then kx, ky, n, then the source, then the column.
