@@ -1,0 +1,242 @@
+"""Brevitas 1W1A networks exported as QONNX import into .bnn models that decide exactly as qonnx's own
+executor does, compile, and run on the ISS; a bad file or an unsupported node is one line."""
+
+import re
+
+import numpy as np
+import pytest
+
+pytest.importorskip("qonnx")
+pytest.importorskip("brevitas")
+torch = pytest.importorskip("torch")
+
+from hw.config import AccelConfig                                          # noqa: E402
+from sw.compile import compile_model                                      # noqa: E402
+from sw.data import load_dataset                                          # noqa: E402
+from sw.model_format import deploy_forward, load_model                    # noqa: E402
+from sw.onnx import OnnxError, import_onnx, pixels_to_input               # noqa: E402
+from sw.onnx.__main__ import main                                         # noqa: E402
+from sw.onnx.testing import (brevitas_cnv, brevitas_fc, calibrate_batch_norms, export_brevitas,  # noqa: E402
+                             qonnx_execute, train_briefly)
+from sw.runtime import open_backend                                       # noqa: E402
+
+torch.set_num_threads(1)
+
+# CNV's input quantizer is Q1.7 of 2x - 1: its levels are pixel - 128 exactly when pixel p is p / 256.
+CNV_RANGE = (0.0, 255 / 256)
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    return load_dataset("mnist5k")
+
+
+def check_against_qonnx(tmp_path, net, images, input_range=(0.0, 1.0), cli_args=()):
+    """Import the batch-1 export (what users write) through the command line; compare deploy_forward
+    with execute_onnx on a batch export of the same network (and on the batch-1 file for a few images)."""
+    single = export_brevitas(net, tmp_path / "net.onnx", batch=1)
+    batched = export_brevitas(net, tmp_path / "batch.onnx", batch=len(images))
+    out = tmp_path / "net.bnn"
+    range_text = f"{input_range[0]!r},{input_range[1]!r}"
+    assert main(["import", str(single), "--out", str(out), "--input-range", range_text, *cli_args]) == 0
+    model = load_model(out)
+    ours = deploy_forward(model, images)
+    x = pixels_to_input(images, input_range)
+    theirs = qonnx_execute(batched, x)
+    for i in range(3):
+        assert np.array_equal(qonnx_execute(single, x[i:i + 1]), theirs[i:i + 1])
+    assert np.array_equal(ours.argmax(1), theirs.argmax(1))
+    real = ours * model.logit_unit + model.training["logit_offset"]
+    assert np.allclose(real, theirs, rtol=1e-5, atol=1e-4 * np.abs(theirs).max())
+    return model, ours
+
+
+@pytest.mark.parametrize("name", ["tfc_1w1a", "sfc_1w1a"])
+def test_brevitas_fc_trained_briefly_imports_with_qonnx_predictions(tmp_path, mnist, name):
+    torch.manual_seed(0)
+    net = brevitas_fc(name)
+    train_briefly(net, mnist.train_x, mnist.train_y, steps=30)
+    images = mnist.test_x[:500]
+    model, logits = check_against_qonnx(tmp_path, net, images)
+    assert [layer["kind"] for layer in model.layers] == ["linear"] * 4
+    # The input quantizer sign(2x - 1) reads bit 7 of the pixel: one plane scale, the others 0.
+    first = model.layers[0]["branches"][0]["scales"]
+    assert np.count_nonzero(first[0, :7]) == 0 and np.all(first[0, 7] != 0)
+    assert np.mean(logits.argmax(1) == mnist.test_y[:500]) > 0.5   # it did learn something
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["tfc_1w1a", "sfc_1w1a", "lfc_1w1a"])
+def test_brevitas_fc_trained_an_epoch_imports_with_qonnx_predictions(tmp_path, mnist, name):
+    torch.manual_seed(1)
+    net = brevitas_fc(name)
+    train_briefly(net, mnist.train_x, mnist.train_y, steps=120, lr=0.01)
+    model, logits = check_against_qonnx(tmp_path, net, mnist.test_x)
+    assert np.mean(logits.argmax(1) == mnist.test_y) > 0.7
+
+
+def test_imported_tfc_compiles_for_arty_a7_and_runs_on_the_iss(tmp_path, mnist):
+    import boards
+    torch.manual_seed(2)
+    net = brevitas_fc("tfc_1w1a")
+    calibrate_batch_norms(net, mnist.train_x[:500], seed=2)
+    path = export_brevitas(net, tmp_path / "tfc.onnx")
+    config = boards.get_board("arty_a7").config
+    model = import_onnx(path, config)
+    images = mnist.test_x[:8]
+    with open_backend("iss", compile_model(model, config)) as backend:
+        assert np.array_equal(backend.run(images).logits, deploy_forward(model, images))
+
+
+def test_brevitas_cnv_imports_with_qonnx_predictions_and_runs_on_the_iss(tmp_path):
+    torch.manual_seed(3)
+    net = brevitas_cnv(channels=(8, 8, 16, 16, 24, 24), features=24)
+    rng = np.random.default_rng(3)
+    # Smooth random images (a low-resolution pattern scaled up), so that the layers see structure.
+    coarse = rng.integers(0, 256, (600, 3, 8, 8)).astype(np.uint8)
+    images = np.repeat(np.repeat(coarse, 4, axis=2), 4, axis=3)
+    calibrate_batch_norms(net, images[:100], seed=3)
+    model, logits = check_against_qonnx(tmp_path, net, images[100:], CNV_RANGE, ["--board", "arty_a7"])
+    assert [layer["kind"] for layer in model.layers] == ["conv", "conv", "maxpool", "conv", "conv", "maxpool",
+                                                         "conv", "conv", "linear", "linear", "linear"]
+    assert len(set(logits.argmax(1))) > 3
+    # Arty A7-35T's activation memory is too small for a 32 x 32 x 3 image of 8 pixel planes.
+    import boards
+    config = boards.get_board("arty_a7").config.replace(act_depth=16384)
+    bundle = compile_model(model, config)
+    with open_backend("iss", bundle) as backend:
+        assert np.array_equal(backend.run(images[:4]).logits, deploy_forward(model, images[:4]))
+
+
+def test_cnv_under_totensor_pixels_is_refused_with_the_exact_range(tmp_path, capsys):
+    net = brevitas_cnv(channels=(4, 4, 4, 4, 4, 4), features=4)
+    net.eval()
+    path = export_brevitas(net, tmp_path / "cnv.onnx")
+    assert main(["import", str(path), "--out", str(tmp_path / "cnv.bnn")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert re.search(r"error: node '\w+' \(Quant\): its levels are not a linear function of the pixel's bits "
+                     r"under --input-range 0,1 \(pixel 255 gives 0.992188\)", err)
+    assert err.endswith("--input-range 0,0.99609375 maps the pixels onto its levels exactly\n")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Hand-made graphs: what the importer accepts beyond Brevitas' own export, and what it refuses.
+
+def qonnx_graph(path, nodes, initializers, in_shape, out_shape):
+    from onnx import TensorProto, helper, numpy_helper, save
+    inits = [numpy_helper.from_array(np.asarray(v, np.float32 if np.asarray(v).dtype.kind == "f" else np.int64),
+                                     name) for name, v in initializers.items()]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, in_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13),
+                                                    helper.make_opsetid("qonnx.custom_op.general", 1)])
+    save(model, str(path))
+    return path
+
+
+def node(op, inputs, output, name, **attrs):
+    from onnx import helper
+    domain = "qonnx.custom_op.general" if op in ("BipolarQuant", "Quant", "MultiThreshold") else ""
+    return helper.make_node(op, inputs, [output], name=name, domain=domain, **attrs)
+
+
+def small_graph(path, hidden_quant=None, extra_inits=None):
+    """x (1, 16) -> Quant 8 bits -> MatMul(+-0.5) -> Mul -> Add -> activation -> Gemm(+-1) -> y."""
+    rng = np.random.default_rng(0)
+    inits = {"s8": 1 / 255, "z0": 0.0, "b8": 8.0, "one": 1.0, "w1": rng.choice([-0.5, 0.5], (16, 6)),
+             "g": rng.uniform(0.5, 2, 6) * rng.choice([-1, 1], 6), "h": rng.normal(0, 3, 6),
+             "w2": rng.choice([-1.0, 1.0], (4, 6)), "thr": rng.normal(0, 1, (6, 1))}
+    inits.update(extra_inits or {})
+    nodes = [node("Quant", ["x", "s8", "z0", "b8"], "q", "in_quant", signed=0, narrow=0, rounding_mode="ROUND"),
+             node("MatMul", ["q", "w1"], "m", "fc0"), node("Mul", ["m", "g"], "m2", "gain"),
+             node("Add", ["m2", "h"], "a", "shift"),
+             hidden_quant or node("MultiThreshold", ["a", "thr"], "act", "act", out_scale=2.0, out_bias=-1.0,
+                                  out_dtype="BIPOLAR"),
+             node("Gemm", ["act", "w2"], "y", "fc1", transB=1)]
+    return qonnx_graph(path, nodes, inits, [1, 16], [1, 4])
+
+
+def test_quant_matmul_multithreshold_graph_equals_execute_onnx(tmp_path):
+    """An unsigned 8-bit input quantizer, MatMul, per-channel Mul and Add of either sign, a
+    MultiThreshold, Gemm: the integer model equals execute_onnx on every one of 500 inputs."""
+    path = small_graph(tmp_path / "g.onnx")
+    model = import_onnx(path)
+    images = np.random.default_rng(1).integers(0, 256, (500, 1, 1, 16), dtype=np.uint8)
+    ours = deploy_forward(model, images)
+    x = pixels_to_input(images).reshape(500, 16)
+    theirs = np.concatenate([qonnx_execute(path, x[i:i + 1]) for i in range(100)])
+    assert np.array_equal(ours[:100] * model.logit_unit, theirs)
+    assert model.layers[0]["flip"].any() and not model.layers[0]["flip"].all()   # negative gains flip
+    # The 8-bit quantizer's levels are the pixels: plane scales 1, 2, 4, ... 128 (exact ratios).
+    scales = model.layers[0]["branches"][0]["scales"][0]
+    assert np.array_equal(scales, scales[:1] * (1 << np.arange(8))[:, None])
+    assert model.training["approximate_scales"] == []
+
+
+@pytest.mark.parametrize("hidden,expected", [
+    (("Quant", ["a", "sc", "z0", "b2"], {"signed": 1, "narrow": 0, "rounding_mode": "ROUND"}),
+     "node 'act' (Quant): 2-bit activations; only the input may have more than 1 bit"),
+    (("MultiThreshold", ["a", "thr3"], {"out_dtype": "INT2"}),
+     "node 'act' (MultiThreshold): 3 thresholds per channel make 2-bit activations; only the input may have"),
+    (("BipolarQuant", ["a", "m"], {}),
+     "node 'act' (BipolarQuant): its input 'm' is computed at run time; the scale, zero point, bit width and "
+     "thresholds must be constants"),
+    (("Sigmoid", ["a"], {}),
+     "node 'act' (Sigmoid): this op type is not supported (supported: Conv, Gemm, MatMul"),
+])
+def test_unsupported_nodes_are_refused_in_one_line(tmp_path, capsys, hidden, expected):
+    op, inputs, attrs = hidden
+    path = small_graph(tmp_path / "g.onnx", node(op, inputs, "act", "act", **attrs),
+                       extra_inits={"sc": 1.0, "b2": 2.0, "thr3": np.sort(np.random.default_rng(0).normal(0, 1, (6, 3)))})
+    assert main(["import", str(path), "--out", str(tmp_path / "g.bnn")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("python -m sw.onnx import: error: " + expected)
+    assert err.count("\n") == 1
+    assert not (tmp_path / "g.bnn").exists()
+
+
+def test_residual_add_is_refused_naming_it(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    inits = {"s": 1.0, "half": 0.5, "w1": rng.choice([-1.0, 1.0], (8, 8)), "w2": rng.choice([-1.0, 1.0], (8, 8)),
+             "w3": rng.choice([-1.0, 1.0], (8, 3))}
+    nodes = [node("Sub", ["x", "half"], "x0", "centre"), node("BipolarQuant", ["x0", "s"], "a0", "in_quant"), node("MatMul", ["a0", "w1"], "m1", "fc1"),
+             node("BipolarQuant", ["m1", "s"], "a1", "act1"), node("MatMul", ["a1", "w2"], "m2", "fc2"),
+             node("Add", ["m2", "m1"], "r", "shortcut_add"), node("BipolarQuant", ["r", "s"], "a2", "act2"),
+             node("MatMul", ["a2", "w3"], "y", "fc3")]
+    path = qonnx_graph(tmp_path / "res.onnx", nodes, inits, [1, 8], [1, 3])
+    assert main(["import", str(path), "--out", str(tmp_path / "res.bnn")]) == 1
+    assert capsys.readouterr().err == (
+        "python -m sw.onnx import: error: node 'shortcut_add' (Add): adds two computed tensors ('m2', 'm1'), a "
+        "residual shortcut; the compiler does not run shortcuts yet\n")
+
+
+def test_bad_files_are_one_line(tmp_path, capsys):
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"\x08\x07garbage that is not a protobuf" * 10)
+    cases = [(str(corrupt), "python -m sw.onnx import: error: Cannot read ONNX model " + str(corrupt) + ": "),
+             (str(tmp_path / "missing.onnx"), "python -m sw.onnx import: error: Cannot read ONNX model "
+              + str(tmp_path / "missing.onnx") + ": no such file\n")]
+    for path, expected in cases:
+        assert main(["import", path, "--out", str(tmp_path / "x.bnn")]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(expected) and err.count("\n") == 1 and "Traceback" not in err
+    assert main(["import", str(corrupt), "--out", "x.bnn", "--input-range", "0"]) == 1
+    assert capsys.readouterr().err == "python -m sw.onnx import: error: Input range must be two numbers LO,HI, not '0'\n"
+
+
+def test_last_layer_per_class_bias_is_refused(tmp_path):
+    rng = np.random.default_rng(0)
+    inits = {"s": 1.0, "half": 0.5, "w1": rng.choice([-1.0, 1.0], (8, 8)), "w2": rng.choice([-1.0, 1.0], (8, 3)),
+             "bias": [0.0, 1.0, 2.0]}
+    nodes = [node("Sub", ["x", "half"], "x0", "centre"), node("BipolarQuant", ["x0", "s"], "a0", "in_quant"), node("MatMul", ["a0", "w1"], "m1", "fc1"),
+             node("BipolarQuant", ["m1", "s"], "a1", "act1"), node("MatMul", ["a1", "w2"], "m2", "fc2"),
+             node("Add", ["m2", "bias"], "y", "class_bias")]
+    path = qonnx_graph(tmp_path / "bias.onnx", nodes, inits, [1, 8], [1, 3])
+    with pytest.raises(OnnxError, match=r"layer 1 \(linear, node 'fc2' \(MatMul\)\): adds a different constant "
+                                        r"to each class \(class 2: 2, class 0: 0\)"):
+        import_onnx(path)
+    config = AccelConfig(max_k=4)
+    with pytest.raises(OnnxError, match=r"layer 0 \(linear, node 'fc1' \(MatMul\)\): a dot product of K = 8 bits "
+                                        r"exceeds max_k 4"):
+        import_onnx(path, config)
