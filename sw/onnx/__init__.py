@@ -48,7 +48,7 @@ def import_onnx(path, config=None, input_range=DEFAULT_INPUT_RANGE):
     return import_model(path, config, input_range)
 
 
-def export_onnx(model, path, input_range=DEFAULT_INPUT_RANGE):
-    """Write a BnnModel as QONNX (docs/onnx.md, "Export")."""
+def export_onnx(model, path, input_range=DEFAULT_INPUT_RANGE, batch=1):
+    """Write a BnnModel as QONNX for `batch` images at a time (docs/onnx.md, "Export")."""
     from sw.onnx.exporter import export_model
-    return export_model(model, path, input_range)
+    return export_model(model, path, input_range, batch)
