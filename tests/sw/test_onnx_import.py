@@ -132,7 +132,7 @@ def node(op, inputs, output, name, **attrs):
     return helper.make_node(op, inputs, [output], name=name, domain=domain, **attrs)
 
 
-def small_graph(path, hidden_quant=None, extra_inits=None):
+def small_graph(path, hidden_quant=None, extra_inits=None, batch=1):
     """x (1, 16) -> Quant 8 bits -> MatMul(+-0.5) -> Mul -> Add -> activation -> Gemm(+-1) -> y."""
     rng = np.random.default_rng(0)
     inits = {"s8": 1 / 255, "z0": 0.0, "b8": 8.0, "one": 1.0, "w1": rng.choice([-0.5, 0.5], (16, 6)),
@@ -145,19 +145,18 @@ def small_graph(path, hidden_quant=None, extra_inits=None):
              hidden_quant or node("MultiThreshold", ["a", "thr"], "act", "act", out_scale=2.0, out_bias=-1.0,
                                   out_dtype="BIPOLAR"),
              node("Gemm", ["act", "w2"], "y", "fc1", transB=1)]
-    return qonnx_graph(path, nodes, inits, [1, 16], [1, 4])
+    return qonnx_graph(path, nodes, inits, [batch, 16], [batch, 4])
 
 
 def test_quant_matmul_multithreshold_graph_equals_execute_onnx(tmp_path):
     """An unsigned 8-bit input quantizer, MatMul, per-channel Mul and Add of either sign, a
     MultiThreshold, Gemm: the integer model equals execute_onnx on every one of 500 inputs."""
-    path = small_graph(tmp_path / "g.onnx")
+    path = small_graph(tmp_path / "g.onnx", batch=500)
     model = import_onnx(path)
     images = np.random.default_rng(1).integers(0, 256, (500, 1, 1, 16), dtype=np.uint8)
     ours = deploy_forward(model, images)
-    x = pixels_to_input(images).reshape(500, 16)
-    theirs = np.concatenate([qonnx_execute(path, x[i:i + 1]) for i in range(100)])
-    assert np.array_equal(ours[:100] * model.logit_unit, theirs)
+    theirs = qonnx_execute(path, pixels_to_input(images).reshape(500, 16))
+    assert np.array_equal(ours * model.logit_unit, theirs)
     assert model.layers[0]["flip"].any() and not model.layers[0]["flip"].all()   # negative gains flip
     # The 8-bit quantizer's levels are the pixels: plane scales 1, 2, 4, ... 128 (exact ratios).
     scales = model.layers[0]["branches"][0]["scales"][0]
@@ -231,3 +230,43 @@ def test_last_layer_per_class_bias_is_refused(tmp_path):
     with pytest.raises(OnnxError, match=r"layer 0 \(linear, node 'fc1' \(MatMul\)\): a dot product of K = 8 bits "
                                         r"exceeds max_k 4"):
         import_onnx(path, config)
+
+
+def test_grouped_padded_convolutions_pooling_before_the_quantizer_equal_execute_onnx(tmp_path):
+    """Conv with zero padding (the pixel 0 and the level 0 of {0, 1} activations are bit -1), BatchNorm,
+    MaxPool between the sum and its quantizer, an unsigned 1-bit Quant (round half to even: strict),
+    a grouped Conv, per-channel Mul / Add, a signed 1-bit Quant, Flatten, Gemm, a final scalar Mul."""
+    rng = np.random.default_rng(5)
+    inits = {"s8": 1 / 255, "z0": 0.0, "b8": 8.0, "b1": 1.0, "one": 1.0, "half": 0.5,
+             "w1": rng.normal(0, 1, (6, 2, 3, 3)), "w2": rng.normal(0, 1, (8, 3, 3, 3)),
+             "w3": rng.normal(0, 1, (4, 128)),
+             "bn_gain": rng.normal(0, 1, 6), "bn_shift": rng.normal(0, 0.3, 6), "bn_mean": rng.normal(0, 1, 6),
+             "bn_var": rng.uniform(2, 8, 6), "g": rng.normal(0, 1, (1, 8, 1, 1)),
+             "h": rng.normal(0, 2, (1, 8, 1, 1))}
+    nodes = [node("Quant", ["x", "s8", "z0", "b8"], "q", "in_quant", signed=0, narrow=0, rounding_mode="ROUND"),
+             node("BipolarQuant", ["w1", "one"], "w1q", "w1_quant"),
+             node("Conv", ["q", "w1q"], "c1", "conv1", pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
+             node("BatchNormalization", ["c1", "bn_gain", "bn_shift", "bn_mean", "bn_var"], "n1", "bn1"),
+             node("MaxPool", ["n1"], "p1", "pool1", kernel_shape=[2, 2], strides=[2, 2]),
+             node("Quant", ["p1", "one", "z0", "b1"], "a1", "act1", signed=0, narrow=0, rounding_mode="ROUND"),
+             node("BipolarQuant", ["w2", "half"], "w2q", "w2_quant"),
+             node("Conv", ["a1", "w2q"], "c2", "conv2", pads=[1, 1, 1, 1], kernel_shape=[3, 3], group=2),
+             node("Mul", ["c2", "g"], "m2", "gain2"), node("Add", ["m2", "h"], "d2", "shift2"),
+             node("Quant", ["d2", "one", "z0", "b1"], "a2", "act2", signed=1, narrow=0, rounding_mode="ROUND"),
+             node("Flatten", ["a2"], "f2", "flatten", axis=1),
+             node("BipolarQuant", ["w3", "one"], "w3q", "w3_quant"),
+             node("Gemm", ["f2", "w3q"], "z", "fc", transB=1), node("Mul", ["z", "half"], "y", "out_scale")]
+    # conv2's weights read 6 channels in 2 groups of 3.
+    inits["w2"] = rng.normal(0, 1, (8, 3, 3, 3))
+    path = qonnx_graph(tmp_path / "conv.onnx", nodes, inits, [200, 2, 8, 8], [200, 4])   # any batch imports
+    model = import_onnx(path)
+    assert [layer["kind"] for layer in model.layers] == ["conv", "maxpool", "conv", "linear"]
+    first, second = model.layers[0]["branches"][0], model.layers[2]["branches"][0]
+    assert (first["padding"], first["pad_value"], second["groups"], second["pad_value"]) == (1, -1, 2, -1)
+    images = np.random.default_rng(6).integers(0, 256, (200, 2, 8, 8), dtype=np.uint8)
+    images[:20, :, :4] = 0                                  # black borders: padding next to level 0
+    ours = deploy_forward(model, images)
+    x = pixels_to_input(images)
+    assert np.array_equal(ours * model.logit_unit, qonnx_execute(path, x))
+    planes = deploy_forward(model, images, intermediates=True)[1]
+    assert 0.1 < np.mean(planes[0] > 0) < 0.9 and 0.1 < np.mean(planes[2] > 0) < 0.9
