@@ -26,7 +26,7 @@ def parser():
     target.add_argument("--config", help="AccelConfig JSON file (default: AccelConfig())")
     imp.add_argument("--input-range", default="0,1", metavar="LO,HI",
                      help="pixel 0 is LO at the model input, pixel 255 is HI, linearly (default 0,1: "
-                          "torchvision's ToTensor)")
+                          "torchvision's ToTensor; write --input-range=-1,1 when LO is negative)")
     exp = commands.add_parser("export", help="a .bnn model -> QONNX",
                               description="Write a .bnn model as a QONNX graph.")
     exp.error = lambda message: exp.exit(2, f"{PROG} export: error: {message}\n")

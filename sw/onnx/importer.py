@@ -472,11 +472,52 @@ class _Walker:
         residual = np.abs(design @ coef - table)
         scale = max(1.0, float(np.abs(table).max()))
         if residual.max() > _TOL * scale:
-            self._refuse_table(node, table, residual)
+            if not self._thermometer(table):
+                self._refuse_table(node, table, residual)
+            return
         c = np.where(np.abs(coef[1:]) > _TOL * scale, coef[1:], 0.0)   # (8, E): table = coef[0] + sum_b c[b] bit_b
         self.beta = (c / 2).reshape((8,) + self.shape)
         self.gamma = (coef[0] + c.sum(axis=0) / 2).reshape(self.shape)
         self.source = -1
+
+    def _thermometer(self, table):
+        """A table with few levels per channel, monotone in the pixel (a 1-bit input quantizer whose
+        threshold is not a bit boundary): a first layer of 1x1 convolutions, one per channel, computes
+        acc = 2 p - 255 from the pixel planes and thresholds it at each step, so plane j is
+        [p >= t_j] and the table is L_0 + sum_j step_j [p >= t_j]. False if the table is not of that form."""
+        c, h, w = self.input_shape
+        if table.shape[1] != c * h * w:
+            return False
+        per_channel = table.reshape(256, c, h * w)
+        if not np.all(per_channel == per_channel[:, :, :1]):
+            return False
+        columns = per_channel[:, :, 0]                          # (256, C)
+        steps = np.diff(columns, axis=0)                        # (255, C)
+        rising, falling = np.all(steps >= 0, axis=0), np.all(steps <= 0, axis=0)
+        if not np.all(rising | falling):
+            return False
+        edges = [np.flatnonzero(steps[:, ch]) + 1 for ch in range(c)]   # pixels where the level changes
+        planes = max(len(e) for e in edges)
+        if planes == 0 or planes > self.config.max_abases:
+            return False
+        thresholds = np.full((c, planes), self.config.acc_max, np.int64)   # "never" pads shorter channels
+        beta = np.zeros((planes, c))
+        for ch, pixels in enumerate(edges):
+            thresholds[ch, :len(pixels)] = 2 * pixels - 255     # acc = 2 p - 255 >= 2 t - 255
+            beta[:len(pixels), ch] = steps[pixels - 1, ch] / 2
+        gamma = columns[0] + beta.sum(axis=0)
+        weights = np.ones((1, c, 1, 1, 1), np.int8)
+        scales = np.broadcast_to((np.int64(1) << np.arange(8, dtype=np.int64))[None, :, None], (1, 8, c)).copy()
+        self.layers.append({"kind": "conv", "out_features": c, "thresholds": thresholds,
+                            "flip": np.zeros(c, bool), "branches": [
+                                {"source": -1, "kind": "conv", "kernel": (1, 1), "stride": 1, "padding": 0,
+                                 "pad_value": -1, "groups": c, "wbases": 1, "abases": 8, "k": 1, "weights": weights,
+                                 "scales": scales}]})
+        expand = per_channel.shape[2]
+        self.beta = np.repeat(beta[:, :, None], expand, axis=2).reshape((planes,) + self.shape)
+        self.gamma = np.repeat(gamma[:, None], expand, axis=1).reshape(self.shape)
+        self.source = 0
+        return True
 
     def _refuse_table(self, node, table, residual):
         element = int(np.argmax(residual.max(axis=0)))

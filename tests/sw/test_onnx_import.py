@@ -38,7 +38,7 @@ def check_against_qonnx(tmp_path, net, images, input_range=(0.0, 1.0), cli_args=
     batched = export_brevitas(net, tmp_path / "batch.onnx", batch=len(images))
     out = tmp_path / "net.bnn"
     range_text = f"{input_range[0]!r},{input_range[1]!r}"
-    assert main(["import", str(single), "--out", str(out), "--input-range", range_text, *cli_args]) == 0
+    assert main(["import", str(single), "--out", str(out), f"--input-range={range_text}", *cli_args]) == 0
     model = load_model(out)
     ours = deploy_forward(model, images)
     x = pixels_to_input(images, input_range)
@@ -270,3 +270,20 @@ def test_grouped_padded_convolutions_pooling_before_the_quantizer_equal_execute_
     assert np.array_equal(ours * model.logit_unit, qonnx_execute(path, x))
     planes = deploy_forward(model, images, intermediates=True)[1]
     assert 0.1 < np.mean(planes[0] > 0) < 0.9 and 0.1 < np.mean(planes[2] > 0) < 0.9
+
+
+def test_input_threshold_off_a_bit_boundary_becomes_a_first_layer(tmp_path, mnist):
+    """Under --input-range -1,1 TFC's sign(2x - 1) is pixel >= 192, not a bit of the pixel: a first
+    layer of 1x1 convolutions thresholds 2p - 255 at 129; predictions still equal execute_onnx's, and the
+    model runs on the ISS (for a config with deeper memories than the Arty A7-35T's: the compiler stores
+    the one-channel 28 x 28 map a word per pixel, and the next layer's weights to match)."""
+    import boards
+    torch.manual_seed(4)
+    net = brevitas_fc("tfc_1w1a")
+    calibrate_batch_norms(net, mnist.train_x[:500], seed=4)
+    model, logits = check_against_qonnx(tmp_path, net, mnist.test_x[:500], (-1.0, 1.0))
+    assert [layer["kind"] for layer in model.layers] == ["conv"] + ["linear"] * 4
+    assert model.layers[0]["thresholds"].tolist() == [[2 * 192 - 255]]
+    config = boards.get_board("arty_a7").config.replace(act_depth=8192, patch_depth=1024, weight_depth=8192)
+    with open_backend("iss", compile_model(import_onnx(tmp_path / "net.onnx", config, (-1.0, 1.0)), config)) as backend:
+        assert np.array_equal(backend.run(mnist.test_x[:4]).logits, logits[:4])
