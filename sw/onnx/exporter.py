@@ -7,7 +7,7 @@
     hidden   plane_t = MultiThreshold(sigma * acc, sigma * T[:, t]), out_scale 2, out_bias -1, where
              sigma = -1 on flipped channels (acc <= T) and +1 elsewhere
     pooling  MaxPool of each plane (the OR of its bits)
-    output   logit_unit * acc of the last layer (float64)
+    output   logit_unit * acc of the last layer (float64), plus an imported model's logit_offset
 
 A binary convolution of +-1 values is exact in float32 (|dot| <= K < 2^24); the scaled sums are formed
 in float64, exact for every sum the accumulator holds, so the thresholds decide exactly as the hardware.
@@ -126,7 +126,10 @@ def build_graph(model, input_range=(0.0, 1.0), batch=1):
             outputs[index] = _threshold_planes(g, index, layer, acc, layer["kind"] == "conv")
         else:
             flat = g.node("Flatten", [acc], "logits_flat", axis=1)
-            g.node("Mul", [flat, g.const("logit_unit", model.logit_unit, np.float64)], "logits")
+            real = g.node("Mul", [flat, g.const("logit_unit", model.logit_unit, np.float64)], "logits")
+            offset = float(model.training.get("logit_offset", 0.0))
+            if offset:   # an imported model's constant, equal for every class
+                g.node("Add", [real, g.const("logit_offset", offset, np.float64)], "logits")
             g.nodes[-1].output[0] = "logits"
     c, h, w = model.input_shape
     graph = helper.make_graph(

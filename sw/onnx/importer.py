@@ -294,6 +294,11 @@ def _thresholds(planes, lam_base, mu_base, bound, config):
                 _fail("internal: planes of one channel compare in different directions")
             flip[c] = lam[c] < 0
             exact = -mu[c] / lam[c]
+            # A boundary within float64 noise of an integer is that integer: a tie the float graph
+            # reaches exactly (sums of +-1 against a threshold of 0, say).
+            nearest = round(exact)
+            if abs(exact - nearest) <= 1e-9 * max(1.0, abs(exact)):
+                exact = float(nearest)
             if lam[c] > 0:  # acc >= exact (> if strict)
                 value = math.floor(exact) + 1 if strict else math.ceil(exact)
                 value = tmin if value <= -bound[c] else never if value > bound[c] else value
@@ -467,17 +472,16 @@ class _Walker:
         """The table as sum_b beta[b] plane_b + gamma (exactly), or a refusal naming the quantizer."""
         table = self.table.astype(np.float64).reshape(256, -1)
         bits = ((np.arange(256)[:, None] >> np.arange(8)[None, :]) & 1).astype(np.float64)
-        design = np.concatenate([np.ones((256, 1)), bits], axis=1)
-        coef, *_ = np.linalg.lstsq(design, table, rcond=None)
-        residual = np.abs(design @ coef - table)
-        scale = max(1.0, float(np.abs(table).max()))
-        if residual.max() > _TOL * scale:
+        # Differences of float32 values are exact in float64, so an exactly linear table gives exact
+        # coefficients (a least-squares fit would add rounding noise to ties at a threshold).
+        offset, c = table[0], table[1 << np.arange(8)] - table[0]          # (E,), (8, E)
+        residual = np.abs(offset + bits @ c - table)
+        if residual.max() > _TOL * max(1e-30, float(np.abs(table).max())):
             if not self._thermometer(table):
                 self._refuse_table(node, table, residual)
             return
-        c = np.where(np.abs(coef[1:]) > _TOL * scale, coef[1:], 0.0)   # (8, E): table = coef[0] + sum_b c[b] bit_b
         self.beta = (c / 2).reshape((8,) + self.shape)
-        self.gamma = (coef[0] + c.sum(axis=0) / 2).reshape(self.shape)
+        self.gamma = (offset + c.sum(axis=0) / 2).reshape(self.shape)
         self.source = -1
 
     def _thermometer(self, table):

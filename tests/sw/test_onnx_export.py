@@ -93,3 +93,33 @@ def test_export_errors_are_one_line(tmp_path, capsys):
     assert "python -m sw.onnx export: error: " in capsys.readouterr().err
     with pytest.raises(OnnxError, match="Batch must be a positive integer, not 0"):
         export_onnx(model, tmp_path / "m.onnx", batch=0)
+
+
+def test_imported_model_exports_with_its_logit_offset(tmp_path):
+    """A model imported from a graph whose last layer adds a constant exports with that constant: the
+    exported graph's logits equal the original graph's."""
+    from test_onnx_import import node, qonnx_graph
+    from sw.onnx import import_onnx
+    rng = np.random.default_rng(0)
+    inits = {"s": 1.0, "half": 0.5, "w1": rng.choice([-1.0, 1.0], (8, 8)), "w2": rng.choice([-1.0, 1.0], (8, 3)),
+             "gain": 0.25, "shift": 1.5}
+    nodes = [node("Sub", ["x", "half"], "x0", "centre"), node("BipolarQuant", ["x0", "s"], "a0", "in_quant"),
+             node("MatMul", ["a0", "w1"], "m1", "fc1"), node("BipolarQuant", ["m1", "s"], "a1", "act1"),
+             node("MatMul", ["a1", "w2"], "m2", "fc2"), node("Mul", ["m2", "gain"], "m3", "out_gain"),
+             node("Add", ["m3", "shift"], "y", "out_shift")]
+    images = np.random.default_rng(1).integers(0, 256, (64, 1, 1, 8), dtype=np.uint8)
+    original = qonnx_graph(tmp_path / "original.onnx", nodes, inits, [64, 8], [64, 3])
+    model = import_onnx(original)
+    assert model.training["logit_offset"] == 1.5 and model.logit_unit == 0.25
+    exported = export_onnx(model, tmp_path / "exported.onnx", batch=64)
+    x = pixels_to_input(images)
+    assert np.array_equal(qonnx_execute(exported, x), qonnx_execute(original, x.reshape(64, 8)))
+
+
+def test_sw_onnx_imports_neither_onnx_nor_torch_until_used():
+    import subprocess
+    import sys
+    code = ("import sys, sw.onnx, sw.onnx.__main__; "
+            "assert not {'onnx', 'qonnx', 'torch'} & set(sys.modules), 'imported too early'")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
