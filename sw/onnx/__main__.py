@@ -1,7 +1,7 @@
 """python -m sw.onnx import MODEL.onnx --out model.bnn [--board B | --config FILE] [--input-range LO,HI]
 python -m sw.onnx export model.bnn --out model.onnx [--input-range LO,HI]
 
-`import` streamlines a QONNX binary network (Brevitas' export_qonnx, FINN's model zoo) into a .bnn
+`import` streamlines a QONNX binary network (Brevitas' export_qonnx) into a .bnn
 model that sw.compile takes; `export` writes any .bnn model as QONNX (docs/onnx.md).
 """
 

@@ -207,6 +207,14 @@ def test_bad_files_are_one_line(tmp_path, capsys):
     cases = [(str(corrupt), "python -m sw.onnx import: error: Cannot read ONNX model " + str(corrupt) + ": "),
              (str(tmp_path / "missing.onnx"), "python -m sw.onnx import: error: Cannot read ONNX model "
               + str(tmp_path / "missing.onnx") + ": no such file\n")]
+    # Weights in a .data file beside the .onnx (as Brevitas writes them), the .data file lost.
+    from onnx import load, save_model
+    separate = tmp_path / "separate.onnx"
+    save_model(load(str(small_graph(tmp_path / "g.onnx"))), str(separate), save_as_external_data=True,
+               location="separate.data", size_threshold=0)
+    assert import_onnx(separate).classes == 4
+    (tmp_path / "separate.data").unlink()
+    cases.append((str(separate), "python -m sw.onnx import: error: Cannot read ONNX model " + str(separate) + ": "))
     for path, expected in cases:
         assert main(["import", path, "--out", str(tmp_path / "x.bnn")]) == 1
         err = capsys.readouterr().err
@@ -287,3 +295,44 @@ def test_input_threshold_off_a_bit_boundary_becomes_a_first_layer(tmp_path, mnis
     config = boards.get_board("arty_a7").config.replace(act_depth=8192, patch_depth=1024, weight_depth=8192)
     with open_backend("iss", compile_model(import_onnx(tmp_path / "net.onnx", config, (-1.0, 1.0)), config)) as backend:
         assert np.array_equal(backend.run(mnist.test_x[:4]).logits, logits[:4])
+
+
+def test_command_line_help_board_and_config_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["import", "--help"])
+    assert exit_.value.code == 0 and "--input-range LO,HI" in capsys.readouterr().out
+    path = small_graph(tmp_path / "g.onnx")
+    out = str(tmp_path / "g.bnn")
+    assert main(["import", str(path), "--out", out, "--board", "nope"]) == 1
+    assert capsys.readouterr().err.startswith("python -m sw.onnx import: error: Unknown board 'nope'; supported boards: ")
+    assert main(["import", str(path), "--out", out, "--config", str(tmp_path / "none.json")]) == 1
+    assert capsys.readouterr().err.startswith("python -m sw.onnx import: error: Cannot read config file ")
+    assert main(["import", str(path), "--out", out, "--board", "arty_a7"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "2 layers (linear, linear), input (1, 1, 16), 4 classes"
+
+
+def test_per_class_weight_scales_round_the_last_layer_and_say_so(tmp_path, capsys):
+    """Per-output-channel weight scales: hidden layers stay exact (one scale per channel), the last
+    layer's scales share one unit and are rounded to the config's scale width; the import says which."""
+    rng = np.random.default_rng(2)
+    inits = {"s": 1.0, "half": 0.5, "w1": rng.normal(0, 1, (32, 16)), "w2": rng.normal(0, 1, (16, 5)),
+             "a1": rng.uniform(0.1, 1, (1, 16)), "a2": rng.uniform(0.1, 1, (1, 5)), "shift": rng.normal(0, 2, 16)}
+    nodes = [node("Sub", ["x", "half"], "x0", "centre"), node("BipolarQuant", ["x0", "s"], "a0", "in_quant"),
+             node("BipolarQuant", ["w1", "a1"], "w1q", "w1_quant"), node("MatMul", ["a0", "w1q"], "m1", "fc1"),
+             node("Add", ["m1", "shift"], "h1", "shift1"), node("BipolarQuant", ["h1", "s"], "b1", "act1"),
+             node("BipolarQuant", ["w2", "a2"], "w2q", "w2_quant"), node("MatMul", ["b1", "w2q"], "y", "fc2")]
+    path = qonnx_graph(tmp_path / "scaled.onnx", nodes, inits, [400, 32], [400, 5])
+    assert main(["import", str(path), "--out", str(tmp_path / "scaled.bnn")]) == 0
+    assert "scales rounded (not exact ratios) in: layer 1 (linear, node 'fc2' (MatMul))" in capsys.readouterr().out
+    model = load_model(tmp_path / "scaled.bnn")
+    assert model.training["approximate_scales"] == ["layer 1 (linear, node 'fc2' (MatMul))"]
+    images = np.random.default_rng(3).integers(0, 256, (400, 1, 1, 32), dtype=np.uint8)
+    ours = deploy_forward(model, images)
+    theirs = qonnx_execute(path, pixels_to_input(images).reshape(400, 32))
+    assert np.allclose(ours * model.logit_unit, theirs, rtol=1e-4, atol=1e-4 * np.abs(theirs).max())
+    # Where predictions differ, classes tie exactly in real arithmetic (dot products of 0, which float32
+    # sums of +-alpha miss by 1e-7): execute_onnx's choice is one of the integer model's tied maxima.
+    differ = np.flatnonzero(ours.argmax(1) != theirs.argmax(1))
+    assert len(differ) <= 0.02 * len(images)
+    for i in differ:
+        assert ours[i, theirs[i].argmax()] == ours[i].max()
