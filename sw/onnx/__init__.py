@@ -10,8 +10,8 @@ docs/onnx.md describes the supported subset, the streamlining and the pixel conv
 
 import numpy as np
 
-__all__ = ["OnnxError", "DEFAULT_INPUT_RANGE", "parse_input_range", "pixels_to_input", "import_onnx",
-           "export_onnx"]
+__all__ = ["OnnxError", "DEFAULT_INPUT_RANGE", "parse_input_range", "parse_input_shape", "pixels_to_input",
+           "import_onnx", "export_onnx"]
 
 #: Pixel 0 maps to LO, pixel 255 to HI, linearly: torchvision's ToTensor gives [0, 1].
 DEFAULT_INPUT_RANGE = (0.0, 1.0)
@@ -42,10 +42,23 @@ def pixels_to_input(images, input_range=DEFAULT_INPUT_RANGE):
     return (lo + (hi - lo) * images.astype(np.float64) / 255.0).astype(np.float32)
 
 
-def import_onnx(path, config=None, input_range=DEFAULT_INPUT_RANGE):
-    """Read a QONNX binary network and streamline it into a BnnModel for `config` (an AccelConfig)."""
+def import_onnx(path, config=None, input_range=DEFAULT_INPUT_RANGE, input_shape=None):
+    """Read a QONNX binary network and streamline it into a BnnModel for `config` (an AccelConfig).
+
+    input_shape (C, H, W) folds a flat (N, K) model input into images (default (1, 1, K))."""
     from sw.onnx.importer import import_model
-    return import_model(path, config, input_range)
+    return import_model(path, config, input_range, input_shape)
+
+
+def parse_input_shape(text):
+    """'C,H,W' -> (C, H, W) positive integers; OnnxError otherwise."""
+    try:
+        shape = tuple(int(part) for part in str(text).split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise OnnxError(f"Input shape must be three positive integers C,H,W, not {text!r}")
+    return shape
 
 
 def export_onnx(model, path, input_range=DEFAULT_INPUT_RANGE, batch=1):

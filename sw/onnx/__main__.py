@@ -1,4 +1,5 @@
 """python -m sw.onnx import MODEL.onnx --out model.bnn [--board B | --config FILE] [--input-range LO,HI]
+                        [--input-shape C,H,W]
 python -m sw.onnx export model.bnn --out model.onnx [--input-range LO,HI]
 
 `import` streamlines a QONNX binary network (Brevitas' export_qonnx) into a .bnn
@@ -27,6 +28,9 @@ def parser():
     imp.add_argument("--input-range", default="0,1", metavar="LO,HI",
                      help="pixel 0 is LO at the model input, pixel 255 is HI, linearly (default 0,1: "
                           "torchvision's ToTensor; write --input-range=-1,1 when LO is negative)")
+    imp.add_argument("--input-shape", metavar="C,H,W",
+                     help="the image shape for a model whose input is flat, (N, K) or (N, H, W): 1,28,28 for "
+                          "MNIST (default 1,1,K or 1,H,W)")
     exp = commands.add_parser("export", help="a .bnn model -> QONNX",
                               description="Write a .bnn model as a QONNX graph.")
     exp.error = lambda message: exp.exit(2, f"{PROG} export: error: {message}\n")
@@ -41,7 +45,7 @@ def main(argv=None):
     args = parser().parse_args(argv)
     from hw.config import AccelConfig, ConfigError
     from sw.model_format import ModelFormatError, load_model, save_model
-    from sw.onnx import OnnxError, export_onnx, import_onnx, parse_input_range
+    from sw.onnx import OnnxError, export_onnx, import_onnx, parse_input_range, parse_input_shape
 
     def fail(message):
         sys.stderr.write(f"{PROG} {args.command}: error: {message}\n")
@@ -58,7 +62,8 @@ def main(argv=None):
                     return fail(str(error))
             else:
                 config = AccelConfig.load(args.config) if args.config else AccelConfig()
-            model = import_onnx(args.model, config, input_range)
+            shape = parse_input_shape(args.input_shape) if args.input_shape else None
+            model = import_onnx(args.model, config, input_range, shape)
             save_model(args.out, model)
             kinds = ", ".join(layer["kind"] for layer in model.layers)
             print(f"{len(model.layers)} layers ({kinds}), input {model.input_shape}, {model.classes} classes")

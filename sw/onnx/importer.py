@@ -313,7 +313,7 @@ def _thresholds(planes, lam_base, mu_base, bound, config):
 # The walk.
 
 class _Walker:
-    def __init__(self, model, config, input_range, path):
+    def __init__(self, model, config, input_range, path, input_shape=None):
         self.graph = model.graph
         self.config = config
         self.input_range = input_range
@@ -324,14 +324,19 @@ class _Walker:
         self.opset = next((o.version for o in model.model.opset_import if o.domain in ("", "ai.onnx")), 13)
         graph_input = [i for i in self.graph.input if i.name not in self.consts][0]
         dims = [d.dim_value for d in graph_input.type.tensor_type.shape.dim]
-        if len(dims) == 4:
-            self.input_shape = tuple(dims[1:])
-        elif len(dims) == 2:   # (N, K): the .bnn image is (1, 1, K); both flatten in the same order
-            self.input_shape = (1, 1, dims[1])
-        else:
-            _fail(f"{path}: the input '{graph_input.name}' has shape {dims}; expected (N, C, H, W) or (N, K)")
-        if min(self.input_shape) < 1:
-            _fail(f"{path}: the input '{graph_input.name}' has no fixed shape ({dims})")
+        if len(dims) not in (2, 3, 4) or min(dims[1:]) < 1:
+            _fail(f"{path}: the input '{graph_input.name}' has shape {dims}; expected a fixed (N, C, H, W), "
+                  f"(N, H, W) or (N, K)")
+        # (N, K) and (N, H, W) are images (1, 1, K) and (1, H, W) unless the user says how to fold them;
+        # every shape flattens in the same order.
+        self.input_shape = tuple([1] * (4 - len(dims)) + dims[1:])
+        if input_shape is not None:
+            input_shape = tuple(int(v) for v in input_shape)
+            if len(input_shape) != 3 or int(np.prod(input_shape)) != int(np.prod(dims[1:])) or \
+                    (len(dims) == 4 and input_shape != tuple(dims[1:])):
+                _fail(f"{path}: input shape {','.join(map(str, input_shape))} does not fit the model input "
+                      f"'{graph_input.name}' of shape {dims}")
+            self.input_shape = input_shape
         self.current = graph_input.name
         self.kind = "pixels"
         self.shape = tuple(dims[1:])
@@ -849,12 +854,15 @@ def _to_array(tensor):
     return numpy_helper.to_array(tensor)
 
 
-def import_model(path, config=None, input_range=(0.0, 1.0)):
-    """A QONNX file -> a validated BnnModel for `config`; OnnxError (one line) for anything unsupported."""
+def import_model(path, config=None, input_range=(0.0, 1.0), input_shape=None):
+    """A QONNX file -> a validated BnnModel for `config`; OnnxError (one line) for anything unsupported.
+
+    input_shape: the .bnn image shape (C, H, W) for a model whose ONNX input is (N, K) or (N, H, W)
+    (default (1, 1, K) or (1, H, W)); the elements are the same in the same order."""
     from hw.config import AccelConfig
     config = config or AccelConfig()
     model = _load(path)
-    walker = _Walker(model, config, input_range, path)
+    walker = _Walker(model, config, input_range, path, input_shape)
     layers = walker.run()
     classes = layers[-1]["out_features"]
     training = {"source": "onnx", "onnx_file": os.path.basename(str(path)),

@@ -309,6 +309,16 @@ def test_command_line_help_board_and_config_errors(tmp_path, capsys):
     assert capsys.readouterr().err.startswith("python -m sw.onnx import: error: Cannot read config file ")
     assert main(["import", str(path), "--out", out, "--board", "arty_a7"]) == 0
     assert capsys.readouterr().out.splitlines()[0] == "2 layers (linear, linear), input (1, 1, 16), 4 classes"
+    # A flat (N, 16) input folded into 4 x 4 images: the same model on the same pixels.
+    assert main(["import", str(path), "--out", str(tmp_path / "folded.bnn"), "--input-shape", "1,4,4"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "2 layers (linear, linear), input (1, 4, 4), 4 classes"
+    images = np.random.default_rng(0).integers(0, 256, (8, 1, 4, 4), dtype=np.uint8)
+    assert np.array_equal(deploy_forward(load_model(tmp_path / "folded.bnn"), images),
+                          deploy_forward(load_model(out), images.reshape(8, 1, 1, 16)))
+    for shape, message in (("2,3,3", "input shape 2,3,3 does not fit the model input 'x' of shape [1, 16]"),
+                           ("4,4", "Input shape must be three positive integers C,H,W, not '4,4'")):
+        assert main(["import", str(path), "--out", out, "--input-shape", shape]) == 1
+        assert message in capsys.readouterr().err
 
 
 def test_per_class_weight_scales_round_the_last_layer_and_say_so(tmp_path, capsys):
