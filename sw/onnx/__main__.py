@@ -70,7 +70,8 @@ def main(argv=None):
             approximate = model.training.get("approximate_scales")
             if approximate:
                 print(f"scales rounded (not exact ratios) in: {'; '.join(approximate)}")
-            print(f"logits: real = {model.logit_unit:.6g} * integer + {model.training['logit_offset']:.6g}")
+            offset = model.training["logit_offset"]
+            print(f"logits: real = {model.logit_unit:.6g} * integer {'-' if offset < 0 else '+'} {abs(offset):.6g}")
         else:
             model = load_model(args.model)
             export_onnx(model, args.out, input_range)

@@ -623,7 +623,7 @@ class _Walker:
             _fail(f"{_where(node)}: kernel {kernel} with strides {strides}; only square kernels with one stride")
         if any(pads) or _text(attrs.get("auto_pad", "NOTSET")) not in ("NOTSET", "VALID"):
             _fail(f"{_where(node)}: pads its input; the hardware's pooling windows never pad")
-        if any(d != 1 for d in attrs.get("dilations", [1, 1])) or int(attrs.get("storage_order", 0)):
+        if any(d != 1 for d in attrs.get("dilations", [1, 1])):
             _fail(f"{_where(node)}: dilated pooling is not supported")
         k, s = kernel[0], strides[0]
         h, w = self.shape[1:]
