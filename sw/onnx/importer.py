@@ -309,6 +309,12 @@ def _thresholds(planes, lam_base, mu_base, bound, config):
     return thresholds, flip
 
 
+def _simple(value):
+    """A value computed from float32 constants, as the simple fraction it is meant to be (255/256)."""
+    fraction = Fraction(value).limit_denominator(1 << 12)
+    return float(fraction) if abs(float(fraction) - value) <= 1e-6 * max(1.0, abs(value)) else value
+
+
 # ---------------------------------------------------------------------------------------------------
 # The walk.
 
@@ -560,8 +566,8 @@ class _Walker:
         from qonnx.custom_op.general.intquant import min_int
         qmin = min_int(bool(signed), bool(narrow), int(bits))
         s, z = float(scale.reshape(-1)[0]), float(zero.reshape(-1)[0])
-        new_lo = (s * (qmin - z) - b) / a
-        new_hi = new_lo + 255.0 * s / a
+        new_lo = _simple((s * (qmin - z) - b) / a)
+        new_hi = _simple(new_lo + 255.0 * s / a)
         return f"; --input-range {new_lo:.10g},{new_hi:.10g} maps the pixels onto its levels exactly"
 
     # --- planes -------------------------------------------------------------------------------------
@@ -720,7 +726,10 @@ class _Walker:
         C = (weights * gamma[channel][..., None, None]).reshape(o, -1).sum(axis=1)
         if bias is not None:
             C = C + bias.reshape(-1)
-        ho, wo = ref.conv_output_size(h, kh, stride, padding), ref.conv_output_size(wd, kw, stride, padding)
+        try:
+            ho, wo = ref.conv_output_size(h, kh, stride, padding), ref.conv_output_size(wd, kw, stride, padding)
+        except ref.RefError as error:
+            _fail(f"{_where(node)}: {error}")
         branch = {"source": self.source, "kind": "conv", "kernel": (int(kh), int(kw)), "stride": stride,
                   "padding": padding, "pad_value": pad_value, "groups": group, "wbases": 1,
                   "abases": int(beta.shape[0]), "k": int(cg * kh * kw),

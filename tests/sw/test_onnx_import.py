@@ -346,3 +346,90 @@ def test_per_class_weight_scales_round_the_last_layer_and_say_so(tmp_path, capsy
     assert len(differ) <= 0.02 * len(images)
     for i in differ:
         assert ours[i, theirs[i].argmax()] == ours[i].max()
+
+
+def random_chain(rng, batch):
+    """A random two-convolution, one-Gemm binary chain over (batch, C, 8, 8) inputs: input affine maps
+    and quantizer, padding where it is exact, batch norm or per-channel Mul / Add of either sign,
+    MaxPool before or after the activation, each kind of 1-bit activation, groups. Weight scales are
+    powers of two and every threshold has a random shift, so float32 meets no exact tie."""
+    c_in = int(rng.integers(1, 4))
+    inits, nodes, shape = {"zero": 0.0, "one": 1.0, "b1": 1.0, "b8": 8.0, "s8": 1 / 255}, [], [c_in, 8, 8]
+    count = iter(range(1000))
+
+    def add(op, inputs, **attrs):
+        out = f"t{next(count)}"
+        nodes.append(node(op, inputs, out, f"{op.lower()}_{len(nodes)}", **attrs))
+        return out
+
+    def const(value):
+        name = f"c{next(count)}"
+        inits[name] = value
+        return name
+
+    x, zero_level = "x", True                       # pixel 0 is 0.0 under ToTensor
+    kind = rng.choice(["float", "quant8", "bipolar"])
+    if kind != "quant8" and rng.random() < 0.5:      # (a scaled 8-bit Quant would round off its steps)
+        x = add("Mul", [x, const(float(rng.choice([0.5, 2.0, 3.0])))])
+    if kind == "quant8":
+        x = add("Quant", [x, "s8", "zero", "b8"], signed=0, narrow=0, rounding_mode="ROUND")
+    elif kind == "bipolar":
+        x = add("BipolarQuant", [add("Sub", [x, const(0.5)]), "one"])
+        zero_level = False
+    for layer in range(2):
+        c = shape[0]
+        groups = int(rng.choice([g for g in (1, 2, 3) if c % g == 0]))
+        out = groups * int(rng.integers(2, 5))
+        k = int(rng.choice([1, 3])) if shape[1] >= 3 else 1
+        pad = int(k == 3 and zero_level and rng.random() < 0.7)
+        stride = int(rng.choice([1, 2])) if layer == 0 else 1
+        scale = rng.choice([0.5, 1.0, 2.0], (out, 1, 1, 1)) if rng.random() < 0.5 else 1.0
+        w = add("BipolarQuant", [const(rng.normal(0, 1, (out, c // groups, k, k))), const(scale)])
+        x = add("Conv", [x, w], kernel_shape=[k, k], pads=[pad] * 4, strides=[stride] * 2, group=groups)
+        h = (shape[1] + 2 * pad - k) // stride + 1
+        shape = [out, h, h]
+        pool_first = h >= 4 and rng.random() < 0.3
+        if rng.random() < 0.5:
+            x = add("BatchNormalization", [x, const(rng.normal(0, 1, out)), const(rng.normal(0, 0.5, out)),
+                                           const(rng.normal(0, 1, out)), const(rng.uniform(1, 9, out))])
+        else:
+            x = add("Mul", [x, const(rng.normal(0, 1, (1, out, 1, 1)))])
+            x = add("Add", [x, const(rng.normal(0, 2, (1, out, 1, 1)))])
+        if pool_first:
+            x = add("MaxPool", [x], kernel_shape=[2, 2], strides=[2, 2])
+            shape = [out, h // 2, h // 2]
+        # {0, 1} levels before the last layer would give each class a different constant (refused).
+        act = rng.choice(["bipolar", "signed", "unsigned", "threshold"] if layer == 0 else ["bipolar", "signed"])
+        if act == "bipolar":
+            x, zero_level = add("BipolarQuant", [x, const(float(rng.choice([0.5, 1.0])))]), False
+        elif act == "signed":
+            zero = float(rng.choice([0.0, 0.5])) if layer == 0 else 0.0
+            x, zero_level = add("Quant", [x, "one", const(zero), "b1"], signed=1, narrow=0, rounding_mode="ROUND"), False
+        elif act == "unsigned":
+            x, zero_level = add("Quant", [x, "one", "zero", "b1"], signed=0, narrow=0, rounding_mode="ROUND"), True
+        else:
+            x, zero_level = add("MultiThreshold", [x, const(rng.normal(0, 0.5, (out, 1)))], out_dtype="BINARY"), True
+        if not pool_first and shape[1] >= 4 and rng.random() < 0.3:
+            x = add("MaxPool", [x], kernel_shape=[2, 2], strides=[2, 2])
+            shape = [out, shape[1] // 2, shape[2] // 2]
+    x = add("Flatten", [x], axis=1)
+    x = add("Gemm", [x, add("BipolarQuant", [const(rng.normal(0, 1, (4, int(np.prod(shape))))), "one"])], transB=1)
+    nodes.append(node("Mul", [x, const(float(rng.uniform(0.5, 2)))], "y", "out_scale"))
+    return nodes, inits, [batch, c_in, 8, 8]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_chains_decide_as_execute_onnx(tmp_path, seed):
+    rng = np.random.default_rng(100 + seed)
+    nodes, inits, in_shape = random_chain(rng, 100)
+    path = qonnx_graph(tmp_path / "chain.onnx", nodes, inits, in_shape, [100, 4])
+    model = import_onnx(path)
+    images = rng.integers(0, 256, tuple(in_shape), dtype=np.uint8)
+    images[:10] = 0                                  # black images: padding next to pixel 0
+    ours = deploy_forward(model, images)
+    theirs = qonnx_execute(path, pixels_to_input(images))
+    real = ours * model.logit_unit + model.training["logit_offset"]
+    assert np.allclose(real, theirs, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(theirs).max()))
+    differ = np.flatnonzero(ours.argmax(1) != theirs.argmax(1))
+    for i in differ:                                 # only classes tied in the integer model
+        assert ours[i, theirs[i].argmax()] == ours[i].max()
