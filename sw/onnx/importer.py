@@ -497,8 +497,8 @@ class _Walker:
 
     def _thermometer(self, table):
         """A table with few levels per channel, monotone in the pixel (a 1-bit input quantizer whose
-        threshold is not a bit boundary): a first layer of 1x1 convolutions, one per channel, computes
-        acc = 2 p - 255 from the pixel planes and thresholds it at each step, so plane j is
+        threshold is not a bit boundary): a first layer of 1x1 convolutions computes acc = 2 p - 255 (or
+        twice that) per channel from the pixel planes and thresholds it at each step, so plane j is
         [p >= t_j] and the table is L_0 + sum_j step_j [p >= t_j]. False if the table is not of that form."""
         c, h, w = self.input_shape
         if table.shape[1] != c * h * w:
@@ -521,13 +521,23 @@ class _Walker:
             thresholds[ch, :len(pixels)] = 2 * pixels - 255     # acc = 2 p - 255 >= 2 t - 255
             beta[:len(pixels), ch] = steps[pixels - 1, ch] / 2
         gamma = columns[0] + beta.sum(axis=0)
-        weights = np.ones((1, c, 1, 1, 1), np.int8)
-        scales = np.broadcast_to((np.int64(1) << np.arange(8, dtype=np.int64))[None, :, None], (1, 8, c)).copy()
+        powers = (np.int64(1) << np.arange(8, dtype=np.int64))[None, :, None]
+        if c == 1:     # acc = sum_b 2^b plane_b = 2p - 255
+            weights = np.ones((1, 1, 1, 1, 1), np.int8)
+            scales = powers.copy()
+        else:
+            # Output channel o must read input channel o alone, and the compiler takes no grouped first
+            # layer: two weight bases, all +1 and all +1 but -1 at channel o, with scales 2^b and -2^b,
+            # give acc = sum_b 2^b (dot(B_0, plane_b) - dot(B_1, plane_b)) = 2 (2p - 255).
+            weights = np.ones((2, c, c, 1, 1), np.int8)
+            weights[1, np.arange(c), np.arange(c)] = -1
+            scales = np.concatenate([np.broadcast_to(powers, (1, 8, c)), -np.broadcast_to(powers, (1, 8, c))])
+            thresholds = np.where(thresholds == self.config.acc_max, thresholds, 2 * thresholds)
         self.layers.append({"kind": "conv", "out_features": c, "thresholds": thresholds,
                             "flip": np.zeros(c, bool), "branches": [
                                 {"source": -1, "kind": "conv", "kernel": (1, 1), "stride": 1, "padding": 0,
-                                 "pad_value": -1, "groups": c, "wbases": 1, "abases": 8, "k": 1, "weights": weights,
-                                 "scales": scales}]})
+                                 "pad_value": -1, "groups": 1, "wbases": int(weights.shape[0]), "abases": 8,
+                                 "k": c, "weights": weights, "scales": scales.astype(np.int64)}]})
         expand = per_channel.shape[2]
         self.beta = np.repeat(beta[:, :, None], expand, axis=2).reshape((planes,) + self.shape)
         self.gamma = np.repeat(gamma[:, None], expand, axis=1).reshape(self.shape)
@@ -681,13 +691,17 @@ class _Walker:
         if weights.ndim != 2 or weights.shape[1] != self.shape[0]:
             _fail(f"{_where(node)}: weights of shape {weights.shape} for {self.shape[0]} inputs")
         o, k = weights.shape
-        sign_in = self._input_signs(node)                      # (K,)
-        effective = weights[None] * self.beta[:, None, :]      # (N, O, K)
-        w, G = self._binary(node, weights * sign_in[None], effective)
-        C = weights @ self.gamma + (bias if bias is not None else 0.0)
+        w, G, C = self._linear_terms(node, weights, bias, self.beta, self.gamma)
         branch = {"source": self.source, "kind": "linear", "wbases": 1, "abases": int(self.beta.shape[0]),
                   "k": int(k), "weights": w[None]}
         self._open_sum(node, name, "linear", branch, G, C, (o,))
+        self.pending["linear"] = (node, weights, bias, self.beta, self.gamma)
+
+    def _linear_terms(self, node, weights, bias, beta, gamma):
+        sign_in = self._input_signs(node, beta)                # (K,)
+        effective = weights[None] * beta[:, None, :]           # (N, O, K)
+        w, G = self._binary(node, weights * sign_in[None], effective)
+        return w, G, weights @ gamma + (bias if bias is not None else 0.0)
 
     def _conv(self, node, name, weights, bias, attrs):
         if len(self.shape) != 3 or weights.ndim != 4:
@@ -736,9 +750,9 @@ class _Walker:
                   "weights": w.reshape(1, o, cg, kh, kw)}
         self._open_sum(node, name, "conv", branch, G, C, (o, ho, wo))
 
-    def _input_signs(self, node):
-        signs = np.sign(self.beta)
-        total = np.sign(self.beta.sum(axis=0))
+    def _input_signs(self, node, beta):
+        signs = np.sign(beta)
+        total = np.sign(beta.sum(axis=0))
         if np.any((signs != 0) & (signs != total[None])) or np.any(total == 0):
             _fail(f"{_where(node)}: its input planes have scales of different signs (or all zero) for one element")
         return total
@@ -835,19 +849,51 @@ class _Walker:
         self.beta = np.broadcast_to(beta.reshape(beta.shape + expand), beta.shape[:1] + self.shape).copy()
         self.gamma = np.broadcast_to(gamma.reshape(gamma.shape + expand), self.shape).copy()
 
+    def _constant_plane(self):
+        """A linear last layer reading activations with an offset (levels {0, 1}: x = beta a + gamma) gets
+        a per-class constant sum_k W[o, k] gamma[k]. Carry gamma as a plane instead: the hidden layer
+        before it gets one more output plane that is constant, v = +1 or -1 per channel (T = Tmin or
+        acc_max, by the channel's comparison), and x = beta a + (gamma v) v. True if that was done."""
+        p = self.pending
+        if "linear" not in p or p["branch"]["source"] == -1:
+            return False
+        node, weights, bias, beta, gamma = p["linear"]
+        if not np.any(gamma):
+            return False
+        hidden = p["branch"]["source"]
+        while self.layers[hidden]["kind"] == "maxpool":
+            hidden = self.layers[hidden]["source"]
+        layer = self.layers[hidden]
+        if layer["thresholds"].shape[1] + 1 > self.config.max_abases:
+            return False
+        # The constant plane is +1 or -1 per channel, whichever gives gamma the sign of beta (the next
+        # layer's planes share one weight sign pattern).
+        value = np.where(gamma * beta.sum(axis=0) < 0, -1, 1).reshape(layer["out_features"], -1)
+        if not np.all(value == value[:, :1]):
+            return False
+        plus = value[:, 0] > 0
+        tmin, never = -(1 << (self.config.acc_bits - 1)), self.config.acc_max
+        constant = np.where(plus != layer["flip"], tmin, never)   # flip 0: acc >= Tmin; flip 1: acc <= never
+        layer["thresholds"] = np.concatenate([layer["thresholds"], constant[:, None]], axis=1)
+        planes = np.concatenate([beta, (gamma * value.reshape(-1))[None]], axis=0)
+        w, p["G"], p["C"] = self._linear_terms(node, weights, bias, planes, np.zeros_like(gamma))
+        p["branch"] = dict(p["branch"], abases=int(planes.shape[0]), weights=w[None])
+        return True
+
     def _close_last(self):
         p = self.pending
         if self.pools:
             _fail(f"{p['name']}: max pooling after the last layer; the last layer returns its sums")
         if len(self.shape) == 3 and self.shape[1:] != (1, 1):
             _fail(f"{p['name']}: the last layer's output has shape {self.shape}; it must be one sum per class")
-        G = p["G"] * self.A[None, :]
         offset = self.A * p["C"] + self.B
-        spread = np.abs(offset - offset[0]).max()
-        if spread > _TOL * max(1.0, float(np.abs(offset).max())):
+        if not _uniform(offset) and self._constant_plane():
+            offset = self.A * p["C"] + self.B
+        if not _uniform(offset):
             cls = int(np.argmax(np.abs(offset - offset[0])))
             _fail(f"{p['name']}: adds a different constant to each class (class {cls}: {offset[cls]:.6g}, class 0: "
                   f"{offset[0]:.6g}); the hardware returns integer sums without a per-class bias")
+        G = p["G"] * self.A[None, :]
         # Signs of the per-class gains go into the scales, which may then be negative.
         s, u, exact = _integer_scales(p["name"], G, p["branch"]["k"], self.config, per_channel=False)
         if not exact:
@@ -856,6 +902,10 @@ class _Walker:
                             "branches": [dict(p["branch"], scales=s[None])]})
         self.logit_unit = float(u[0])
         self.logit_offset = float(offset[0])
+
+
+def _uniform(values):
+    return np.abs(values - values[0]).max() <= _TOL * max(1.0, float(np.abs(values).max()))
 
 
 def _to_array(tensor):
