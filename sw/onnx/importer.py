@@ -336,6 +336,7 @@ class _Walker:
         # (N, K) and (N, H, W) are images (1, 1, K) and (1, H, W) unless the user says how to fold them;
         # every shape flattens in the same order.
         self.input_shape = tuple([1] * (4 - len(dims)) + dims[1:])
+        self.batch = dims[0]
         if input_shape is not None:
             input_shape = tuple(int(v) for v in input_shape)
             if len(input_shape) != 3 or int(np.prod(input_shape)) != int(np.prod(dims[1:])) or \
@@ -454,7 +455,7 @@ class _Walker:
         else:
             target = [int(v) for v in np.asarray(self.consts.get(node.input[1], [])).reshape(-1)]
             total = int(np.prod(self.shape))
-            if not target or target[0] not in (1, 0, -1):
+            if not target or target[0] not in (1, 0, -1, self.batch):
                 _fail(f"{_where(node)}: reshapes the batch dimension ({target})")
             rest = target[1:]
             if rest.count(-1) > 1:

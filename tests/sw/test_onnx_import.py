@@ -66,17 +66,20 @@ def test_brevitas_fc_trained_three_epochs_imports_with_qonnx_predictions(tmp_pat
     assert np.mean(logits.argmax(1) == mnist.test_y) > 0.7
 
 
-def test_imported_tfc_compiles_for_arty_a7_and_runs_on_the_iss(tmp_path, mnist):
+@pytest.mark.parametrize("name", ["tfc_1w1a", "sfc_1w1a"])
+def test_imported_fc_compiles_for_arty_a7_and_runs_on_the_iss(tmp_path, mnist, name):
     import boards
     torch.manual_seed(2)
-    net = brevitas_fc("tfc_1w1a")
+    net = brevitas_fc(name)
     calibrate_batch_norms(net, mnist.train_x[:500], seed=2)
-    path = export_brevitas(net, tmp_path / "tfc.onnx")
     config = boards.get_board("arty_a7").config
-    model = import_onnx(path, config)
+    model = import_onnx(export_brevitas(net, tmp_path / "net.onnx"), config)
     images = mnist.test_x[:8]
     with open_backend("iss", compile_model(model, config)) as backend:
         assert np.array_equal(backend.run(images).logits, deploy_forward(model, images))
+    # Brevitas' export for a batch of 8 (its Reshape names the batch) imports as the same model.
+    again = import_onnx(export_brevitas(net, tmp_path / "batch.onnx", batch=8), config)
+    assert np.array_equal(deploy_forward(again, images), deploy_forward(model, images))
 
 
 def test_brevitas_cnv_imports_with_qonnx_predictions_and_runs_on_the_iss(tmp_path):
