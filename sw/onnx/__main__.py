@@ -1,6 +1,6 @@
 """python -m sw.onnx import MODEL.onnx --out model.bnn [--board B | --config FILE] [--input-range LO,HI]
                         [--input-shape C,H,W]
-python -m sw.onnx export model.bnn --out model.onnx [--input-range LO,HI]
+python -m sw.onnx export model.bnn --out model.onnx [--input-range LO,HI] [--batch N]
 
 `import` streamlines a QONNX binary network (Brevitas' export_qonnx) into a .bnn
 model that sw.compile takes; `export` writes any .bnn model as QONNX (docs/onnx.md).
@@ -38,6 +38,7 @@ def parser():
     exp.add_argument("--out", required=True, help="the .onnx file to write")
     exp.add_argument("--input-range", default="0,1", metavar="LO,HI",
                      help="the graph's input for pixel 0 and 255 (default 0,1)")
+    exp.add_argument("--batch", type=int, default=1, help="images per run of the graph (default 1)")
     return p
 
 
@@ -74,7 +75,7 @@ def main(argv=None):
             print(f"logits: real = {model.logit_unit:.6g} * integer {'-' if offset < 0 else '+'} {abs(offset):.6g}")
         else:
             model = load_model(args.model)
-            export_onnx(model, args.out, input_range)
+            export_onnx(model, args.out, input_range, args.batch)
             print(f"{len(model.layers)} layers exported")
     except (ConfigError, ModelFormatError, OnnxError) as error:
         return fail(str(error))

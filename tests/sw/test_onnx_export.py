@@ -91,6 +91,12 @@ def test_export_errors_are_one_line(tmp_path, capsys):
     (tmp_path / "bad.bnn").write_bytes(b"BNNMODEL" + bytes(40))
     assert main(["export", str(tmp_path / "bad.bnn"), "--out", str(tmp_path / "m.onnx")]) == 1
     assert "python -m sw.onnx export: error: " in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "m.bnn"), "--out", str(tmp_path / "m.onnx"), "--batch", "0"]) == 1
+    assert capsys.readouterr().err == "python -m sw.onnx export: error: Batch must be a positive integer, not 0\n"
+    assert main(["export", str(tmp_path / "m.bnn"), "--out", str(tmp_path / "m.onnx"), "--batch", "5"]) == 0
+    images = np.random.default_rng(0).integers(0, 256, (5, 1, 2, 2), dtype=np.uint8)
+    assert np.array_equal(qonnx_execute(tmp_path / "m.onnx", pixels_to_input(images)),
+                          deploy_forward(model, images) * model.logit_unit)
     with pytest.raises(OnnxError, match="Batch must be a positive integer, not 0"):
         export_onnx(model, tmp_path / "m.onnx", batch=0)
 
