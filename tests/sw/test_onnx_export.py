@@ -104,7 +104,7 @@ def test_export_errors_are_one_line(tmp_path, capsys):
 def test_imported_model_exports_with_its_logit_offset(tmp_path):
     """A model imported from a graph whose last layer adds a constant exports with that constant: the
     exported graph's logits equal the original graph's."""
-    from test_onnx_import import node, qonnx_graph
+    from tests.sw.test_onnx_import import node, qonnx_graph
     from sw.onnx import import_onnx
     rng = np.random.default_rng(0)
     inits = {"s": 1.0, "half": 0.5, "w1": rng.choice([-1.0, 1.0], (8, 8)), "w2": rng.choice([-1.0, 1.0], (8, 3)),
