@@ -15,6 +15,8 @@ from hw.cli import OneLineParser
 __all__ = ["main"]
 
 MODEL_NAMES = ("lfc", "cnv", "vgg_small", "resnet", "resnet18", "birealnet18")
+#: Residual networks train better at a higher learning rate (docs/schemes.md "Residual networks").
+RESIDUAL_MODELS = ("resnet", "resnet18", "birealnet18")
 SCHEME_NAMES = ("xnor", "trained", "abc", "pa", "groupnet", "ftbnn")
 DATASET_NAMES = ("digits", "mnist5k", "mnist", "cifar10", "svhn")
 
@@ -65,7 +67,9 @@ def parser():
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--width", type=_positive, help="hidden width / base channels (model default if absent)")
     p.add_argument("--batch-size", type=_positive, default=64)
-    p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate (cosine schedule)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="Adam learning rate (cosine schedule); default 5e-3 for the residual networks "
+                        f"({', '.join(RESIDUAL_MODELS)}), 2e-3 for the others")
     p.add_argument("--config", help="AccelConfig JSON file to export for (default: AccelConfig())")
     p.add_argument("--pixel-scales", choices=("precise", "pow2"), default="precise",
                    help="first-layer pixel-plane scales: precise (each rounded on its own) or pow2 (exact "
@@ -110,8 +114,9 @@ def main(argv=None):
     try:
         config = AccelConfig.load(args.config) if args.config else AccelConfig()
         data = load_dataset(args.dataset, args.data_root)
+        lr = args.lr if args.lr is not None else (5e-3 if args.model in RESIDUAL_MODELS else 2e-3)
         settings = TrainSettings(args.model, args.scheme, args.wbases, args.abases, args.dataset, args.epochs,
-                                 args.seed, args.width, args.batch_size, args.lr, args.device)
+                                 args.seed, args.width, args.batch_size, lr, args.device)
         net = build_network(settings, data)
         checkpoint = args.checkpoint or args.out + ".ckpt"
         fit(net, data, settings, checkpoint=checkpoint, resume=args.resume, progress=not args.no_progress)
