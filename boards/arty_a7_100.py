@@ -15,7 +15,7 @@ BOARD = Board(
     config=AccelConfig(rows=16, cols=8, word_bits=64, max_wbases=4, max_abases=4, acc_bits=32,
                        max_k=4096, scale_depth=1024, thr_depth=2048, out_depth=32,
                        act_depth=12288, weight_depth=2048, patch_depth=256, result_depth=64,
-                       instr_depth=64, clock_hz=100_000_000),
+                       instr_depth=256, clock_hz=100_000_000),
     capacity={"LUT": 63_400, "FF": 126_800, "BRAM": 135, "DSP": 240},
     flow="vivado-plan",
     programmers=(openfpgaloader("arty_a7_100t"), vivado_hardware_manager()),

@@ -244,6 +244,8 @@ class Lower:
         count = len(state.layers)
         ops = []
         outputs = {}                    # layer index -> its output map (the dict every reader shares)
+        layouts, twins = self._group_layouts(state)
+        dense_twin = {}                 # layer index -> the dense copy of a map also written grouped
         for index, layer in enumerate(state.layers):
             name, kind = layer["name"], layer["kind"]
             last = index == count - 1
@@ -252,6 +254,8 @@ class Lower:
                 k, s = layer["kernel"], layer["stride"]
                 out = {"planes": src["planes"], "channels": src["channels"], "cw": src["cw"],
                        "h": (src["h"] - k) // s + 1, "w": (src["w"] - k) // s + 1}
+                if "layout" in src:
+                    out["layout"] = src["layout"]
                 ops.append({"op": "pool", "layer": index, "name": name, "kernel": k, "stride": s,
                             "in": src, "out": out})
                 outputs[index] = out
@@ -292,6 +296,8 @@ class Lower:
                 out_h, out_w = oh, ow
             else:
                 src = outputs[layer["source"]]
+                if b.get("groups", 1) == 1 and layer["source"] in dense_twin:
+                    src = dense_twin[layer["source"]]
                 if kind == "linear":
                     if wts.shape[2] != src["channels"] * src["h"] * src["w"]:
                         raise CompileError(f"{name}: K {wts.shape[2]} does not match its input map")
@@ -309,29 +315,60 @@ class Lower:
             groups = geo["groups"]
             cg = w5.shape[4]
             og = o // groups
-            if groups > 1:
-                if cg % w_bits:
+            # A map whose channel groups each start on a word (its grouped readers' groups are not
+            # whole words): group g's channels at word g * wpg.
+            layout = src.get("layout") if index > 0 else None
+            split = None                # a dense layer over such a map: its two groups as two sources
+            if layout is not None and groups == 1:
+                if layout[0] != 2 or layer.get("shortcut") is not None:
+                    raise CompileError(f"{name}: it reads layer {layer['source']}'s map, laid out in "
+                                       f"{layout[0]} word-aligned channel groups for a grouped reader; a "
+                                       f"layer that is not grouped reads such a map only as two sources (two "
+                                       f"groups, no shortcut of its own)")
+                split = layout
+                cg = layout[1]
+            elif groups > 1:
+                if layout is not None and tuple(layout[:2]) != (groups, cg):
+                    raise CompileError(f"{name}: its {groups} groups of {cg} channels do not match its "
+                                       f"input map's {layout[0]} groups of {layout[1]}")
+                if layout is None and cg % w_bits:
                     raise CompileError(f"{name}: a group's {cg} input channels are not a multiple of "
                                        f"word_bits {w_bits} (each group must start on a channel word)")
                 if og % c.rows:
                     raise CompileError(f"{name}: a group's {og} output channels are not a multiple of "
                                        f"rows {c.rows} (each group must start on a writer field)")
             in_cw = -(-cg // w_bits)
+            group_words = layout[2] if layout is not None else cg // w_bits
             if groups > 1:
-                src["slack"] = max(src.get("slack", 0), (groups - 1) * (cg // w_bits))
+                src["slack"] = max(src.get("slack", 0), (groups - 1) * group_words)
             out_map = None if last else {"planes": int(layer["thresholds"].shape[1]), "channels": o,
                                          "cw": -(-o // w_bits), "h": out_h, "w": out_w}
+            if index in layouts and out_map is not None:
+                g_out, cg_out = layouts[index]
+                wpg = -(-cg_out // w_bits)
+                out_map.update(cw=g_out * wpg, layout=(g_out, cg_out, wpg))
             if last and out_h * out_w != 1:
                 raise CompileError(f"{name}: the last layer must give one sum per class, not a "
                                    f"{out_h}x{out_w} map")
             shortcut = None
             if layer.get("shortcut") is not None:
-                shortcut = self._lower_shortcut(c, name, layer["shortcut"], outputs, out_h, out_w, o)
+                shortcut = self._lower_shortcut(c, name, layer["shortcut"], {**outputs, **dense_twin}, out_h,
+                                                out_w, o)
+            if split is not None:
+                # The second channel group is a second source over the same map, one group further on.
+                shortcut = {"in": src, "source": layer["source"], "kh": geo["kh"], "kw": geo["kw"],
+                            "stride": geo["stride"], "pad": geo["pad"], "pad_value": geo["pad_value"], "m": m,
+                            "n": n, "in_cw": in_cw, "in_tail": cg - (in_cw - 1) * w_bits,
+                            "k": geo["kh"] * geo["kw"] * cg, "in_word_offset": split[2],
+                            "weights": _relay_weights(w5[..., cg:], in_cw, w_bits),
+                            "scales": np.ascontiguousarray(b["scales"])}
+                w5 = w5[..., :cg]
+            layer_ops = []
             for g in range(groups):
                 sl = slice(g * og, (g + 1) * og)
                 op = {"op": "conv", "layer": index, "name": name, "group": g, "groups": groups, **geo,
                       "in": src, "out": out_map, "raw": last, "m": m, "n": n, "o": og, "out_ch_base": g * og,
-                      "in_cw": in_cw, "in_word_offset": g * (cg // w_bits) if groups > 1 else 0,
+                      "in_cw": in_cw, "in_word_offset": g * group_words if groups > 1 else 0,
                       "in_tail": cg - (in_cw - 1) * w_bits, "k": geo["kh"] * geo["kw"] * cg,
                       "out_h": out_h, "out_w": out_w,
                       "weights": _relay_weights(w5[:, sl], in_cw, w_bits),
@@ -350,11 +387,88 @@ class Lower:
                 back = unpack_words(op["weights"], w_bits).reshape(m, og, geo["kh"] * geo["kw"], in_cw * w_bits)
                 if not np.array_equal(back[..., :cg], w5[:, sl].reshape(m, og, -1, cg)) or back[..., cg:].any():
                     raise CompileError(f"{name}: internal error: re-laid weights differ from the model's")
-                ops.append(op)
+                layer_ops.append(op)
+            if out_map is not None and "layout" in out_map:
+                if index in twins:
+                    # Also the dense map, for the readers that cannot take the grouped layout.
+                    twin = {key: value for key, value in out_map.items() if key != "layout"}
+                    twin["cw"] = -(-o // w_bits)
+                    dense_twin[index] = twin
+                    ops.extend(dict(op, out=twin) for op in layer_ops)
+                layer_ops = [part for op in layer_ops for part in self._split_for_layout(c, name, op)]
+            ops.extend(layer_ops)
             outputs[index] = out_map
         state.ops = ops
         state.checked.append("lower: re-laid weights unpack to the model's weights")
         return state
+
+    @staticmethod
+    def _group_layouts(state):
+        """(layouts, twins): layouts maps a layer index to (groups, channels a group) for every map (and
+        the pools between) that a grouped convolution reads whose groups are not whole channel words:
+        such a map is written with each group starting on a word. twins holds the producers whose map
+        other readers need dense as well (a shortcut, or a layer that cannot read the groups as two
+        sources): those write both layouts."""
+        w_bits = state.config.word_bits
+        channels, sources, layouts, dense = {}, {}, {}, set()
+        for index, layer in enumerate(state.layers):
+            source = layer["source"]
+            sources[index] = source
+            if layer["kind"] == "maxpool":
+                channels[index] = channels[source]
+                continue
+            channels[index] = layer["out"]
+            if layer.get("shortcut") is not None:
+                dense.add(layer["shortcut"]["source"])
+            groups = layer["branch"].get("groups", 1)
+            if groups == 1 and layer.get("shortcut") is not None:
+                dense.add(source)
+            if index == 0 or groups == 1 or (channels[source] // groups) % w_bits == 0:
+                continue
+            want = (groups, channels[source] // groups)
+            at = source
+            while True:
+                if layouts.setdefault(at, want) != want:
+                    raise CompileError(f"{layer['name']}: it reads layer {source}'s map in {groups} groups of "
+                                       f"{want[1]} channels, another reader in {layouts[at][0]} groups")
+                if state.layers[at]["kind"] != "maxpool":
+                    break
+                at = sources[at]
+        for index, layer in enumerate(state.layers):
+            if layer["kind"] != "maxpool" and layer["branch"].get("groups", 1) == 1 and \
+                    layouts.get(layer["source"], (2,))[0] != 2:
+                dense.add(layer["source"])          # more than two groups: not as two sources
+        twins = {index for index in layouts if index in dense}
+        for index in twins:
+            if state.layers[index]["kind"] == "maxpool":
+                raise CompileError(f"{state.layers[index]['name']}: its map is read both in word-aligned channel "
+                                   f"groups and dense; only a convolution's map is written in both layouts")
+        return layouts, twins
+
+    @staticmethod
+    def _split_for_layout(c, name, op):
+        """A CONV writing a map laid out in word-aligned channel groups, split into one CONV per group
+        of the map its channels reach (each writes at its group's first word)."""
+        g_out, cg, wpg = op["out"]["layout"]
+        first, end = op["out_ch_base"], op["out_ch_base"] + op["o"]
+        parts = []
+        for g in range(first // cg, -(-end // cg)):
+            lo, hi = max(first, g * cg), min(end, (g + 1) * cg)
+            if (lo - g * cg) % c.rows:
+                raise CompileError(f"{name}: its channels {lo}..{hi - 1} start inside a writer field of "
+                                   f"rows {c.rows} in a map of {g_out} word-aligned groups of {cg} channels")
+            sl = slice(lo - first, hi - first)
+            part = dict(op, o=hi - lo, out_ch_base=g * wpg * c.word_bits + (lo - g * cg),
+                        weights=np.ascontiguousarray(op["weights"][:, sl]),
+                        scales=np.ascontiguousarray(op["scales"][:, :, sl]),
+                        macs=op["macs"] * (hi - lo) // op["o"])
+            if "thresholds" in op:
+                part["thresholds"], part["flip"] = op["thresholds"][sl], op["flip"][sl]
+            if op.get("shortcut"):
+                part["shortcut"] = dict(op["shortcut"], weights=np.ascontiguousarray(op["shortcut"]["weights"][:, sl]),
+                                        scales=np.ascontiguousarray(op["shortcut"]["scales"][:, :, sl]))
+            parts.append(part)
+        return parts
 
     @staticmethod
     def _lower_shortcut(c, name, b, outputs, out_h, out_w, o):
@@ -369,6 +483,9 @@ class Lower:
         if b["groups"] != 1:
             raise CompileError(f"{name}: a grouped shortcut branch is not supported")
         src = outputs[b["source"]]
+        if "layout" in src:
+            raise CompileError(f"{name}: its shortcut reads layer {b['source']}'s map, laid out in word-aligned "
+                               f"channel groups for a grouped reader; a shortcut reads dense maps only")
         kh, kw = b["kernel"]
         h2 = (src["h"] + 2 * b["padding"] - kh) // b["stride"] + 1
         w2 = (src["w"] + 2 * b["padding"] - kw) // b["stride"] + 1
@@ -664,7 +781,8 @@ class Emit:
         s = op["shortcut"]
         src = s["in"]
         fields = {
-            "in_base": s["in_base"], "in_h": src["h"], "in_w": src["w"], "in_cw": s["in_cw"],
+            "in_base": s["in_base"] + s.get("in_word_offset", 0), "in_h": src["h"], "in_w": src["w"],
+            "in_cw": s["in_cw"],
             "in_stride": src["cw"], "in_tail": s["in_tail"], "in_planes": s["n"], "kh": s["kh"], "kw": s["kw"],
             "stride": s["stride"], "pad": s["pad"], "pad_value": s["pad_value"], "wbases": s["m"],
             "w_base": s["w_base"], "s_base": s["s_base"], "k": s["k"]}
@@ -756,7 +874,14 @@ def read_map(act, spec, word_bits):
     batch = act.shape[0]
     words = act[:, spec["base"]:spec["base"] + spec["planes"] * spec["h"] * spec["w"] * spec["cw"]]
     words = words.reshape(batch, spec["planes"], spec["h"], spec["w"], spec["cw"], -1)
-    bits = unpack_words(words, word_bits, spec["channels"])          # (B, T, h, w, C)
+    if spec.get("layout"):
+        # Word-aligned channel groups: channel c at bit (c // cg) * wpg * W + c % cg.
+        _, cg, wpg = spec["layout"]
+        bits = unpack_words(words, word_bits, spec["cw"] * word_bits)
+        c = np.arange(spec["channels"])
+        bits = bits[..., (c // cg) * wpg * word_bits + c % cg]
+    else:
+        bits = unpack_words(words, word_bits, spec["channels"])          # (B, T, h, w, C)
     return (bits.astype(np.int8) * 2 - 1).transpose(1, 0, 4, 2, 3)
 
 

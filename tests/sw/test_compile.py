@@ -150,9 +150,9 @@ def test_refuses_accumulator_overflow_and_other_fixed_point_formats():
 
 def test_refuses_unsupported_layers():
     config = AccelConfig()
-    assert _refusal([conv(16, 3, padding=1), conv(16, 3, groups=2), linear(10)]) == \
-        "layer 1 (conv): a group's 8 input channels are not a multiple of word_bits 32 (each group must " \
-        "start on a channel word)"
+    assert _refusal([conv(48, 3, padding=1), conv(48, 3, padding=1, groups=3),
+                     conv(48, 3, padding=1, groups=2, source=0), linear(10)], shape=(1, 6, 6)) == \
+        "layer 2 (conv): it reads layer 0's map in 2 groups of 24 channels, another reader in 3 groups"
     assert _refusal([conv(64, 3, padding=1), conv(18, 3, groups=2), linear(10)], shape=(1, 6, 6),
                     act_depth=8192) == \
         "layer 1 (conv): a group's 9 output channels are not a multiple of rows 4 (each group must start " \
@@ -398,4 +398,29 @@ def test_grouped_layer_with_a_shortcut():
     opcodes = [decode(word)[0] for word in bundle.instructions]
     assert opcodes.count(Opcode.SHORTCUT) == 2 and opcodes.count(Opcode.CONV) == 4
     images = np.random.default_rng(4).integers(0, 256, (4, 1, 6, 6), dtype=np.uint8)
+    assert np.array_equal(open_backend("iss", bundle).run(images).logits, deploy_forward(model, images))
+
+
+@pytest.mark.parametrize("specs, convs, shortcuts", [
+    # groups of 16 channels on 32-bit words: the producer writes each group from a word (two CONVs)
+    ([conv(32, 3, padding=1), conv(32, 3, padding=1, groups=2), maxpool(2), conv(64, 3, padding=1, groups=2),
+      linear(10)], 7, 0),
+    # a dense layer reads the grouped layout as two sources (SHORTCUT over the second group)
+    ([conv(24, 3, padding=1), conv(24, 3, padding=1, groups=2), conv(16, 3, padding=1, source=0), linear(10)], 6, 1),
+    # three groups read by a dense head, a shortcut from the grouped map: the producer writes both layouts
+    ([conv(48, 3, padding=1), conv(48, 3, padding=1, groups=3),
+      conv(48, 3, padding=1, shortcut=shortcut(0)), linear(10, source=0)], 1 + 3 + 3 + 1 + 1, 1),
+], ids=["two-groups", "as-two-sources", "both-layouts"])
+def test_groups_off_the_word(specs, convs, shortcuts):
+    """Grouped convolutions whose groups are not whole channel words: every layer on the ISS equals
+    deploy_forward (the Verify pass reads the word-aligned group layout back)."""
+    config = AccelConfig(act_depth=16384, weight_depth=8192, scale_depth=2048, thr_depth=2048, patch_depth=1024,
+                         max_k=8192)
+    model = random_model(specs, (3, 8, 8), config, seed=2)
+    bundle = compile_model(model, config, verify_images=3)
+    assert "verify: ISS == deploy_forward at every layer on 3 random images" in bundle.model["checked"]
+    from hw.isa import Opcode, decode
+    opcodes = [decode(word)[0] for word in bundle.instructions]
+    assert (opcodes.count(Opcode.CONV), opcodes.count(Opcode.SHORTCUT)) == (convs, shortcuts)
+    images = np.random.default_rng(2).integers(0, 256, (4, 3, 8, 8), dtype=np.uint8)
     assert np.array_equal(open_backend("iss", bundle).run(images).logits, deploy_forward(model, images))

@@ -69,3 +69,18 @@ def test_trained_resnet_of_every_scheme_runs_bit_exactly_on_the_iss(tmp_path, sc
     with open_backend("iss", bundle) as backend:
         result = backend.run(data.test_x[picks])
     assert np.array_equal(result.logits, deploy_forward(model, data.test_x[picks]))
+
+
+@pytest.mark.parametrize("model", ["cnv", "resnet18"])
+def test_ftbnn_width_32_compiles_for_arty_a7(tmp_path, model):
+    """FTBNN's two groups of 16 channels at width 32 (not whole 32-bit words) compile for the arty_a7
+    default config (the compiler's Verify pass runs them on the ISS against deploy_forward)."""
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    import boards
+    from sw.train.__main__ import main as train
+    out = tmp_path / "m.bnn"
+    assert train(["--model", model, "--scheme", "ftbnn", "--width", "32", "--dataset", "digits", "--epochs", "1",
+                  "--seed", "1", "--out", str(out), "--no-progress"]) == 0
+    bundle = compile_file(out, boards.get_board("arty_a7").config)
+    assert "verify: ISS == deploy_forward at every layer on 2 random images" in bundle.model["checked"]
