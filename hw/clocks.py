@@ -13,7 +13,8 @@ ECP5 `EHXPLLL`, CLKOP fed back to CLKFB (as Project Trellis' `ecppll` writes it)
     f_vco = f_out * CLKOP_DIV        400 .. 800 MHz   CLKOP_DIV 1 .. 128
     f_in                               8 .. 400 MHz
 
-iCE40 `SB_PLL40_PAD` / `SB_PLL40_CORE`, SIMPLE feedback (as Project IceStorm's `icepll` computes it):
+iCE40 `SB_PLL40_PAD` (the iCEBreaker's clock pin is the PLL's pad), SIMPLE feedback (as Project
+IceStorm's `icepll` computes it):
 
     f_pfd = f_in / (DIVR + 1)         10 .. 133 MHz   DIVR 0 .. 15
     f_vco = f_pfd * (DIVF + 1)       533 .. 1066 MHz  DIVF 0 .. 127
@@ -203,7 +204,7 @@ def ecp5_pll(in_hz, out_hz):
                 out = pfd * clkfb_div
                 if out > out_hz:
                     break
-                # The output divider that puts the VCO nearest the middle of its range (as ecppll).
+                # The output divider that puts the VCO nearest the middle of its range.
                 low, high = limits["vco"]
                 clkop_div = min(128, max(1, round((low + high) / 2 / out)))
                 if _within(out * clkop_div, limits["vco"]):
