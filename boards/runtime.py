@@ -6,7 +6,9 @@
 It is a `MemoryBackend`: the runtime's own `run` drives it through write_memory / start_and_wait /
 read_result, which this module implements with the framed host protocol (sw.runtime.link,
 docs/host-protocol.md). Opening the backend sends INFO, which checks that the board was built for the
-bundle's config; the program and memory images are written before the first image runs.
+bundle's config; `backend.info` keeps the reply (`sw.runtime.link.BoardInfo`: frame size, fingerprint
+and the board's run clock, `info.seconds(cycles)` for times). The program and memory images are written
+before the first image runs.
 
 Options: `port` (serial device), `baud` (default 115200), `timeout` (seconds of latency allowed per
 request, default 0.5), `retries` (further attempts after a failed one, default 5), `quiet` (seconds of

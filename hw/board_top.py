@@ -4,17 +4,20 @@
     UART tx ◄─ UARTTx ◄──┘
 
 `elaborate(platform)` requests the platform's `uart` resource (and up to three `led`s: program
-running, program error, last request rejected). Without a platform (simulation) the serial lines and
-LEDs are the signals `rx`, `tx` and `leds`; `BoardSim` wraps that as a component whose ports they are,
-so Verilator and the Amaranth simulator see them as top-level ports.
+running, program error, last request rejected) and, when given a PLL setting (`hw.clocks`), drives
+`sync` from the PLL (`RunClock`); without one the platform's own `sync` domain runs from the
+oscillator. Without a platform (simulation) there is no PLL, and the serial lines and LEDs are the
+signals `rx`, `tx` and `leds`; `BoardSim` wraps that as a component whose ports they are, so Verilator
+and the Amaranth simulator see them as top-level ports.
 """
 
 from amaranth.build import ResourceError
-from amaranth.hdl import Cat, Elaboratable, Module, Signal
+from amaranth.hdl import Cat, ClockDomain, Elaboratable, Module, Signal
 from amaranth.lib import io, wiring
 from amaranth.lib.wiring import In, Out
 
 from .accel import Accelerator
+from .clocks import ECP5PLL, ICE40PLL, RunClock
 from .config import AccelConfig
 from .link import Link, check_frame_bytes
 from .uart import UARTRx, UARTTx, uart_divisor
@@ -36,14 +39,16 @@ class BoardTop(Elaboratable):
     """UART + `Link` + `Accelerator`.
 
     config      : the accelerator's `AccelConfig`.
-    clk_freq    : the clock the design runs at in Hz (the UART divisor and the timeout come from it);
-                  None takes the platform's default clock.
+    clk_freq    : the clock the design runs at in Hz (the UART divisor, the timeout and INFO's run clock
+                  come from it); None takes the PLL's output, or else the platform's default clock.
+    pll         : a `hw.clocks` PLL setting (`ECP5PLL`, `ICE40PLL`) that makes the run clock from the
+                  board's oscillator, instantiated only on a platform; None runs from the oscillator.
     baud        : the UART's baud rate.
     frame_bytes : the largest payload of one frame (the link's frame memory).
     timeout     : seconds a request may pause between two bytes before the receiver drops it.
     """
 
-    def __init__(self, config, *, clk_freq=None, baud=115200, frame_bytes=FRAME_BYTES, timeout=0.01):
+    def __init__(self, config, *, clk_freq=None, pll=None, baud=115200, frame_bytes=FRAME_BYTES, timeout=0.01):
         if not isinstance(config, AccelConfig):
             raise TypeError(f"Config must be an AccelConfig, not {config!r}")
         if clk_freq is not None and (not isinstance(clk_freq, (int, float)) or isinstance(clk_freq, bool)
@@ -53,10 +58,17 @@ class BoardTop(Elaboratable):
             raise ValueError(f"Baud rate must be a positive integer, not {baud!r}")
         if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
             raise ValueError(f"Timeout must be a positive number of seconds, not {timeout!r}")
+        if pll is not None and not isinstance(pll, (ECP5PLL, ICE40PLL)):
+            raise TypeError(f"PLL must be an ECP5PLL or an ICE40PLL, not {pll!r}")
+        if pll is not None:
+            if clk_freq is not None and clk_freq != pll.out_hz:
+                raise ValueError(f"Clock frequency {clk_freq!r} is not the PLL's output, {pll.out_hz} Hz")
+            clk_freq = pll.out_hz
         if clk_freq is not None:
             uart_divisor(clk_freq, baud)        # refuse an impossible baud rate now, not at elaboration
         self._config = config
         self._clk_freq = clk_freq
+        self._pll = pll
         self._baud = baud
         self._frame_bytes = frame_bytes
         self._timeout = timeout
@@ -73,6 +85,15 @@ class BoardTop(Elaboratable):
     def baud(self):
         return self._baud
 
+    @property
+    def pll(self):
+        return self._pll
+
+    @property
+    def clock_hz(self):
+        """The run clock in Hz (INFO reports it), or None for the platform's clock, known at elaboration."""
+        return None if self._clk_freq is None else round(self._clk_freq)
+
     def elaborate(self, platform):
         m = Module()
         clk_freq = self._clk_freq
@@ -81,11 +102,14 @@ class BoardTop(Elaboratable):
                 raise ValueError("BoardTop needs clk_freq when there is no platform")
             clk_freq = platform.default_clk_frequency
         divisor = uart_divisor(clk_freq, self._baud)
+        if platform is not None and self._pll is not None:
+            m.domains.sync = ClockDomain("sync")
+            m.submodules.run_clock = RunClock(self._pll)
 
         m.submodules.accel = accel = Accelerator(self._config)
         m.submodules.link = link = Link(self._config, frame_bytes=self._frame_bytes,
                                         timeout_cycles=max(1, round(self._timeout * clk_freq)),
-                                        load_stream=True)
+                                        load_stream=True, clock_hz=round(clk_freq))
         m.submodules.uart_rx = uart_rx = UARTRx(divisor)
         m.submodules.uart_tx = uart_tx = UARTTx(divisor)
         wiring.connect(m, uart_rx.o, link.rx)

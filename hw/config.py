@@ -36,7 +36,7 @@ _RANGES = {
     "patch_depth": (1, 1 << 16,   "words per column in the patch buffers (activation bases x K-words)"),
     "result_depth": (1, 1 << 16,  "sums the result memory holds (the logits)"),
     "instr_depth": (2, 1 << 16,   "instructions the program memory holds"),
-    "clock_hz":    (1_000_000, 1_000_000_000, "target clock frequency in Hz"),
+    "clock_hz":    (1_000_000, 1_000_000_000, "run clock in Hz (a board runs at the closest it makes at or below)"),
 }
 
 
@@ -67,7 +67,9 @@ class AccelConfig:
                      all activation bases (bases x K-words).
     result_depth   : sums the result memory holds (the last layer's logits).
     instr_depth    : instructions the program memory holds.
-    clock_hz       : the clock the board build targets.
+    clock_hz       : the run clock in Hz: a board build runs at the highest frequency at or below it that
+                     the board makes, its oscillator or its PLL's output (docs/build.md, "Clocks");
+                     simulation and the reports' times use it as it is.
     """
 
     rows: int = 4

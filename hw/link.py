@@ -23,17 +23,18 @@ from .isa import INSTRUCTION_BITS, ErrorCode, MemoryTarget
 from .layouts import CoreLayouts
 
 __all__ = ["Link", "LinkError", "Command", "Reply", "REQUEST_SYNC", "REPLY_SYNC", "PROTOCOL_VERSION", "CRC_INIT",
-           "CRC_POLY", "ARGS_BYTES", "STATUS_BYTES", "INFO_BYTES", "READABLE", "entry_bytes", "memory_depths",
+           "CRC_POLY", "ARGS_BYTES", "STATUS_BYTES", "INFO_BYTES", "INFO_V1_BYTES", "READABLE", "entry_bytes", "memory_depths",
            "crc16_next", "check_frame_bytes"]
 
 REQUEST_SYNC = 0xA5
 REPLY_SYNC = 0x5A
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2    # 2: INFO ends with the run clock; a version 1 board's INFO has no clock
 CRC_INIT = 0xFFFF
 CRC_POLY = 0x1021
 ARGS_BYTES = 5          # WRITE / READ / STREAM: target (1), address (2), count (2)
 STATUS_BYTES = 8        # flags (1), error (1), pc (2), cycles (4)
-INFO_BYTES = 12         # version (1), flags (1), max payload (2), config fingerprint (8)
+INFO_BYTES = 16         # version (1), flags (1), max payload (2), config fingerprint (8), run clock in Hz (4)
+INFO_V1_BYTES = 12      # a version 1 board's INFO: the same fields without the run clock
 READABLE = (MemoryTarget.ACT, MemoryTarget.RESULT)
 
 
@@ -130,15 +131,20 @@ class Link(wiring.Component):
 
     Parameters: `frame_bytes` is the largest payload of a request or reply (the frame memory's depth);
     `timeout_cycles` the longest gap between two bytes of one request before the receiver drops the
-    frame and looks for the next sync byte.
+    frame and looks for the next sync byte; `clock_hz` the clock the link runs at, which INFO reports
+    (default: the config's `clock_hz`; `BoardTop` gives the run clock its PLL makes).
     """
 
-    def __init__(self, config, *, frame_bytes=1024, timeout_cycles=1_000_000, load_stream=False):
+    def __init__(self, config, *, frame_bytes=1024, timeout_cycles=1_000_000, load_stream=False, clock_hz=None):
         if not isinstance(config, AccelConfig):
             raise TypeError(f"Config must be an AccelConfig, not {config!r}")
         check_frame_bytes(config, frame_bytes)
         if not isinstance(timeout_cycles, int) or isinstance(timeout_cycles, bool) or timeout_cycles < 1:
             raise LinkError(f"Timeout must be a positive number of cycles, not {timeout_cycles!r}")
+        clock_hz = config.clock_hz if clock_hz is None else clock_hz
+        if not isinstance(clock_hz, int) or isinstance(clock_hz, bool) or not 0 < clock_hz < 1 << 32:
+            raise LinkError(f"Clock must be a positive integer number of Hz below 2**32, not {clock_hz!r}")
+        self._clock_hz = clock_hz
         self._config = config
         self._frame_bytes = frame_bytes
         self._timeout = timeout_cycles
@@ -171,10 +177,14 @@ class Link(wiring.Component):
     def frame_bytes(self):
         return self._frame_bytes
 
+    @property
+    def clock_hz(self):
+        return self._clock_hz
+
     def info_payload(self):
         """The INFO reply's payload bytes (constant for this link)."""
         return (bytes([PROTOCOL_VERSION, int(self._stream)]) + self._frame_bytes.to_bytes(2, "little")
-                + bytes.fromhex(self._config.fingerprint()))
+                + bytes.fromhex(self._config.fingerprint()) + self._clock_hz.to_bytes(4, "little"))
 
     def elaborate(self, platform):
         m = Module()

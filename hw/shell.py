@@ -16,10 +16,11 @@ board -> host   every `CoreLayouts.result` the core produces, ceil(result.size /
 that puts `UARTRx` / `UARTTx`, `ByteLink` and `BinaryCore` together on a platform's `uart` resource.
 """
 
-from amaranth.hdl import Cat, Elaboratable, Module, Signal
+from amaranth.hdl import Cat, ClockDomain, Elaboratable, Module, Signal
 from amaranth.lib import enum, io, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from .clocks import ECP5PLL, ICE40PLL, RunClock
 from .config import AccelConfig
 from .core import BinaryCore
 from .layouts import CoreLayouts, pack_payload, unpack_payload
@@ -178,18 +179,21 @@ class ByteLink(wiring.Component):
 class UARTShell(Elaboratable):
     """Board top: `BinaryCore` driven over the platform's `uart` resource through `ByteLink`.
 
-    Runs in the platform's default clock domain (the board oscillator); the UART divisor comes from
-    that clock and `baud`. The core's configuration is `config` (its `clock_hz` is the target the
-    build reports timing against).
+    Runs from the board's oscillator (the platform's default `sync` domain) or, given `pll` (a
+    `hw.clocks` PLL setting), from the PLL's output (`RunClock`); the UART divisor comes from that
+    clock and `baud`.
     """
 
-    def __init__(self, config, *, baud=115200):
+    def __init__(self, config, *, baud=115200, pll=None):
         if not isinstance(config, AccelConfig):
             raise TypeError(f"Config must be an AccelConfig, not {config!r}")
         if not isinstance(baud, int) or isinstance(baud, bool) or baud <= 0:
             raise ValueError(f"Baud rate must be a positive integer, not {baud!r}")
+        if pll is not None and not isinstance(pll, (ECP5PLL, ICE40PLL)):
+            raise TypeError(f"PLL must be an ECP5PLL or an ICE40PLL, not {pll!r}")
         self._config = config
         self._baud = baud
+        self._pll = pll
 
     @property
     def config(self):
@@ -197,7 +201,12 @@ class UARTShell(Elaboratable):
 
     def elaborate(self, platform):
         m = Module()
-        divisor = uart_divisor(platform.default_clk_frequency, self._baud)
+        if self._pll is None:
+            divisor = uart_divisor(platform.default_clk_frequency, self._baud)
+        else:
+            divisor = uart_divisor(self._pll.out_hz, self._baud)
+            m.domains.sync = ClockDomain("sync")
+            m.submodules.run_clock = RunClock(self._pll)
         m.submodules.core = core = BinaryCore(self._config)
         m.submodules.link = link = ByteLink(core.layouts)
         m.submodules.uart_rx = rx = UARTRx(divisor)

@@ -59,13 +59,19 @@ def main(argv=None):
                        for i in tqdm(range(len(images)), desc="images", unit="image", leave=False,
                                      disable=not sys.stderr.isatty())]
             link = backend.link
+            info = backend.info
         wall = time.perf_counter() - start
     except (BundleError, UserError, RuntimeApiError) as error:
         sys.stderr.write(f"{PROG}: error: {error}\n")
         return 1
-    print_predictions(items, np.concatenate([r.logits for r in results]), np.concatenate([r.cycles for r in results]))
+    cycles = np.concatenate([r.cycles for r in results])
+    print_predictions(items, np.concatenate([r.logits for r in results]), cycles)
     retried = sum(link.failures.values())
-    print(f"board on {args.port}: {len(images)} images in {wall:.2f} s; {link.frames} requests, "
+    # The board's INFO says its run clock (its PLL's output), which turns cycles into time.
+    compute = ("clock not reported (a version 1 board)" if info.clock_hz is None else
+               f"{info.clock_hz / 1e6:g} MHz clock, {1e3 * info.seconds(float(cycles.mean())):.3f} ms of "
+               f"compute per image")
+    print(f"board on {args.port}: {len(images)} images in {wall:.2f} s ({compute}); {link.frames} requests, "
           f"{link.bytes_out} bytes out, {link.bytes_in} bytes in, {retried} retried")
     return 0
 

@@ -9,7 +9,11 @@ Flows (see docs/build.md):
   PATH, and always estimate resources with YoWASP Yosys ``synth_xilinx`` into ``utilization.json``.
 * ``ecp5`` (ULX3S) and ``ice40`` (iCEBreaker): a real bitstream with YoWASP Yosys ``synth_ecp5`` /
   ``synth_ice40``, nextpnr and ecppack / icepack; ``utilization.json`` from the placed design and
-  ``timing.json`` with nextpnr's Fmax.
+  ``timing.json`` with nextpnr's Fmax against the run clock.
+
+The run clock comes from the config's `clock_hz` (`run_clock`): the highest frequency at or below it
+that the board makes, its oscillator or (ECP5 and iCE40 flows, which then instantiate the PLL,
+`hw.clocks`) one of its PLL's outputs; nextpnr times the design at that clock.
 
 Every build writes ``config.json`` (the AccelConfig) and skips its tools when the plan's digest,
 the flow, the top and the toolchain versions match the previous build in `out`
@@ -30,6 +34,7 @@ from boards import TOPS, Board
 from ..config import AccelConfig, ConfigError
 from ..accel import Accelerator
 from ..board_top import FRAME_BYTES, BoardTop
+from ..clocks import PLLError, pll_for
 from ..link import check_frame_bytes
 from ..shell import UARTShell
 from ..uart import uart_divisor
@@ -39,7 +44,15 @@ from .toolchain import (BuildError, critical_path, ecp5_utilization_from_stat,
                         run_step, synth_xilinx_stat, tool_env, toolchain_versions,
                         xilinx_utilization)
 
-__all__ = ["BuildError", "BuildResult", "build", "check_design", "fit_report", "read_build"]
+__all__ = ["BuildError", "BuildResult", "build", "check_design", "fit_report", "read_build", "run_clock",
+           "FMAX_MARGIN", "PLL_FLOWS"]
+
+#: A board's default run clock is at most its measured Fmax / FMAX_MARGIN (docs/build.md, "Clocks"):
+#: a place and route with another seed, or a small change to the design, may route a little slower.
+FMAX_MARGIN = 1.1
+
+#: Flows whose device has a PLL this project drives (`hw.clocks`); the others run from the oscillator.
+PLL_FLOWS = ("ecp5", "ice40")
 
 
 @dataclass
@@ -48,7 +61,8 @@ class BuildResult:
 
     files       : name -> path of the outputs users keep (plan, bitstream, reports).
     utilization : resource counts (keys as the board's capacity, plus flow-specific detail).
-    timing      : nextpnr's timing summary (ECP5 flow) or None.
+    timing      : nextpnr's timing summary (ECP5 and iCE40 flows) or None.
+    pll         : the PLL setting that makes the run clock (`hw.clocks`), or None (the oscillator).
     fits        : every resource within the device's capacity.
     over        : resource -> (used, available) for the resources that do not fit.
     top         : what was built, one of `boards.TOPS`.
@@ -68,6 +82,12 @@ class BuildResult:
     cached: bool = False
     from_cache: str = None
     vivado_run: bool = False
+    pll: object = None
+
+    @property
+    def run_clock_hz(self):
+        """The clock the bitstream runs at: the PLL's output, or the board's oscillator."""
+        return self.pll.out_hz if self.pll is not None else int(self.board.platform().default_clk_frequency)
 
 
 def fit_report(board, utilization):
@@ -109,11 +129,12 @@ def build(board, config=None, out=None, *, baud=115200, force=False, run_vivado=
     if not isinstance(config, AccelConfig):
         raise TypeError(f"Config must be an AccelConfig, not {config!r}")
     out = Path("build") / board.name if out is None else Path(out)
+    pll = run_clock(board, config)
     out.mkdir(parents=True, exist_ok=True)
-    result = BuildResult(board=board, config=config, out=out, top=top)
+    result = BuildResult(board=board, config=config, out=out, top=top, pll=pll)
 
     platform = board.platform()
-    design = _top(top, platform, config, baud)
+    design = _top(top, platform, config, baud, pll)
     overrides = _FLOW_OVERRIDES.get(board.flow, lambda platform, config: {})(platform, config)
     sys.stderr.write(f"elaborating the {board.name} top and writing the build plan ...\n")
     start = time.monotonic()
@@ -171,7 +192,11 @@ def read_build(board, out):
         report = json.loads((out / "utilization.json").read_text())
     except (OSError, ValueError):
         return None
-    result = BuildResult(board=board, config=config, out=out, top=report.get("top", "board"))
+    try:
+        pll = run_clock(board, config)
+    except ConfigError:
+        pll = None
+    result = BuildResult(board=board, config=config, out=out, top=report.get("top", "board"), pll=pll)
     _restore(result, recorded)
     return result
 
@@ -185,12 +210,40 @@ def _restore(result, recorded):
     result.cached = True
 
 
+def run_clock(board, config):
+    """The PLL setting that makes the run clock for `config.clock_hz` on `board`, or None when the run
+    clock is the board's oscillator.
+
+    The run clock is the highest frequency at or below `clock_hz` that the board makes: its
+    oscillator, or (ECP5 and iCE40 flows) one of its PLL's outputs (`hw.clocks`); the oscillator
+    wins a tie. Raises `ConfigError` (one line) when neither reaches `clock_hz` or less.
+    """
+    oscillator = board.platform().default_clk_frequency
+    wanted = config.clock_hz
+    if wanted == oscillator:
+        return None
+    pll, why = None, f"the {board.flow} flow has no PLL"
+    if board.flow in PLL_FLOWS:
+        try:
+            pll = pll_for(board.flow, oscillator, wanted)
+        except PLLError as error:
+            why = str(error)
+    if pll is not None and (oscillator > wanted or pll.out_exact > oscillator):
+        return pll
+    if oscillator <= wanted:
+        return None
+    raise ConfigError(f"The {board.name} cannot run at {wanted / 1e6:g} MHz or less: its oscillator is "
+                      f"{oscillator / 1e6:g} MHz and {why[0].lower() + why[1:]}")
+
+
 def check_design(board, config, baud, top=None):
     """Raise `ConfigError` (one line) when the board top cannot be built for `config` and `baud`:
-    the accelerator's own limits (power-of-two words, rows dividing them), the UART divisor, the
-    link's frame size. Checked before elaboration, so a user's mistake is not a traceback."""
+    the run clock (`run_clock`), the accelerator's own limits (power-of-two words, rows dividing
+    them), the UART divisor at the run clock, the link's frame size. Checked before elaboration, so
+    a user's mistake is not a traceback."""
+    pll = run_clock(board, config)
     try:
-        clk_freq = board.platform().default_clk_frequency
+        clk_freq = pll.out_hz if pll is not None else board.platform().default_clk_frequency
         uart_divisor(clk_freq, baud)
         if (board.top if top is None else top) != "core":
             Accelerator.check_config(config)
@@ -199,12 +252,13 @@ def check_design(board, config, baud, top=None):
         raise ConfigError(str(error)) from None
 
 
-def _top(top, platform, config, baud):
-    # The bitstream runs from the board's oscillator: the UART divisor and the link's timeout come
-    # from that clock, not from `config.clock_hz` (the place-and-route target).
+def _top(top, platform, config, baud, pll):
+    # The UART divisor, the link's timeout and INFO's run clock come from the run clock: the PLL's
+    # output, which may be a little below `config.clock_hz`, or the oscillator.
     if top == "core":
-        return UARTShell(config, baud=baud)
-    return BoardTop(config, clk_freq=platform.default_clk_frequency, baud=baud)
+        return UARTShell(config, baud=baud, pll=pll)
+    return BoardTop(config, clk_freq=None if pll is not None else platform.default_clk_frequency, pll=pll,
+                    baud=baud)
 
 
 def _report_common(result):
@@ -218,6 +272,7 @@ def _report_common(result):
         "config_fingerprint": cfg.fingerprint(),
         "macs_per_cycle": cfg.macs_per_cycle,
         "capacity": result.board.capacity,
+        "run_clock_hz": result.run_clock_hz,
     }
 
 
@@ -251,31 +306,15 @@ def _vivado_flow(result, plan, run_vivado):
         result.files["bitstream"] = str(out / "top.bit")
 
 
-def _clock_port(platform):
-    clock = platform.lookup(platform.default_clk)
-    return f"{clock.name}_{clock.number}__io"
-
-
-def _target_hz(platform, config):
-    return max(config.clock_hz, int(platform.default_clk_frequency))
-
-
-# Place and route is timed against the config's clock target, not only the board's oscillator, so
-# the reported Fmax and slack say whether the design could be clocked there by a PLL.
+# Timing constraints come from the design: the oscillator's port has its frequency (the platform's
+# resource), and `RunClock` constrains the PLL's output net at the run clock.
 def _ecp5_overrides(platform, config):
-    return {
-        "script_after_synth": "tee -q -o synth_stat.json stat -json",
-        "add_preferences": f'FREQUENCY PORT "{_clock_port(platform)}" {_target_hz(platform, config)} HZ;',
-    }
+    return {"script_after_synth": "tee -q -o synth_stat.json stat -json"}
 
 
 def _ice40_overrides(platform, config):
-    # -dsp maps multipliers to SB_MAC16; the second set_frequency replaces the oscillator's.
-    return {
-        "synth_opts": "-dsp",
-        "script_after_synth": "tee -q -o synth_stat.json stat -json",
-        "add_constraints": f"set_frequency {_clock_port(platform)} {_target_hz(platform, config) / 1e6:g}",
-    }
+    # -dsp maps multipliers to SB_MAC16.
+    return {"synth_opts": "-dsp", "script_after_synth": "tee -q -o synth_stat.json stat -json"}
 
 
 _FLOW_OVERRIDES = {"ecp5": _ecp5_overrides, "ice40": _ice40_overrides}
@@ -386,16 +425,19 @@ def _nextpnr_flow(result, platform, flow):
     if not pnr["fmax_mhz"]:
         raise BuildError(f"nextpnr reported no clock frequency (log: {out / 'top.tim'})")
     clock_name, fmax = min(pnr["fmax_mhz"].items(), key=lambda kv: kv[1])
-    board_mhz = platform.default_clk_frequency / 1e6
-    target_mhz = _target_hz(platform, result.config) / 1e6
+    pll = result.pll
+    run_mhz = result.run_clock_hz / 1e6
     timing = {
         "fmax_mhz": fmax,
         "clock": clock_name,
         "clocks_mhz": pnr["fmax_mhz"],
-        "constraint_mhz": target_mhz,
-        "board_clock_mhz": board_mhz,
-        "meets_target": fmax >= target_mhz,
-        "meets_board_clock": fmax >= board_mhz,
+        # What nextpnr timed the clock against: the run clock (the PLL's output net's constraint).
+        "constraint_mhz": pnr["constraint_mhz"].get(clock_name),
+        "run_clock_mhz": run_mhz,
+        "requested_clock_mhz": result.config.clock_hz / 1e6,
+        "board_clock_mhz": platform.default_clk_frequency / 1e6,
+        "pll": None if pll is None else pll.to_dict(),
+        "meets_run_clock": fmax >= run_mhz,
         "source": f"nextpnr-{family} --report (achieved Fmax of the slowest clock)",
         "critical_path": critical_path(out / "top.tim", clock_name),
     }

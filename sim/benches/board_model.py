@@ -4,14 +4,15 @@ does not matter (benchmarks/link.py counts an inference's frames with it; tests/
 `python -m sw.run` against it over a pseudo-terminal). No cocotb here: pytest imports it at collection.
 
 It answers every request as a board with an idle accelerator would: OK, replies of the right size
-(READ returns zero entries), a program that is done at the first STATUS after `cycles` cycles. It
+(READ returns zero entries), a program that is done at the first STATUS after `cycles` cycles, INFO
+with the config's clock as its run clock (or `clock_hz`). It
 checks each request's sync byte and CRC, and counts bytes and requests both ways. The real board's
 behaviour (negative replies, duplicates, truncation) is hw/link.py's and is tested there.
 """
 
 from hw.config import AccelConfig
 from hw.isa import MemoryTarget
-from hw.link import REQUEST_SYNC, Command, Reply, entry_bytes
+from hw.link import PROTOCOL_VERSION, REQUEST_SYNC, Command, Reply, entry_bytes
 from sw.runtime.link import Transport, crc16, encode_reply
 
 __all__ = ["LINK_CONFIG", "CountingBoard"]
@@ -24,8 +25,9 @@ LINK_CONFIG = AccelConfig(rows=2, cols=2, word_bits=8, max_wbases=2, max_abases=
 
 
 class CountingBoard(Transport):
-    def __init__(self, config, cycles, frame_bytes=1024):
+    def __init__(self, config, cycles, frame_bytes=1024, clock_hz=None):
         self.config = config
+        self.clock_hz = config.clock_hz if clock_hz is None else clock_hz
         self.cycles = cycles
         self.frame_bytes = frame_bytes
         self.pending = b""
@@ -36,7 +38,8 @@ class CountingBoard(Transport):
             raise AssertionError(f"The host sent a malformed frame: {bytes(data[:16]).hex()}...")
         command, seq, payload = Command(data[1]), data[2], data[5:-2]
         if command == Command.INFO:
-            reply = bytes([1, 1]) + self.frame_bytes.to_bytes(2, "little") + bytes.fromhex(self.config.fingerprint())
+            reply = (bytes([PROTOCOL_VERSION, 1]) + self.frame_bytes.to_bytes(2, "little")
+                     + bytes.fromhex(self.config.fingerprint()) + self.clock_hz.to_bytes(4, "little"))
         elif command == Command.STATUS:
             reply = bytes([0b10, 0, 0, 0]) + self.cycles.to_bytes(4, "little")
         elif command == Command.READ:

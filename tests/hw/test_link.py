@@ -118,11 +118,12 @@ def test_crc_is_ccitt_false():
 
 def test_write_read_start_status_and_negative_replies():
     async def bench(ctx, dut, starts):
-        # INFO: version 1, no stream port, frame size, the config's fingerprint.
+        # INFO: version 2, no stream port, frame size, the config's fingerprint, the run clock.
         await send(ctx, dut, encode_request(Command.INFO, 1))
         cmd, seq, status, payload = await receive(ctx, dut)
         assert (cmd, seq, status) == (Command.INFO.value, 1, Reply.OK)
-        assert payload == bytes([1, 0]) + (64).to_bytes(2, "little") + bytes.fromhex(CFG.fingerprint())
+        assert payload == (bytes([2, 0]) + (64).to_bytes(2, "little") + bytes.fromhex(CFG.fingerprint())
+                           + CFG.clock_hz.to_bytes(4, "little"))
 
         # WRITE three ACT words, READ them back.
         await send(ctx, dut, encode_request(Command.WRITE, 2, args(MemoryTarget.ACT, 5, 3) + bytes([0x11, 0x22, 0x33])))
@@ -275,8 +276,10 @@ def test_board_top_through_its_uart():
             return bytes(data)
 
         await send_line(encode_request(Command.INFO, 1))
-        info = bytes([1, 1]) + (1024).to_bytes(2, "little") + bytes.fromhex(CFG.fingerprint())   # STREAM: yes
-        assert await receive_line(8 + 12) == encode_reply(Command.INFO, 1, Reply.OK, info)
+        # STREAM: yes; the run clock is BoardSim's clock.
+        info = (bytes([2, 1]) + (1024).to_bytes(2, "little") + bytes.fromhex(CFG.fingerprint())
+                + CFG.clock_hz.to_bytes(4, "little"))
+        assert await receive_line(8 + 16) == encode_reply(Command.INFO, 1, Reply.OK, info)
         frame = bytearray(encode_request(Command.STATUS, 2))
         frame[2] ^= 0x40
         await send_line(frame)
@@ -328,9 +331,13 @@ class ScriptedTransport(Transport):
         return self.clock
 
 
+def info_payload(version=2, clock_hz=40_000_000):
+    payload = bytes([version, 0]) + (64).to_bytes(2, "little") + bytes.fromhex(CFG.fingerprint())
+    return payload + clock_hz.to_bytes(4, "little") if version >= 2 else payload
+
+
 def info_reply(request):
-    return encode_reply(Command.INFO, request[2], Reply.OK,
-                        bytes([1, 0]) + (64).to_bytes(2, "little") + bytes.fromhex(CFG.fingerprint()))
+    return encode_reply(Command.INFO, request[2], Reply.OK, info_payload())
 
 
 def ok(request, payload=b""):
@@ -372,6 +379,32 @@ def test_host_errors_are_one_clear_line():
         link.write(MemoryTarget.ACT, 60, [1] * 5)
     with pytest.raises(LinkError, match="Only ACT and RESULT can be read, not WEIGHT"):
         link.read(MemoryTarget.WEIGHT, 0, 1)
+
+
+def test_host_reads_the_run_clock_from_info():
+    """INFO version 2 ends with the board's run clock; a version 1 board (no clock) is still read."""
+    link = HostLink(ScriptedTransport([info_reply]), CFG, baud=1e6, timeout=0.01)
+    info = link.connect()
+    assert (info.version, info.clock_hz, info.frame_bytes, info.fingerprint) == (2, 40_000_000, 64, CFG.fingerprint())
+    assert info.seconds(4_000) == 1e-4
+    old = lambda r: encode_reply(Command.INFO, r[2], Reply.OK, info_payload(version=1))
+    info = HostLink(ScriptedTransport([old]), CFG, baud=1e6, timeout=0.01).connect()
+    assert (info.version, info.clock_hz, info.seconds(4_000)) == (1, None, None)
+    for payload, message in [
+            (bytes([3]) + info_payload()[1:], r"^The board speaks host protocol version 3; this host speaks versions 1, 2$"),
+            (info_payload()[:-1], r"^The board's version 2 INFO reply has 15 bytes, not 16$"),
+            (info_payload(version=1) + b"\x00", r"^The board's version 1 INFO reply has 13 bytes, not 12$")]:
+        reply = lambda r, payload=payload: encode_reply(Command.INFO, r[2], Reply.OK, payload)
+        with pytest.raises(LinkError, match=message):
+            HostLink(ScriptedTransport([reply]), CFG, baud=1e6, timeout=0.01).connect()
+
+
+def test_info_reports_the_link_clock():
+    assert Link(CFG).info_payload()[12:] == CFG.clock_hz.to_bytes(4, "little")
+    assert Link(CFG, clock_hz=27_000_000).info_payload()[12:] == (27_000_000).to_bytes(4, "little")
+    with pytest.raises(GatewareLinkError, match=r"Clock must be a positive integer number of Hz below 2\*\*32, "
+                                                r"not 40000000.5"):
+        Link(CFG, clock_hz=40_000_000.5)
 
 
 def test_host_splits_writes_into_frames():
@@ -463,6 +496,8 @@ def test_run_classifies_over_a_serial_port(small_bundle, capsys):
     assert status == 0
     assert out[0] == "image 0 (images.npy[0]): prediction 0  cycles 1234  logits 0 0 0"
     assert out[1].startswith(f"board on {port}: 1 images in ")
+    # The board's INFO gives its run clock (the config's here): 1234 cycles at 100 MHz.
+    assert f"(100 MHz clock, 0.012 ms of compute per image); " in out[1]
     assert out[1].endswith(f"{board.requests} requests, {board.bytes_out} bytes out, {board.bytes_in} bytes in, "
                            "0 retried")
 
