@@ -172,21 +172,6 @@ def test_unsupported_nodes_are_refused_in_one_line(tmp_path, capsys, hidden, exp
     assert not (tmp_path / "g.bnn").exists()
 
 
-def test_residual_add_is_refused_naming_it(tmp_path, capsys):
-    rng = np.random.default_rng(0)
-    inits = {"s": 1.0, "half": 0.5, "w1": rng.choice([-1.0, 1.0], (8, 8)), "w2": rng.choice([-1.0, 1.0], (8, 8)),
-             "w3": rng.choice([-1.0, 1.0], (8, 3))}
-    nodes = [node("Sub", ["x", "half"], "x0", "centre"), node("BipolarQuant", ["x0", "s"], "a0", "in_quant"), node("MatMul", ["a0", "w1"], "m1", "fc1"),
-             node("BipolarQuant", ["m1", "s"], "a1", "act1"), node("MatMul", ["a1", "w2"], "m2", "fc2"),
-             node("Add", ["m2", "m1"], "r", "shortcut_add"), node("BipolarQuant", ["r", "s"], "a2", "act2"),
-             node("MatMul", ["a2", "w3"], "y", "fc3")]
-    path = qonnx_graph(tmp_path / "res.onnx", nodes, inits, [1, 8], [1, 3])
-    assert main(["import", str(path), "--out", str(tmp_path / "res.bnn")]) == 1
-    assert capsys.readouterr().err == (
-        "python -m sw.onnx import: error: node 'shortcut_add' (Add): adds two computed tensors ('m2', 'm1'), a "
-        "residual shortcut; the compiler does not run shortcuts yet\n")
-
-
 def test_bad_files_are_one_line(tmp_path, capsys):
     corrupt = tmp_path / "corrupt.onnx"
     corrupt.write_bytes(b"\x08\x07garbage that is not a protobuf" * 10)
