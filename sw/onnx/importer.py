@@ -355,9 +355,11 @@ class _Walker:
         column = (lo + (hi - lo) * pixels / 255.0).astype(np.float32)
         self.table = np.broadcast_to(column.reshape((256,) + (1,) * len(self.shape)), (256,) + self.shape).copy()
         self.input_quant = None   # (node, table before it) of the last quantizer on the pixels
+        self.subsample = 1        # planes: every subsample-th position of layer `source`'s map
 
     # --- dispatch ---------------------------------------------------------------------------------
-    _STATE = ("kind", "shape", "table", "beta", "gamma", "source", "pending", "A", "B", "pools", "input_quant")
+    _STATE = ("kind", "shape", "table", "beta", "gamma", "source", "subsample", "pending", "A", "B", "pools",
+              "input_quant")
 
     def _save(self, name):
         self.states[name] = {key: getattr(self, key, None) for key in self._STATE}
@@ -430,6 +432,8 @@ class _Walker:
         op = node.op_type
         if op in _PASS_THROUGH:
             return
+        if self.kind == "planes" and self.subsample != 1 and op not in _ELEMENTWISE:
+            self._materialize_subsample()
         if op in _RESHAPE:
             return self._reshape(node)
         if self.kind == "pixels":
@@ -642,6 +646,15 @@ class _Walker:
 
     def _pool_planes(self, node):
         geometry = self._pool_geometry(node)
+        if geometry["kernel"] == 1:
+            # A 1x1 window keeps every stride-th position: a residual Add reads it as a strided identity
+            # (a 1x1 stride-s convolution); any other reader gets a maxpool layer.
+            beta, gamma = self._channel_values(node, self.beta), self._channel_values(node, self.gamma[None])[0]
+            self.subsample *= geometry["stride"]
+            self.shape = (self.shape[0],) + self._pooled_hw(geometry)
+            self.beta = np.broadcast_to(beta[:, :, None, None], (beta.shape[0],) + self.shape).copy()
+            self.gamma = np.broadcast_to(gamma[:, None, None], self.shape).copy()
+            return
         if self.beta.shape[0] != 1 or np.any(self.beta <= 0):
             _fail(f"{_where(node)}: pools activations whose value falls as their bit rises (a negative scale); the "
                   f"hardware's pooling is an OR of the bits")
@@ -652,6 +665,11 @@ class _Walker:
         self.shape = (c,) + self._pooled_hw(geometry)
         self.beta = np.broadcast_to(beta[:, :, None, None], (beta.shape[0],) + self.shape).copy()
         self.gamma = np.broadcast_to(gamma[:, None, None], self.shape).copy()
+
+    def _materialize_subsample(self):
+        self.layers.append({"kind": "maxpool", "source": self.source, "kernel": 1, "stride": self.subsample})
+        self.source = len(self.layers) - 1
+        self.subsample = 1
 
     def _pool_geometry(self, node):
         attrs = _attrs(node)
@@ -990,15 +1008,16 @@ class _Walker:
             return terms, A * p["C"] + B, shape
         # Binary activations x = sum_n beta[n] a_n + gamma: the identity, a 1x1 convolution (a linear layer)
         # with two weight bases, all +1 and all +1 but -1 at the output's own channel, whose difference
-        # is 2 a[o]: G = beta / 2 and -beta / 2.
+        # is 2 a[o]: G = beta / 2 and -beta / 2. A subsampled map (a 1x1 max pool of stride s) is the
+        # same convolution with stride s.
         beta, gamma = state["beta"], state["gamma"]
         if len(shape) == 3:
             beta = self._channel_values(node, beta)
             gamma = self._channel_values(node, gamma[None])[0]
             c = shape[0]
             weights = np.ones((2, c, c, 1, 1), np.int8)
-            branch = {"source": state["source"], "kind": "conv", "kernel": (1, 1), "stride": 1, "padding": 0,
-                      "pad_value": -1, "groups": 1}
+            branch = {"source": state["source"], "kind": "conv", "kernel": (1, 1), "stride": state["subsample"],
+                      "padding": 0, "pad_value": -1, "groups": 1}
         else:
             c = shape[0]
             weights = np.ones((2, c, c), np.int8)

@@ -47,7 +47,8 @@ def brevitas_residual(blocks="identity", channels=8, size=8, classes=10):
     """A small binary ResNet on 1 x size x size images: a 3x3 convolution of the pixels, then
     "identity": a Bi-Real block, y = BN(conv3x3(a)) + a with the same map a through the 3x3 and the
     shortcut; "projection": a downsampling basic block, a 3x3 stride-2 layer, then
-    BN(conv3x3(b)) + BN(conv1x1 stride 2 (a)); "both": the one, then the other; then a linear layer.
+    BN(conv3x3(b)) + BN(conv1x1 stride 2 (a)); "strided": BN(conv3x3 stride 2 (a)) + MaxPool(1, 2)(a), the
+    identity of every other position; "both": "identity", then "projection"; then a linear layer.
     Activations are BipolarQuant's +-1 mapped to {0, 1} ((q + 1) / 2), so that zero padding is a level;
     weights are binary (scale 1), the convolutions pad by 1 and have no bias."""
     import torch
@@ -61,7 +62,8 @@ def brevitas_residual(blocks="identity", channels=8, size=8, classes=10):
     def act():
         return QuantIdentity(act_quant=CommonActQuant, bit_width=1)
 
-    kinds = {"identity": ["identity"], "projection": ["projection"], "both": ["identity", "projection"]}[blocks]
+    kinds = {"identity": ["identity"], "projection": ["projection"], "strided": ["strided"],
+             "both": ["identity", "projection"]}[blocks]
 
     class Residual(torch.nn.Module):
         def __init__(self):
@@ -72,9 +74,11 @@ def brevitas_residual(blocks="identity", channels=8, size=8, classes=10):
             self.blocks = torch.nn.ModuleList()
             out, side = c, size
             for kind in kinds:
-                if kind == "identity":
-                    self.blocks.append(torch.nn.ModuleDict({"conv": conv(out, out), "bn": torch.nn.BatchNorm2d(out),
-                                                            "act": act()}))
+                if kind in ("identity", "strided"):
+                    stride = 2 if kind == "strided" else 1
+                    self.blocks.append(torch.nn.ModuleDict({"conv": conv(out, out, stride=stride),
+                                                            "bn": torch.nn.BatchNorm2d(out), "act": act()}))
+                    side = (side + stride - 1) // stride
                 else:
                     wide = 2 * out
                     self.blocks.append(torch.nn.ModuleDict({
@@ -97,6 +101,9 @@ def brevitas_residual(blocks="identity", channels=8, size=8, classes=10):
             for kind, block in zip(self.kinds, self.blocks):
                 if kind == "identity":
                     a = self.levels(block["act"](block["bn"](block["conv"](a)) + a))
+                elif kind == "strided":
+                    short = torch.nn.functional.max_pool2d(a, kernel_size=1, stride=2)
+                    a = self.levels(block["act"](block["bn"](block["conv"](a)) + short))
                 else:
                     b = self.levels(block["act1"](block["bn1"](block["conv1"](a))))
                     a = self.levels(block["act"](block["bn2"](block["conv2"](b)) + block["bns"](block["short"](a))))

@@ -46,10 +46,11 @@ def import_and_compare(tmp_path, net, images):
     return model, ours
 
 
-@pytest.mark.parametrize("blocks", ["identity", "projection"])
+@pytest.mark.parametrize("blocks", ["identity", "projection", "strided"])
 def test_brevitas_residual_blocks_import_with_qonnx_predictions_and_run_on_the_iss(tmp_path, blocks):
-    """Bi-Real's BN(conv3x3(a)) + a (the same map through the 3x3 and the identity), and a downsampling
-    basic block BN(conv3x3(b)) + BN(conv1x1 stride 2 (a)), batch norm with random gains of either sign:
+    """Bi-Real's BN(conv3x3(a)) + a (the same map through the 3x3 and the identity), a downsampling
+    basic block BN(conv3x3(b)) + BN(conv1x1 stride 2 (a)), and BN(conv3x3 stride 2 (a)) + a 1x1 stride-2
+    max pool of a (a strided identity), batch norm with random gains of either sign:
     on 256 images predictions and logits equal execute_onnx's; the model compiles and the ISS returns
     deploy_forward's logits."""
     torch.manual_seed(0)
@@ -60,13 +61,14 @@ def test_brevitas_residual_blocks_import_with_qonnx_predictions_and_run_on_the_i
     residual = [layer for layer in model.layers if len(layer.get("branches", [])) == 2]
     assert len(residual) == 1
     main_branch, short = residual[0]["branches"]
-    if blocks == "identity":
+    if blocks != "projection":
         assert [layer["kind"] for layer in model.layers] == ["conv", "conv", "linear"]
-        # The identity: a 1x1 convolution of the main branch's own input, all +1 and all +1 but the
-        # diagonal, scales s and -s.
+        # The identity: a 1x1 convolution (stride 2 for the strided one) of the main branch's own
+        # input, all +1 and all +1 but the diagonal, scales s and -s.
+        stride = 2 if blocks == "strided" else 1
         assert main_branch["source"] == short["source"] == 0
-        assert (tuple(main_branch["kernel"]), tuple(short["kernel"]), short["stride"], short["wbases"]) == \
-            ((3, 3), (1, 1), 1, 2)
+        assert (tuple(main_branch["kernel"]), main_branch["stride"], tuple(short["kernel"]), short["stride"],
+                short["wbases"]) == ((3, 3), stride, (1, 1), stride, 2)
         weights = short["weights"].reshape(2, 8, 8)
         assert np.all(weights[0] == 1) and np.array_equal(weights[1], 1 - 2 * np.eye(8, dtype=np.int8))
         assert np.array_equal(short["scales"][1], -short["scales"][0])
@@ -233,3 +235,33 @@ def test_pair_thresholds_decide_as_the_real_sum_with_the_smallest_scales():
                 for t2 in range(-small * k1 - 1, small * k1 + 2):
                     acc = np.sign(s1) * small * v1[:, None] + t2 * v2[None, :]
                     assert acc[decision].min() <= acc[~decision].max()
+
+
+def test_strided_identity_and_a_pooled_map_in_one_layer_equal_execute_onnx(tmp_path):
+    """A 1x1 stride-2 max pool of a1 read by a Conv (a maxpool layer) and by the residual Add (a 1x1
+    stride-2 identity of a1 itself): two groups, predictions and logits equal execute_onnx's."""
+    rng = np.random.default_rng(7)
+    inits = {"s8": 1 / 255, "z0": 0.0, "b8": 8.0, "one": 1.0, "w1": rng.choice([-1.0, 1.0], (4, 1, 3, 3)),
+             "mean": rng.normal(0, 3, 4), "var": rng.uniform(1, 4, 4), "gain": rng.normal(0, 1, 4),
+             "shift": rng.normal(0, 0.3, 4), "w2": rng.choice([-1.0, 1.0], (4, 4, 1, 1)),
+             "g": rng.normal(0, 1, (1, 4, 1, 1)), "w3": rng.choice([-1.0, 1.0], (3, 36))}
+    nodes = [node("Quant", ["x", "s8", "z0", "b8"], "q", "in_quant", signed=0, narrow=0, rounding_mode="ROUND"),
+             node("Conv", ["q", "w1"], "c1", "conv1", kernel_shape=[3, 3]),
+             node("BatchNormalization", ["c1", "gain", "shift", "mean", "var"], "n1", "bn1"),
+             node("BipolarQuant", ["n1", "one"], "a1", "act1"),
+             node("MaxPool", ["a1"], "p", "every_other", kernel_shape=[1, 1], strides=[2, 2]),
+             node("Conv", ["p", "w2"], "c2", "conv2", kernel_shape=[1, 1]), node("Mul", ["c2", "g"], "m2", "gain2"),
+             node("Add", ["m2", "p"], "r", "shortcut_add"), node("BipolarQuant", ["r", "one"], "a2", "act2"),
+             node("Flatten", ["a2"], "f", "flatten", axis=1), node("Gemm", ["f", "w3"], "y", "fc", transB=1)]
+    path = qonnx_graph(tmp_path / "strided.onnx", nodes, inits, [300, 1, 8, 8], [300, 3])
+    model = import_onnx(path)
+    assert [layer["kind"] for layer in model.layers] == ["conv", "maxpool", "conv", "linear"]
+    assert (model.layers[1]["kernel"], model.layers[1]["stride"]) == (1, 2)
+    main_branch, short = model.layers[2]["branches"]
+    assert (main_branch["source"], main_branch["stride"]) == (1, 1)
+    assert (short["source"], short["stride"], short["wbases"]) == (0, 2, 2)
+    images = rng.integers(0, 256, (300, 1, 8, 8), dtype=np.uint8)
+    ours = deploy_forward(model, images)
+    theirs = qonnx_execute(path, pixels_to_input(images))
+    assert np.array_equal(ours.argmax(1), theirs.argmax(1))
+    assert np.allclose(ours * model.logit_unit, theirs, rtol=1e-6, atol=1e-6 * np.abs(theirs).max())
