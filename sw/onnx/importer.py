@@ -356,6 +356,7 @@ class _Walker:
         self.table = np.broadcast_to(column.reshape((256,) + (1,) * len(self.shape)), (256,) + self.shape).copy()
         self.input_quant = None   # (node, table before it) of the last quantizer on the pixels
         self.subsample = 1        # planes: every subsample-th position of layer `source`'s map
+        self.converted = {}       # id of a pixel table -> (beta, gamma, source) of its planes
 
     # --- dispatch ---------------------------------------------------------------------------------
     _STATE = ("kind", "shape", "table", "beta", "gamma", "source", "subsample", "pending", "A", "B", "pools",
@@ -509,7 +510,15 @@ class _Walker:
 
     # --- pixels -------------------------------------------------------------------------------------
     def _pixels_to_planes(self, node):
-        """The table as sum_b beta[b] plane_b + gamma (exactly), or a refusal naming the quantizer."""
+        """The table as sum_b beta[b] plane_b + gamma (exactly), or a refusal naming the quantizer. A table
+        read by two layers is converted once (one thermometer layer)."""
+        if id(self.table) in self.converted:
+            self.beta, self.gamma, self.source = self.converted[id(self.table)]
+            return
+        self._convert_pixels(node)
+        self.converted[id(self.table)] = (self.beta, self.gamma, self.source)
+
+    def _convert_pixels(self, node):
         table = self.table.astype(np.float64).reshape(256, -1)
         bits = ((np.arange(256)[:, None] >> np.arange(8)[None, :]) & 1).astype(np.float64)
         # Differences of float32 values are exact in float64, so an exactly linear table gives exact
@@ -570,7 +579,7 @@ class _Walker:
         expand = per_channel.shape[2]
         self.beta = np.repeat(beta[:, :, None], expand, axis=2).reshape((planes,) + self.shape)
         self.gamma = np.repeat(gamma[:, None], expand, axis=1).reshape(self.shape)
-        self.source = 0
+        self.source = len(self.layers) - 1
         return True
 
     def _refuse_table(self, node, table, residual):

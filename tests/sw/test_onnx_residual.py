@@ -265,3 +265,26 @@ def test_strided_identity_and_a_pooled_map_in_one_layer_equal_execute_onnx(tmp_p
     theirs = qonnx_execute(path, pixels_to_input(images))
     assert np.array_equal(ours.argmax(1), theirs.argmax(1))
     assert np.allclose(ours * model.logit_unit, theirs, rtol=1e-6, atol=1e-6 * np.abs(theirs).max())
+
+
+def test_input_planes_read_by_two_layers_are_converted_once(tmp_path):
+    """A thermometer input (pixel >= 100, not a bit boundary) read by fc1 and again by the residual
+    shortcut fc3: one first layer serves both; predictions and logits equal execute_onnx's."""
+    rng = np.random.default_rng(8)
+    inits = {"thr": np.full((1, 1), 100 / 255), "one": 1.0, "w1": rng.choice([-1.0, 1.0], (16, 8)),
+             "w2": rng.choice([-1.0, 1.0], (8, 8)), "w3": rng.choice([-1.0, 1.0], (16, 8)),
+             "g": rng.normal(0, 1, 8), "w4": rng.choice([-1.0, 1.0], (8, 3))}
+    nodes = [node("MultiThreshold", ["x", "thr"], "q", "in_quant", out_scale=2.0, out_bias=-1.0, out_dtype="BIPOLAR"),
+             node("MatMul", ["q", "w1"], "m1", "fc1"), node("BipolarQuant", ["m1", "one"], "a1", "act1"),
+             node("MatMul", ["a1", "w2"], "m2", "fc2"), node("Mul", ["m2", "g"], "m3", "gain"),
+             node("MatMul", ["q", "w3"], "m4", "fc3"), node("Add", ["m3", "m4"], "r", "shortcut_add"),
+             node("BipolarQuant", ["r", "one"], "a2", "act2"), node("MatMul", ["a2", "w4"], "y", "fc4")]
+    path = qonnx_graph(tmp_path / "twice.onnx", nodes, inits, [300, 16], [300, 3])
+    model = import_onnx(path)
+    assert [layer["kind"] for layer in model.layers] == ["conv", "linear", "linear", "linear"]
+    assert [b["source"] for b in model.layers[2]["branches"]] == [1, 0]
+    images = rng.integers(0, 256, (300, 1, 1, 16), dtype=np.uint8)
+    ours = deploy_forward(model, images)
+    theirs = qonnx_execute(path, pixels_to_input(images).reshape(300, 16))
+    assert np.array_equal(ours.argmax(1), theirs.argmax(1))
+    assert np.allclose(ours * model.logit_unit, theirs, rtol=1e-6, atol=1e-6 * np.abs(theirs).max())
