@@ -35,7 +35,8 @@ _ELEMENTWISE = ("Mul", "Div", "Add", "Sub")
 _QUANT = ("BipolarQuant", "Quant", "MultiThreshold")
 _LAYER = ("Conv", "Gemm", "MatMul")
 _RESHAPE = ("Flatten", "Reshape")
-_SUPPORTED = _PASS_THROUGH + _ELEMENTWISE + _QUANT + _LAYER + _RESHAPE + ("BatchNormalization", "MaxPool")
+_SUPPORTED = _PASS_THROUGH + _ELEMENTWISE + _QUANT + _LAYER + _RESHAPE + ("BatchNormalization", "MaxPool",
+                                                                        "AveragePool")
 # Relative tolerance for "equal" real numbers derived from float32 constants.
 _TOL = 1e-6
 
@@ -106,7 +107,7 @@ def _one_line(error):
 
 
 _SUPPORTED_LINE = ("supported: Conv, Gemm, MatMul, BatchNormalization, Mul, Div, Add, Sub by constants, MaxPool, "
-                   "Flatten, Reshape, BipolarQuant, Quant, MultiThreshold")
+                   "AveragePool before a 1x1 Conv, Flatten, Reshape, BipolarQuant, Quant, MultiThreshold")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -357,10 +358,11 @@ class _Walker:
         self.input_quant = None   # (node, table before it) of the last quantizer on the pixels
         self.subsample = 1        # planes: every subsample-th position of layer `source`'s map
         self.converted = {}       # id of a pixel table -> (beta, gamma, source) of its planes
+        self.average = None       # planes: (kernel, stride, shape before) of an AveragePool a 1x1 Conv reads
 
     # --- dispatch ---------------------------------------------------------------------------------
-    _STATE = ("kind", "shape", "table", "beta", "gamma", "source", "subsample", "pending", "A", "B", "pools",
-              "input_quant")
+    _STATE = ("kind", "shape", "table", "beta", "gamma", "source", "subsample", "average", "pending", "A", "B",
+              "pools", "input_quant")
 
     def _save(self, name):
         self.states[name] = {key: getattr(self, key, None) for key in self._STATE}
@@ -433,6 +435,9 @@ class _Walker:
         op = node.op_type
         if op in _PASS_THROUGH:
             return
+        if self.kind == "planes" and self.average is not None and op != "Conv":
+            _fail(f"{_where(node)}: reads an average of binary activations, which is not binary; only a 1x1 Conv may "
+                  f"read an AveragePool (the two are one binary convolution)")
         if self.kind == "planes" and self.subsample != 1 and op not in _ELEMENTWISE:
             self._materialize_subsample()
         if op in _RESHAPE:
@@ -458,6 +463,8 @@ class _Walker:
                 return self._layer(node)
             if op == "MaxPool":
                 return self._pool_planes(node)
+            if op == "AveragePool":
+                return self._average_planes(node)
             if op in _ELEMENTWISE:
                 return self._affine_planes(node)
             if op in _QUANT:
@@ -675,6 +682,13 @@ class _Walker:
         self.beta = np.broadcast_to(beta[:, :, None, None], (beta.shape[0],) + self.shape).copy()
         self.gamma = np.broadcast_to(gamma[:, None, None], self.shape).copy()
 
+    def _average_planes(self, node):
+        """AveragePool of activations, for the 1x1 Conv after it (Bi-Real's downsampling shortcut): the
+        two are a k x k stride-s convolution whose weights repeat the 1x1 weights over the window, / k^2."""
+        geometry = self._pool_geometry(node)
+        self.average = (geometry["kernel"], geometry["stride"], self.shape)
+        self.shape = (self.shape[0],) + self._pooled_hw(geometry)
+
     def _materialize_subsample(self):
         self.layers.append({"kind": "maxpool", "source": self.source, "kernel": 1, "stride": self.subsample})
         self.source = len(self.layers) - 1
@@ -756,6 +770,15 @@ class _Walker:
         return w, G, weights @ gamma + (bias if bias is not None else 0.0)
 
     def _conv(self, node, name, weights, bias, attrs):
+        if self.average is not None:
+            k, s, before = self.average
+            if weights.shape[2:] != (1, 1) or any(v != 1 for v in attrs.get("strides", [1, 1])) or \
+                    any(attrs.get("pads", [0])) or int(attrs.get("group", 1)) != 1:
+                _fail(f"{_where(node)}: reads an AveragePool; only an ungrouped 1x1 convolution of stride 1 without "
+                      f"padding may (the two are one binary convolution)")
+            weights = np.repeat(np.repeat(weights, k, axis=2), k, axis=3) / (k * k)
+            attrs = dict(attrs, kernel_shape=[k, k], strides=[s, s], pads=[0, 0, 0, 0])
+            self.shape, self.average = before, None
         if len(self.shape) != 3 or weights.ndim != 4:
             _fail(f"{_where(node)}: only 2-D convolutions of (C, H, W) tensors are supported")
         group = int(attrs.get("group", 1))
@@ -999,6 +1022,9 @@ class _Walker:
         the real factor of each dot(w_m, a_n), `pattern` (M,) the signs of G along m, and `values` the
         reachable values of sum_m pattern[m] dot(w_m, a) for one activation plane."""
         state = self.states[name]
+        if state["kind"] == "planes" and state["average"] is not None:
+            _fail(f"{_where(node)}: adds '{name}', an average of binary activations; only a 1x1 Conv may read an "
+                  f"AveragePool")
         if state["kind"] == "pixels":
             _fail(f"{_where(node)}: adds '{name}', a function of the input pixels; each addend must be a layer's sum "
                   f"or binary activations")

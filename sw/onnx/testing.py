@@ -48,7 +48,8 @@ def brevitas_residual(blocks="identity", channels=8, size=8, classes=10):
     "identity": a Bi-Real block, y = BN(conv3x3(a)) + a with the same map a through the 3x3 and the
     shortcut; "projection": a downsampling basic block, a 3x3 stride-2 layer, then
     BN(conv3x3(b)) + BN(conv1x1 stride 2 (a)); "strided": BN(conv3x3 stride 2 (a)) + MaxPool(1, 2)(a), the
-    identity of every other position; "both": "identity", then "projection"; then a linear layer.
+    identity of every other position; "bireal": Bi-Real's downsampling, BN(conv3x3 stride 2 (a)) +
+    BN(conv1x1(AvgPool 2x2 (a))); "both": "identity", then "projection"; then a linear layer.
     Activations are BipolarQuant's +-1 mapped to {0, 1} ((q + 1) / 2), so that zero padding is a level;
     weights are binary (scale 1), the convolutions pad by 1 and have no bias."""
     import torch
@@ -62,7 +63,7 @@ def brevitas_residual(blocks="identity", channels=8, size=8, classes=10):
     def act():
         return QuantIdentity(act_quant=CommonActQuant, bit_width=1)
 
-    kinds = {"identity": ["identity"], "projection": ["projection"], "strided": ["strided"],
+    kinds = {"identity": ["identity"], "projection": ["projection"], "strided": ["strided"], "bireal": ["bireal"],
              "both": ["identity", "projection"]}[blocks]
 
     class Residual(torch.nn.Module):
@@ -79,7 +80,7 @@ def brevitas_residual(blocks="identity", channels=8, size=8, classes=10):
                     self.blocks.append(torch.nn.ModuleDict({"conv": conv(out, out, stride=stride),
                                                             "bn": torch.nn.BatchNorm2d(out), "act": act()}))
                     side = (side + stride - 1) // stride
-                else:
+                elif kind == "projection":
                     wide = 2 * out
                     self.blocks.append(torch.nn.ModuleDict({
                         "conv1": conv(out, wide, stride=2), "bn1": torch.nn.BatchNorm2d(wide), "act1": act(),
@@ -87,6 +88,12 @@ def brevitas_residual(blocks="identity", channels=8, size=8, classes=10):
                         "short": conv(out, wide, kernel=1, stride=2), "bns": torch.nn.BatchNorm2d(wide),
                         "act": act()}))
                     out, side = wide, (side + 1) // 2
+                else:   # bireal: the shortcut averages 2x2 windows, then a 1x1 convolution
+                    wide = 2 * out
+                    self.blocks.append(torch.nn.ModuleDict({
+                        "conv": conv(out, wide, stride=2), "bn": torch.nn.BatchNorm2d(wide),
+                        "short": conv(out, wide, kernel=1), "bns": torch.nn.BatchNorm2d(wide), "act": act()}))
+                    out, side = wide, side // 2
             self.fc = QuantLinear(out * side * side, classes, bias=False, weight_quant=CommonWeightQuant,
                                   weight_bit_width=1)
             self.kinds = kinds
@@ -103,6 +110,9 @@ def brevitas_residual(blocks="identity", channels=8, size=8, classes=10):
                     a = self.levels(block["act"](block["bn"](block["conv"](a)) + a))
                 elif kind == "strided":
                     short = torch.nn.functional.max_pool2d(a, kernel_size=1, stride=2)
+                    a = self.levels(block["act"](block["bn"](block["conv"](a)) + short))
+                elif kind == "bireal":
+                    short = block["bns"](block["short"](torch.nn.functional.avg_pool2d(a, 2)))
                     a = self.levels(block["act"](block["bn"](block["conv"](a)) + short))
                 else:
                     b = self.levels(block["act1"](block["bn1"](block["conv1"](a))))

@@ -46,11 +46,12 @@ def import_and_compare(tmp_path, net, images):
     return model, ours
 
 
-@pytest.mark.parametrize("blocks", ["identity", "projection", "strided"])
+@pytest.mark.parametrize("blocks", ["identity", "projection", "strided", "bireal"])
 def test_brevitas_residual_blocks_import_with_qonnx_predictions_and_run_on_the_iss(tmp_path, blocks):
     """Bi-Real's BN(conv3x3(a)) + a (the same map through the 3x3 and the identity), a downsampling
     basic block BN(conv3x3(b)) + BN(conv1x1 stride 2 (a)), and BN(conv3x3 stride 2 (a)) + a 1x1 stride-2
-    max pool of a (a strided identity), batch norm with random gains of either sign:
+    max pool of a (a strided identity), and Bi-Real's downsampling BN(conv3x3 stride 2 (a)) +
+    BN(conv1x1(AvgPool 2x2 (a))) (a 2x2 stride-2 shortcut), batch norm with random gains of either sign:
     on 256 images predictions and logits equal execute_onnx's; the model compiles and the ISS returns
     deploy_forward's logits."""
     torch.manual_seed(0)
@@ -61,7 +62,14 @@ def test_brevitas_residual_blocks_import_with_qonnx_predictions_and_run_on_the_i
     residual = [layer for layer in model.layers if len(layer.get("branches", [])) == 2]
     assert len(residual) == 1
     main_branch, short = residual[0]["branches"]
-    if blocks != "projection":
+    if blocks == "bireal":
+        assert [layer["kind"] for layer in model.layers] == ["conv", "conv", "linear"]
+        assert main_branch["source"] == short["source"] == 0
+        assert (tuple(short["kernel"]), short["stride"], short["padding"], short["wbases"]) == ((2, 2), 2, 0, 1)
+        # The 1x1 weights repeat over the 2x2 window.
+        weights = short["weights"][0]
+        assert np.all(weights == weights[:, :, :1, :1])
+    elif blocks != "projection":
         assert [layer["kind"] for layer in model.layers] == ["conv", "conv", "linear"]
         # The identity: a 1x1 convolution (stride 2 for the strided one) of the main branch's own
         # input, all +1 and all +1 but the diagonal, scales s and -s.
@@ -288,3 +296,38 @@ def test_input_planes_read_by_two_layers_are_converted_once(tmp_path):
     theirs = qonnx_execute(path, pixels_to_input(images).reshape(300, 16))
     assert np.array_equal(ours.argmax(1), theirs.argmax(1))
     assert np.allclose(ours * model.logit_unit, theirs, rtol=1e-6, atol=1e-6 * np.abs(theirs).max())
+
+
+@pytest.mark.parametrize("reader,expected", [
+    ("Conv3", "node 'short' (Conv): reads an AveragePool; only an ungrouped 1x1 convolution of stride 1 without "
+              "padding may (the two are one binary convolution)"),
+    ("Flatten", "node 'short' (Flatten): reads an average of binary activations, which is not binary; only a 1x1 "
+                "Conv may read an AveragePool"),
+    ("Add", "node 'shortcut_add' (Add): adds 'p', an average of binary activations; only a 1x1 Conv may read an "
+            "AveragePool"),
+])
+def test_an_average_pool_is_read_only_by_a_1x1_conv(tmp_path, capsys, reader, expected):
+    rng = np.random.default_rng(9)
+    inits = {"s8": 1 / 255, "z0": 0.0, "b8": 8.0, "one": 1.0, "w1": rng.choice([-1.0, 1.0], (4, 1, 3, 3)),
+             "w2": rng.choice([-1.0, 1.0], (4, 4, 3, 3)), "w3": rng.choice([-1.0, 1.0], (4, 4, 3, 3)),
+             "w4": rng.choice([-1.0, 1.0], (3, 16))}
+    nodes = [node("Quant", ["x", "s8", "z0", "b8"], "q", "in_quant", signed=0, narrow=0, rounding_mode="ROUND"),
+             node("Conv", ["q", "w1"], "c1", "conv1", kernel_shape=[3, 3]),
+             node("BipolarQuant", ["c1", "one"], "a1", "act1"),
+             node("AveragePool", ["a1"], "p", "average", kernel_shape=[3, 3], strides=[3, 3])]      # (4, 2, 2)
+    if reader == "Flatten":
+        nodes += [node("Flatten", ["p"], "f", "short", axis=1), node("Gemm", ["f", "w4"], "y", "fc", transB=1)]
+    else:
+        nodes += [node("Conv", ["a1", "w2"], "c2", "conv2", kernel_shape=[3, 3], strides=[3, 3])]
+        if reader == "Conv3":
+            nodes += [node("Conv", ["p", "w3"], "c3", "short", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+                      node("Add", ["c2", "c3"], "r", "shortcut_add")]
+        else:
+            nodes += [node("Add", ["c2", "p"], "r", "shortcut_add")]
+        nodes += [node("BipolarQuant", ["r", "one"], "a2", "act2"), node("Flatten", ["a2"], "f", "flatten", axis=1),
+                  node("Gemm", ["f", "w4"], "y", "fc", transB=1)]
+    path = qonnx_graph(tmp_path / "avg.onnx", nodes, inits, [1, 1, 8, 8], [1, 3])
+    assert main(["import", str(path), "--out", str(tmp_path / "avg.bnn")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("python -m sw.onnx import: error: " + expected)
+    assert err.count("\n") == 1 and "Traceback" not in err
