@@ -1189,7 +1189,8 @@ def _simplest_between(lo, hi):
 
 def _pair_threshold(h1, h2, h0, v1, v2, strict, limit):
     """Integers (s1, s2, T) with s1 x + s2 y >= T exactly where h1 x + h2 y + h0 >= 0 (> 0 if strict) for
-    every x in v1, y in v2 (grids symmetric about 0), the smallest s1 > 0 that allows it; T is _ALWAYS or
+    every x in v1, y in v2 (grids symmetric about 0), with the smallest scale on the longer grid (then the
+    smallest other scale) that allows it; T is _ALWAYS or
     _NEVER (scales 0) for a constant decision; None if the scales exceed limit."""
     v1, v2 = np.asarray(v1, np.int64), np.asarray(v2, np.int64)
     f = h1 * v1[:, None].astype(np.float64) + h2 * v2[None, :] + h0
@@ -1199,7 +1200,7 @@ def _pair_threshold(h1, h2, h0, v1, v2, strict, limit):
     decision = f > 0 if strict else f >= 0
     if decision.all() or not decision.any():
         return 0, 0, _ALWAYS if decision.all() else _NEVER
-    if h1 == 0:         # the decision depends on y alone
+    if h1 == 0 or (h2 != 0 and len(v2) > len(v1)):   # y alone decides, or rows along the shorter grid
         found = _pair_threshold(h2, h1, h0, v2, v1, strict, limit)
         return None if found is None else (found[1], found[0], found[2])
     sign = 1 if h1 > 0 else -1

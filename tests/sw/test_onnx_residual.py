@@ -238,11 +238,15 @@ def test_pair_thresholds_decide_as_the_real_sum_with_the_smallest_scales():
             assert np.all(decision == (T is _ALWAYS)) and (s1, s2) == (0, 0)
             continue
         assert np.array_equal(s1 * v1[:, None] + s2 * v2[None, :] >= T, decision)
-        if 1 < abs(s1) <= 6:    # minimal: no smaller |s1| with any s2 works (beyond |s2| = |s1| k1 + 1
-            for small in range(1, abs(s1)):     # the order of the sums no longer changes)
-                for t2 in range(-small * k1 - 1, small * k1 + 2):
-                    acc = np.sign(s1) * small * v1[:, None] + t2 * v2[None, :]
-                    assert acc[decision].min() <= acc[~decision].max()
+        # Minimal: no smaller scale on the longer grid works with any other scale (beyond |other| =
+        # |scale| * grid extent + 1 the order of the sums no longer changes).
+        a, table = (s1, decision) if len(v1) >= len(v2) else (s2, decision.T)
+        va, vb = (v1, v2) if len(v1) >= len(v2) else (v2, v1)
+        if 1 < abs(a) <= 6:
+            for small in range(1, abs(a)):
+                for b in range(-small * va.max() - 1, small * va.max() + 2):
+                    acc = np.sign(a) * small * va[:, None] + b * vb[None, :]
+                    assert acc[table].min() <= acc[~table].max()
 
 
 def test_strided_identity_and_a_pooled_map_in_one_layer_equal_execute_onnx(tmp_path):
