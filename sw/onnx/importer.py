@@ -1,6 +1,6 @@
-"""QONNX -> BnnModel: walk a binary network's chain of nodes and streamline it into integer thresholds.
+"""QONNX -> BnnModel: walk a binary network's nodes and streamline them into integer thresholds.
 
-The walk keeps one tensor, the output of the last node, in one of three forms (docs/onnx.md):
+The walk keeps every computed tensor in one of three forms (docs/onnx.md):
 
 * **pixels**: before the first Conv / Gemm / MatMul. Every element is a function of its pixel, kept as
   a table of its value for each of the 256 pixel values (computed in float32 as onnxruntime does).
@@ -13,6 +13,9 @@ The next activation quantizer turns a sum into planes: with the layer's integer 
 s = G / u[o] (exact ratios where the real scales allow it) the sum is z = u[o] * acc + C[o], and
 "y >= theta" becomes an integer threshold on acc, as FINN's streamlining absorbs batch norm and scalar
 operations into MultiThreshold nodes. The graph's output is the last layer's sum.
+
+A residual Add / Sub of two tensors (sums or activations) is one sum over both addends' branches; its
+threshold is exact for any ratio of the two branches' real scales (_pair_threshold).
 """
 
 import math
@@ -32,7 +35,8 @@ _ELEMENTWISE = ("Mul", "Div", "Add", "Sub")
 _QUANT = ("BipolarQuant", "Quant", "MultiThreshold")
 _LAYER = ("Conv", "Gemm", "MatMul")
 _RESHAPE = ("Flatten", "Reshape")
-_SUPPORTED = _PASS_THROUGH + _ELEMENTWISE + _QUANT + _LAYER + _RESHAPE + ("BatchNormalization", "MaxPool")
+_SUPPORTED = _PASS_THROUGH + _ELEMENTWISE + _QUANT + _LAYER + _RESHAPE + ("BatchNormalization", "MaxPool",
+                                                                        "AveragePool")
 # Relative tolerance for "equal" real numbers derived from float32 constants.
 _TOL = 1e-6
 
@@ -103,7 +107,7 @@ def _one_line(error):
 
 
 _SUPPORTED_LINE = ("supported: Conv, Gemm, MatMul, BatchNormalization, Mul, Div, Add, Sub by constants, MaxPool, "
-                   "Flatten, Reshape, BipolarQuant, Quant, MultiThreshold")
+                   "AveragePool before a 1x1 Conv, Flatten, Reshape, BipolarQuant, Quant, MultiThreshold")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -352,10 +356,27 @@ class _Walker:
         column = (lo + (hi - lo) * pixels / 255.0).astype(np.float32)
         self.table = np.broadcast_to(column.reshape((256,) + (1,) * len(self.shape)), (256,) + self.shape).copy()
         self.input_quant = None   # (node, table before it) of the last quantizer on the pixels
+        self.subsample = 1        # planes: every subsample-th position of layer `source`'s map
+        self.converted = {}       # id of a pixel table -> (beta, gamma, source) of its planes
+        self.average = None       # planes: (kernel, stride, shape before) of an AveragePool a 1x1 Conv reads
 
     # --- dispatch ---------------------------------------------------------------------------------
+    _STATE = ("kind", "shape", "table", "beta", "gamma", "source", "subsample", "average", "pending", "A", "B",
+              "pools", "input_quant")
+
+    def _save(self, name):
+        self.states[name] = {key: getattr(self, key, None) for key in self._STATE}
+
+    def _restore(self, name):
+        for key, value in self.states[name].items():
+            setattr(self, key, dict(value) if isinstance(value, dict) else list(value) if isinstance(value, list)
+                    else value)
+        self.current = name
+
     def run(self):
         output = self.graph.output[0].name
+        self.states = {}
+        self._save(self.current)
         for node in self.graph.node:
             dynamic = [name for name in node.input if name and name not in self.consts]
             if not dynamic:
@@ -363,27 +384,35 @@ class _Walker:
                 continue
             if node.op_type not in _SUPPORTED:
                 _fail(f"{_where(node)}: this op type is not supported ({_SUPPORTED_LINE})")
+            unknown = [d for d in dynamic if d not in self.states]
+            if unknown:
+                _fail(f"{_where(node)}: reads '{unknown[0]}', which no node before it computes")
             if len(dynamic) > 1:
-                if node.op_type in ("Add", "Sub", "Sum"):
-                    _fail(f"{_where(node)}: adds two computed tensors ({', '.join(repr(d) for d in dynamic)}), a "
-                          f"residual shortcut; the compiler does not run shortcuts yet")
+                if node.op_type in ("Add", "Sub") and len(dynamic) == 2:
+                    self._residual(node, dynamic)
+                    self._save(node.output[0])
+                    continue
                 if node.op_type in _QUANT or node.op_type in _LAYER:
                     late = [d for d in dynamic if d != node.input[0]][0]
                     what = ("the scale, zero point, bit width and thresholds" if node.op_type in _QUANT
                             else "the weights and bias")
                     _fail(f"{_where(node)}: its input '{late}' is computed at run time; {what} must be constants")
-                _fail(f"{_where(node)}: reads two computed tensors; only chains of nodes are imported")
+                _fail(f"{_where(node)}: reads two computed tensors; only a residual Add / Sub of two is imported")
             if dynamic[0] != self.current:
-                _fail(f"{_where(node)}: reads '{dynamic[0]}', not the output of the node before it; only chains of "
-                      f"nodes are imported (a branch or a shortcut)")
+                self._restore(dynamic[0])
             self._step(node)
             self.current = node.output[0]
-        if self.current != output:
-            _fail(f"{self.path}: the graph output '{output}' is not the end of the chain of nodes")
+            self._save(self.current)
+        if output not in self.states:
+            _fail(f"{self.path}: the graph output '{output}' is not computed by its nodes")
+        self._restore(output)
         if self.kind != "sum":
             _fail(f"{self.path}: the graph output is not the sum of a Conv / Gemm / MatMul (the last layer returns "
                   f"integer sums); it ends in {'activations' if self.kind == 'planes' else 'pixel operations'}")
-        self._close_last()
+        if "terms" in self.pending:
+            self._close_residual_last()
+        else:
+            self._close_last()
         return self.layers
 
     def _fold(self, node):
@@ -406,6 +435,11 @@ class _Walker:
         op = node.op_type
         if op in _PASS_THROUGH:
             return
+        if self.kind == "planes" and self.average is not None and op != "Conv":
+            _fail(f"{_where(node)}: reads an average of binary activations, which is not binary; only a 1x1 Conv may "
+                  f"read an AveragePool (the two are one binary convolution)")
+        if self.kind == "planes" and self.subsample != 1 and op not in _ELEMENTWISE:
+            self._materialize_subsample()
         if op in _RESHAPE:
             return self._reshape(node)
         if self.kind == "pixels":
@@ -429,6 +463,8 @@ class _Walker:
                 return self._layer(node)
             if op == "MaxPool":
                 return self._pool_planes(node)
+            if op == "AveragePool":
+                return self._average_planes(node)
             if op in _ELEMENTWISE:
                 return self._affine_planes(node)
             if op in _QUANT:
@@ -438,7 +474,7 @@ class _Walker:
         if op in _ELEMENTWISE or op == "BatchNormalization":
             return self._affine_sum(node)
         if op in _QUANT:
-            return self._close_hidden(node)
+            return self._close_residual_hidden(node) if "terms" in self.pending else self._close_hidden(node)
         if op == "MaxPool":
             return self._pool_sum(node)
         if op in _LAYER:
@@ -481,7 +517,15 @@ class _Walker:
 
     # --- pixels -------------------------------------------------------------------------------------
     def _pixels_to_planes(self, node):
-        """The table as sum_b beta[b] plane_b + gamma (exactly), or a refusal naming the quantizer."""
+        """The table as sum_b beta[b] plane_b + gamma (exactly), or a refusal naming the quantizer. A table
+        read by two layers is converted once (one thermometer layer)."""
+        if id(self.table) in self.converted:
+            self.beta, self.gamma, self.source = self.converted[id(self.table)]
+            return
+        self._convert_pixels(node)
+        self.converted[id(self.table)] = (self.beta, self.gamma, self.source)
+
+    def _convert_pixels(self, node):
         table = self.table.astype(np.float64).reshape(256, -1)
         bits = ((np.arange(256)[:, None] >> np.arange(8)[None, :]) & 1).astype(np.float64)
         # Differences of float32 values are exact in float64, so an exactly linear table gives exact
@@ -542,7 +586,7 @@ class _Walker:
         expand = per_channel.shape[2]
         self.beta = np.repeat(beta[:, :, None], expand, axis=2).reshape((planes,) + self.shape)
         self.gamma = np.repeat(gamma[:, None], expand, axis=1).reshape(self.shape)
-        self.source = 0
+        self.source = len(self.layers) - 1
         return True
 
     def _refuse_table(self, node, table, residual):
@@ -618,6 +662,15 @@ class _Walker:
 
     def _pool_planes(self, node):
         geometry = self._pool_geometry(node)
+        if geometry["kernel"] == 1:
+            # A 1x1 window keeps every stride-th position: a residual Add reads it as a strided identity
+            # (a 1x1 stride-s convolution); any other reader gets a maxpool layer.
+            beta, gamma = self._channel_values(node, self.beta), self._channel_values(node, self.gamma[None])[0]
+            self.subsample *= geometry["stride"]
+            self.shape = (self.shape[0],) + self._pooled_hw(geometry)
+            self.beta = np.broadcast_to(beta[:, :, None, None], (beta.shape[0],) + self.shape).copy()
+            self.gamma = np.broadcast_to(gamma[:, None, None], self.shape).copy()
+            return
         if self.beta.shape[0] != 1 or np.any(self.beta <= 0):
             _fail(f"{_where(node)}: pools activations whose value falls as their bit rises (a negative scale); the "
                   f"hardware's pooling is an OR of the bits")
@@ -628,6 +681,18 @@ class _Walker:
         self.shape = (c,) + self._pooled_hw(geometry)
         self.beta = np.broadcast_to(beta[:, :, None, None], (beta.shape[0],) + self.shape).copy()
         self.gamma = np.broadcast_to(gamma[:, None, None], self.shape).copy()
+
+    def _average_planes(self, node):
+        """AveragePool of activations, for the 1x1 Conv after it (Bi-Real's downsampling shortcut): the
+        two are a k x k stride-s convolution whose weights repeat the 1x1 weights over the window, / k^2."""
+        geometry = self._pool_geometry(node)
+        self.average = (geometry["kernel"], geometry["stride"], self.shape)
+        self.shape = (self.shape[0],) + self._pooled_hw(geometry)
+
+    def _materialize_subsample(self):
+        self.layers.append({"kind": "maxpool", "source": self.source, "kernel": 1, "stride": self.subsample})
+        self.source = len(self.layers) - 1
+        self.subsample = 1
 
     def _pool_geometry(self, node):
         attrs = _attrs(node)
@@ -705,6 +770,15 @@ class _Walker:
         return w, G, weights @ gamma + (bias if bias is not None else 0.0)
 
     def _conv(self, node, name, weights, bias, attrs):
+        if self.average is not None:
+            k, s, before = self.average
+            if weights.shape[2:] != (1, 1) or any(v != 1 for v in attrs.get("strides", [1, 1])) or \
+                    any(attrs.get("pads", [0])) or int(attrs.get("group", 1)) != 1:
+                _fail(f"{_where(node)}: reads an AveragePool; only an ungrouped 1x1 convolution of stride 1 without "
+                      f"padding may (the two are one binary convolution)")
+            weights = np.repeat(np.repeat(weights, k, axis=2), k, axis=3) / (k * k)
+            attrs = dict(attrs, kernel_shape=[k, k], strides=[s, s], pads=[0, 0, 0, 0])
+            self.shape, self.average = before, None
         if len(self.shape) != 3 or weights.ndim != 4:
             _fail(f"{_where(node)}: only 2-D convolutions of (C, H, W) tensors are supported")
         group = int(attrs.get("group", 1))
@@ -839,8 +913,11 @@ class _Walker:
             self.approximate.append(p["name"])
         bound = ref.acc_bound(s[None], p["branch"]["k"])
         thresholds, flip = _thresholds(planes, self.A * u, self.A * p["C"] + self.B, bound, self.config)
-        branch = dict(p["branch"], scales=s[None])
-        self.layers.append({"kind": p["kind"], "out_features": int(s.shape[1]), "branches": [branch],
+        self._emit_hidden(p["kind"], [dict(p["branch"], scales=s[None])], thresholds, flip, beta, gamma)
+
+    def _emit_hidden(self, kind, branches, thresholds, flip, beta, gamma):
+        """Append a hidden layer (and the pools after its sum); the tensor becomes its planes."""
+        self.layers.append({"kind": kind, "out_features": int(thresholds.shape[0]), "branches": branches,
                             "thresholds": thresholds, "flip": flip})
         for geometry in self.pools:
             self._emit_pool(geometry)
@@ -862,10 +939,14 @@ class _Walker:
         if not np.any(gamma):
             return False
         hidden = p["branch"]["source"]
+        chain = {hidden}
         while self.layers[hidden]["kind"] == "maxpool":
             hidden = self.layers[hidden]["source"]
+            chain.add(hidden)
         layer = self.layers[hidden]
-        if layer["thresholds"].shape[1] + 1 > self.config.max_abases:
+        # Another layer reading these planes (a shortcut) would see the extra plane too.
+        readers = [b for other in self.layers for b in other.get("branches", []) if b["source"] in chain]
+        if layer["thresholds"].shape[1] + 1 > self.config.max_abases or readers:
             return False
         # The constant plane is +1 or -1 per channel, whichever gives gamma the sign of beta (the next
         # layer's planes share one weight sign pattern).
@@ -904,6 +985,262 @@ class _Walker:
         self.logit_unit = float(u[0])
         self.logit_offset = float(offset[0])
 
+    # --- residual sums ------------------------------------------------------------------------------
+    def _residual(self, node, dynamic):
+        """Add / Sub of two computed tensors: each must be a layer's sum (through affine maps) or binary
+        activations (the identity); the result is one sum over both addends' branches."""
+        terms, const, shapes = [], 0.0, []
+        for index, name in enumerate(dynamic):
+            sign = -1.0 if node.op_type == "Sub" and index == 1 else 1.0
+            got, offset, shape = self._addend(node, name)
+            terms += [dict(t, G=t["G"] * sign) for t in got]
+            const = const + offset * sign
+            shapes.append(shape)
+        if shapes[0] != shapes[1]:
+            _fail(f"{_where(node)}: adds '{dynamic[0]}' of shape {shapes[0]} and '{dynamic[1]}' of shape {shapes[1]}; "
+                  f"a shortcut must give the main branch's map")
+        groups = {}
+        for term in terms:
+            groups.setdefault(_group_key(term["branch"]), term["branch"])
+        if len(groups) > 2:
+            _fail(f"{_where(node)}: its addends read {len(groups)} different maps or kernels ("
+                  + ", ".join(_describe(b) for b in groups.values())
+                  + "); a layer sums at most two groups of branches, a main branch and one shortcut")
+        # The main branch first: the latest source, then the longest dot product.
+        terms.sort(key=lambda t: (-t["branch"]["source"], -t["branch"]["k"]))
+        kind = "conv" if len(shapes[0]) == 3 else "linear"
+        self.kind = "sum"
+        self.shape = shapes[0]
+        self.pending = {"name": f"layer {len(self.layers)} ({kind}, {_where(node)})", "kind": kind,
+                        "terms": terms, "C": np.broadcast_to(np.asarray(const, np.float64), (self.shape[0],)).copy()}
+        self.A, self.B = np.ones(self.shape[0]), np.zeros(self.shape[0])
+        self.pools = []
+        self.current = node.output[0]
+
+    def _addend(self, node, name):
+        """One addend as (terms, constant (O,), shape): terms are branches without scales, with G (M, N, O)
+        the real factor of each dot(w_m, a_n), `pattern` (M,) the signs of G along m, and `values` the
+        reachable values of sum_m pattern[m] dot(w_m, a) for one activation plane."""
+        state = self.states[name]
+        if state["kind"] == "planes" and state["average"] is not None:
+            _fail(f"{_where(node)}: adds '{name}', an average of binary activations; only a 1x1 Conv may read an "
+                  f"AveragePool")
+        if state["kind"] == "pixels":
+            _fail(f"{_where(node)}: adds '{name}', a function of the input pixels; each addend must be a layer's sum "
+                  f"or binary activations")
+        shape = state["shape"]
+        if state["kind"] == "sum":
+            if state["pools"]:
+                _fail(f"{_where(node)}: adds '{name}', a max-pooled sum; pool after the add (the hardware pools a "
+                      f"layer's thresholded output)")
+            p, A, B = state["pending"], state["A"], state["B"]
+            if "terms" in p:
+                terms = [dict(t, G=t["G"] * A[None, None, :]) for t in p["terms"]]
+            else:
+                k = p["branch"]["k"]
+                terms = [{"branch": p["branch"], "G": p["G"][None] * A[None, None, :], "pattern": np.ones(1),
+                          "values": np.arange(-k, k + 1, 2)}]
+            return terms, A * p["C"] + B, shape
+        # Binary activations x = sum_n beta[n] a_n + gamma: the identity, a 1x1 convolution (a linear layer)
+        # with two weight bases, all +1 and all +1 but -1 at the output's own channel, whose difference
+        # is 2 a[o]: G = beta / 2 and -beta / 2. A subsampled map (a 1x1 max pool of stride s) is the
+        # same convolution with stride s.
+        beta, gamma = state["beta"], state["gamma"]
+        if len(shape) == 3:
+            beta = self._channel_values(node, beta)
+            gamma = self._channel_values(node, gamma[None])[0]
+            c = shape[0]
+            weights = np.ones((2, c, c, 1, 1), np.int8)
+            branch = {"source": state["source"], "kind": "conv", "kernel": (1, 1), "stride": state["subsample"],
+                      "padding": 0, "pad_value": -1, "groups": 1}
+        else:
+            c = shape[0]
+            weights = np.ones((2, c, c), np.int8)
+            branch = {"source": state["source"], "kind": "linear"}
+        weights[1, np.arange(c), np.arange(c)] = -1
+        if c > self.config.max_k:
+            _fail(f"{_where(node)}: its identity shortcut of {c} channels exceeds max_k {self.config.max_k}")
+        branch.update(wbases=2, abases=int(beta.shape[0]), k=int(c), weights=weights)
+        G = np.stack([beta / 2, -beta / 2]).astype(np.float64)
+        return [{"branch": branch, "G": G, "pattern": np.array([1.0, -1.0]), "values": np.array([-2, 2])}], \
+            gamma.astype(np.float64), shape
+
+    def _residual_bound(self, branches):
+        return sum(ref.acc_bound(b["scales"], b["k"]) for b in branches)
+
+    def _close_residual_hidden(self, node):
+        planes, beta, gamma = _activation(node, self.consts, self.shape)
+        p = self.pending
+        if self.pools and np.any(np.concatenate([d for _, d, _ in planes]) < 0):
+            _fail(f"{_where(node)}: a negative scale makes its bit fall as the pooled value rises; the hardware's "
+                  f"pooling is an OR of the bits")
+        terms, o = p["terms"], self.shape[0]
+        mu = self.A * p["C"] + self.B
+        if len(terms) == 2 and all(t["G"].shape[1] == 1 for t in terms) and len(planes) == 1:
+            # Two single-plane terms: y = A (g1 v1 + g2 v2) + mu with v1, v2 on finite grids. The smallest
+            # integers (s1, s2) and T with s1 v1 + s2 v2 >= T exactly where the quantizer says +1 on
+            # every grid point, whatever the ratio of the real scales (batch-norm gains in either branch).
+            theta, direction, strict = planes[0]
+            s = np.zeros((2, o), np.int64)
+            thresholds = np.zeros((o, 1), np.int64)
+            tmin, never = -(1 << (self.config.acc_bits - 1)), self.config.acc_max
+            for c in range(o):
+                h = [direction[c] * self.A[c] * t["G"][0, 0, c] for t in terms]
+                found = _pair_threshold(h[0], h[1], direction[c] * (mu[c] - theta[c]), terms[0]["values"],
+                                        terms[1]["values"], strict, self.config.scale_max)
+                if found is None:
+                    _fail(f"{p['name']}: channel {c}'s exact integer scales exceed {self.config.scale_bits}-bit "
+                          f"scales")
+                s[0, c], s[1, c], T = found
+                thresholds[c, 0] = tmin if T is _ALWAYS else never if T is _NEVER else T
+            branches = [dict(t["branch"], scales=(t["pattern"][:, None, None] * s[i][None, None, :]).astype(np.int64))
+                        for i, t in enumerate(terms)]
+            bound = self._residual_bound(branches)
+            if bound.max() > self.config.acc_max - 1:
+                _fail(f"{p['name']}: accumulator bound {int(bound.max())} exceeds the {self.config.acc_bits}-bit "
+                      f"limit {self.config.acc_max}")
+            flip = np.zeros(o, bool)
+        else:
+            branches, u = self._exact_residual_scales(per_channel=True)
+            bound = self._residual_bound(branches)
+            thresholds, flip = _thresholds(planes, self.A * u, mu, bound, self.config)
+        if len(planes) > self.config.max_abases:
+            _fail(f"{p['name']}: {len(planes)} output planes exceed max_abases {self.config.max_abases}")
+        self._emit_hidden(p["kind"], branches, thresholds, flip, beta, gamma)
+
+    def _exact_residual_scales(self, per_channel, factor=None):
+        """Integer scales for every term's G (times factor per channel) with one unit u per channel (or one
+        for the layer) and exact ratios; refuses when the ratios are not exact within the scale width."""
+        p = self.pending
+        factor = np.ones(self.shape[0]) if factor is None else factor
+        blocks = [t["G"] * factor[None, None, :] for t in p["terms"]]
+        rows = np.concatenate([b.reshape(-1, b.shape[-1]) for b in blocks], axis=0)
+        ks = np.concatenate([np.full(b.shape[0] * b.shape[1], t["branch"]["k"]) for b, t in zip(blocks, p["terms"])])
+        ints = np.zeros(rows.shape, np.int64)
+        u = np.ones(rows.shape[1])
+        for cols in ([[c] for c in range(rows.shape[1])] if per_channel else [list(range(rows.shape[1]))]):
+            found = _exact_ratios(rows[:, cols], self.config.scale_max)
+            if found is None:
+                _fail(f"{p['name']}: the real scales of its branches have no exact integer ratios within "
+                      f"{self.config.scale_bits}-bit scales (channel {cols[0]})")
+            ints[:, cols], u[cols] = found
+        if (np.abs(ints) * ks[:, None]).sum(axis=0).max() > self.config.acc_max - 1:
+            _fail(f"{p['name']}: accumulator bound {int((np.abs(ints) * ks[:, None]).sum(axis=0).max())} exceeds the "
+                  f"{self.config.acc_bits}-bit limit {self.config.acc_max}")
+        branches, start = [], 0
+        for b, t in zip(blocks, p["terms"]):
+            size = b.shape[0] * b.shape[1]
+            branches.append(dict(t["branch"], scales=ints[start:start + size].reshape(b.shape)))
+            start += size
+        return branches, u
+
+    def _close_residual_last(self):
+        p = self.pending
+        if self.pools:
+            _fail(f"{p['name']}: max pooling after the last layer; the last layer returns its sums")
+        if len(self.shape) == 3 and self.shape[1:] != (1, 1):
+            _fail(f"{p['name']}: the last layer's output has shape {self.shape}; it must be one sum per class")
+        offset = self.A * p["C"] + self.B
+        if not _uniform(offset):
+            cls = int(np.argmax(np.abs(offset - offset[0])))
+            _fail(f"{p['name']}: its residual sum adds a different constant to each class (class {cls}: "
+                  f"{offset[cls]:.6g}, class 0: {offset[0]:.6g}); the hardware returns integer sums without a "
+                  f"per-class bias")
+        branches, u = self._exact_residual_scales(per_channel=False, factor=self.A)
+        self.layers.append({"kind": p["kind"], "out_features": int(self.shape[0]), "branches": branches})
+        self.logit_unit = float(u[0])
+        self.logit_offset = float(offset[0])
+
+
+_ALWAYS, _NEVER = "always", "never"
+
+
+def _group_key(branch):
+    """Branches of one source and geometry: the compiler merges them into weight bases (one group)."""
+    return (branch["source"], branch["kind"]) + tuple(repr(branch.get(k)) for k in
+                                                      ("kernel", "stride", "padding", "pad_value", "groups",
+                                                       "abases", "k"))
+
+
+def _describe(branch):
+    where = "the input" if branch["source"] == -1 else f"layer {branch['source']}"
+    if branch["kind"] != "conv":
+        return f"{where} (linear, K = {branch['k']})"
+    kh, kw = branch["kernel"]
+    return f"{where} ({kh}x{kw} stride {branch['stride']})"
+
+
+def _simplest_between(lo, hi):
+    """The fraction with the smallest denominator strictly between lo and hi (Fractions; None is
+    infinite)."""
+    if (lo is None or lo < 0) and (hi is None or hi > 0):
+        return Fraction(0)
+    if hi is not None and hi <= 0:
+        found = _simplest_between(-hi, None if lo is None else -lo)
+        return -found
+    whole = math.floor(lo)
+    if hi is None or whole + 1 < hi:
+        return Fraction(whole + 1)
+    # lo and hi within [whole, whole + 1]: whole + 1 / x with x strictly between 1 / (hi - whole) and
+    # 1 / (lo - whole).
+    inner = _simplest_between(1 / (hi - whole), None if lo == whole else 1 / (lo - whole))
+    return whole + 1 / inner
+
+
+def _pair_threshold(h1, h2, h0, v1, v2, strict, limit):
+    """Integers (s1, s2, T) with s1 x + s2 y >= T exactly where h1 x + h2 y + h0 >= 0 (> 0 if strict) for
+    every x in v1, y in v2 (grids symmetric about 0), with the smallest scale on the longer grid (then the
+    smallest other scale) that allows it; T is _ALWAYS or
+    _NEVER (scales 0) for a constant decision; None if the scales exceed limit."""
+    v1, v2 = np.asarray(v1, np.int64), np.asarray(v2, np.int64)
+    f = h1 * v1[:, None].astype(np.float64) + h2 * v2[None, :] + h0
+    # A boundary within float64 noise of a grid point is on it (as for single-branch thresholds).
+    tol = 1e-9 * (abs(h1) * np.abs(v1).max() + abs(h2) * np.abs(v2).max() + abs(h0))
+    f = np.where(np.abs(f) <= tol, 0.0, f)
+    decision = f > 0 if strict else f >= 0
+    if decision.all() or not decision.any():
+        return 0, 0, _ALWAYS if decision.all() else _NEVER
+    if h1 == 0 or (h2 != 0 and len(v2) > len(v1)):   # y alone decides, or rows along the shorter grid
+        found = _pair_threshold(h2, h1, h0, v2, v1, strict, limit)
+        return None if found is None else (found[1], found[0], found[2])
+    sign = 1 if h1 > 0 else -1
+    x = np.sort(v1 * sign)                     # s1 > 0 on x = sign * v1: the decision rises along x
+    rows = decision[np.argsort(v1 * sign)]     # (len(x), len(v2))
+    positive, negative = [], []
+    for j, y in enumerate(v2):
+        hits = np.flatnonzero(rows[:, j])
+        if hits.size and not np.all(rows[hits[0]:, j]):
+            return None                        # not a threshold along x (cannot happen for real h)
+        if hits.size:
+            positive.append((x[hits[0]], y))
+        if not hits.size or hits[0] > 0:
+            negative.append((x[hits[0] - 1] if hits.size else x[-1], y))
+    P, N = np.array(positive, np.int64), np.array(negative, np.int64)
+    dx = P[:, None, 0] - N[None, :, 0]
+    dy = P[:, None, 1] - N[None, :, 1]
+    # s1 dx + s2 dy > 0 with s1 > 0: r = s2 / s1 > -dx / dy where dy > 0, < where dy < 0.
+    if np.any((dy == 0) & (dx <= 0)):
+        return None
+    lo = hi = None
+    up, down = dy > 0, dy < 0
+    if up.any():
+        i = np.argmax(np.where(up, -dx / np.where(up, dy, 1), -np.inf))
+        lo = Fraction(int(-dx.flat[i]), int(dy.flat[i]))
+    if down.any():
+        i = np.argmin(np.where(down, -dx / np.where(down, dy, 1), np.inf))
+        hi = Fraction(int(-dx.flat[i]), int(dy.flat[i]))
+    if lo is not None and hi is not None and lo >= hi:
+        return None
+    ratio = _simplest_between(lo, hi)
+    s1, s2 = ratio.denominator, ratio.numerator
+    if max(s1, abs(s2)) > limit:
+        return None
+    T = int((s1 * P[:, 0] + s2 * P[:, 1]).min())
+    s1 *= sign
+    acc = s1 * v1[:, None] + s2 * v2[None, :]
+    if not np.array_equal(acc >= T, decision):
+        _fail("internal: integer thresholds of a residual sum disagree with its real decision")
+    return s1, s2, T
 
 def _uniform(values):
     return np.abs(values - values[0]).max() <= _TOL * max(1.0, float(np.abs(values).max()))

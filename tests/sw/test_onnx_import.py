@@ -17,7 +17,8 @@ from sw.model_format import deploy_forward, load_model                    # noqa
 from sw.onnx import OnnxError, import_onnx, pixels_to_input               # noqa: E402
 from sw.onnx.__main__ import main                                         # noqa: E402
 from sw.onnx.testing import (brevitas_cnv, brevitas_fc, calibrate_batch_norms, export_brevitas,  # noqa: E402
-                             qonnx_execute, train_briefly)
+                             qonnx_execute, qonnx_graph, train_briefly)
+from sw.onnx.testing import qonnx_node as node                            # noqa: E402
 from sw.runtime import open_backend                                       # noqa: E402
 
 torch.set_num_threads(1)
@@ -117,24 +118,6 @@ def test_cnv_under_totensor_pixels_is_refused_with_the_exact_range(tmp_path, cap
 # ---------------------------------------------------------------------------------------------------
 # Hand-made graphs: what the importer accepts beyond Brevitas' own export, and what it refuses.
 
-def qonnx_graph(path, nodes, initializers, in_shape, out_shape):
-    from onnx import TensorProto, helper, numpy_helper, save
-    inits = [numpy_helper.from_array(np.asarray(v, np.float32 if np.asarray(v).dtype.kind == "f" else np.int64),
-                                     name) for name, v in initializers.items()]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, in_shape)],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13),
-                                                    helper.make_opsetid("qonnx.custom_op.general", 1)])
-    save(model, str(path))
-    return path
-
-
-def node(op, inputs, output, name, **attrs):
-    from onnx import helper
-    domain = "qonnx.custom_op.general" if op in ("BipolarQuant", "Quant", "MultiThreshold") else ""
-    return helper.make_node(op, inputs, [output], name=name, domain=domain, **attrs)
-
-
 def small_graph(path, hidden_quant=None, extra_inits=None, batch=1):
     """x (1, 16) -> Quant 8 bits -> MatMul(+-0.5) -> Mul -> Add -> activation -> Gemm(+-1) -> y."""
     rng = np.random.default_rng(0)
@@ -187,21 +170,6 @@ def test_unsupported_nodes_are_refused_in_one_line(tmp_path, capsys, hidden, exp
     assert err.startswith("python -m sw.onnx import: error: " + expected)
     assert err.count("\n") == 1
     assert not (tmp_path / "g.bnn").exists()
-
-
-def test_residual_add_is_refused_naming_it(tmp_path, capsys):
-    rng = np.random.default_rng(0)
-    inits = {"s": 1.0, "half": 0.5, "w1": rng.choice([-1.0, 1.0], (8, 8)), "w2": rng.choice([-1.0, 1.0], (8, 8)),
-             "w3": rng.choice([-1.0, 1.0], (8, 3))}
-    nodes = [node("Sub", ["x", "half"], "x0", "centre"), node("BipolarQuant", ["x0", "s"], "a0", "in_quant"), node("MatMul", ["a0", "w1"], "m1", "fc1"),
-             node("BipolarQuant", ["m1", "s"], "a1", "act1"), node("MatMul", ["a1", "w2"], "m2", "fc2"),
-             node("Add", ["m2", "m1"], "r", "shortcut_add"), node("BipolarQuant", ["r", "s"], "a2", "act2"),
-             node("MatMul", ["a2", "w3"], "y", "fc3")]
-    path = qonnx_graph(tmp_path / "res.onnx", nodes, inits, [1, 8], [1, 3])
-    assert main(["import", str(path), "--out", str(tmp_path / "res.bnn")]) == 1
-    assert capsys.readouterr().err == (
-        "python -m sw.onnx import: error: node 'shortcut_add' (Add): adds two computed tensors ('m2', 'm1'), a "
-        "residual shortcut; the compiler does not run shortcuts yet\n")
 
 
 def test_bad_files_are_one_line(tmp_path, capsys):
