@@ -63,7 +63,9 @@ def model_bases(model):
 
 
 def _same_memories(a, b):
-    skip = set(VARIED)
+    """The same config but for the geometry the sweep varies (and the run clock, which the synthesised
+    resources do not depend on)."""
+    skip = set(VARIED) | {"clock_hz"}
     return all(v == b.get(k) for k, v in a.items() if k not in skip)
 
 
