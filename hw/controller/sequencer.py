@@ -6,7 +6,8 @@ from amaranth.lib.wiring import In, Out
 
 from ..config import AccelConfig
 from ..isa import INSTRUCTION_BITS, ErrorCode, Instruction, LoadArgs, MemoryTarget, Opcode, ShortcutArgs
-from .plan import CONV_SETUP_STEPS, OPERAND_B_BITS, POOL_SETUP_STEPS, PRODUCT_BITS, SHORTCUT_SETUP_STEPS, Plan
+from .plan import (CONV_SETUP_STEPS, OPERAND_B_BITS, POOL_SETUP_STEPS, PRODUCT_BITS, PRODUCT_CYCLES,
+                   SHORTCUT_SETUP_STEPS, Plan)
 
 __all__ = ["Sequencer"]
 
@@ -105,7 +106,7 @@ class Sequencer(wiring.Component):
             assert len(b) <= OPERAND_B_BITS, b
 
         step = Signal(range(max(len(conv_steps), len(shortcut_steps), len(pool_steps)) + 1))
-        phase = Signal(range(3))
+        phase = Signal(range(PRODUCT_CYCLES))
         mul_a = Signal(PRODUCT_BITS)
         mul_b = Signal(OPERAND_B_BITS)
         product = Signal(PRODUCT_BITS + OPERAND_B_BITS)
@@ -115,17 +116,18 @@ class Sequencer(wiring.Component):
                                      product[:PRODUCT_BITS]))
 
         def run_steps(steps, next_state):
-            """Phase 0 registers the step's operands, phase 1 multiplies, phase 2 writes the result;
+            """Phase 0 registers the step's operands, the middle phase multiplies, the last writes the result;
             `next_state` is a state name, or a function that sets `m.next` after the last step."""
-            m.d.sync += phase.eq(Mux(phase == 2, 0, phase + 1))
+            last_phase = phase == PRODUCT_CYCLES - 1
+            m.d.sync += phase.eq(Mux(last_phase, 0, phase + 1))
             with m.Switch(step):
                 for i, (dest, a, b) in enumerate(steps):
                     with m.Case(i):
                         with m.If(phase == 0):
                             m.d.sync += [mul_a.eq(a), mul_b.eq(b)]
-                        with m.If(phase == 2):
+                        with m.If(last_phase):
                             m.d.sync += dest.eq(saturated)
-            with m.If(phase == 2):
+            with m.If(last_phase):
                 m.d.sync += step.eq(step + 1)
                 with m.If(step == len(steps) - 1):
                     m.d.sync += step.eq(0)

@@ -962,12 +962,16 @@ class _Walker:
         p["branch"] = dict(p["branch"], abases=int(planes.shape[0]), weights=w[None])
         return True
 
-    def _close_last(self):
-        p = self.pending
+    def _check_last_output(self, p):
+        """The last layer returns one sum per class: no pooling after it, a 1x1 map."""
         if self.pools:
             _fail(f"{p['name']}: max pooling after the last layer; the last layer returns its sums")
         if len(self.shape) == 3 and self.shape[1:] != (1, 1):
             _fail(f"{p['name']}: the last layer's output has shape {self.shape}; it must be one sum per class")
+
+    def _close_last(self):
+        p = self.pending
+        self._check_last_output(p)
         offset = self.A * p["C"] + self.B
         if not _uniform(offset) and self._constant_plane():
             offset = self.A * p["C"] + self.B
@@ -1136,10 +1140,7 @@ class _Walker:
 
     def _close_residual_last(self):
         p = self.pending
-        if self.pools:
-            _fail(f"{p['name']}: max pooling after the last layer; the last layer returns its sums")
-        if len(self.shape) == 3 and self.shape[1:] != (1, 1):
-            _fail(f"{p['name']}: the last layer's output has shape {self.shape}; it must be one sum per class")
+        self._check_last_output(p)
         offset = self.A * p["C"] + self.B
         if not _uniform(offset):
             cls = int(np.argmax(np.abs(offset - offset[0])))
