@@ -34,7 +34,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--verilator", action="store_true", help="measure the RTL under Verilator too")
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--element-scales", action="store_true",
+                        help="instead: the same network with the scales applied in every element "
+                             "(AccelConfig.element_scales), against the column accumulators")
     args = parser.parse_args(argv)
+    if args.element_scales:
+        return element_scales_section(args.no_write)
 
     model = random_model(SPECS, (3, 32, 32), CONFIG, seed=0)
     bundle = compile_model(model, CONFIG, verify_images=1)
@@ -132,6 +137,61 @@ def main(argv=None):
     fig.suptitle(f"CNV on {CONFIG.rows}x{CONFIG.cols}x{CONFIG.word_bits}: {total:,} cycles/image")
     fig.tight_layout()
     fig.savefig(Path(__file__).resolve().parent.parent / "docs" / "cycles.png", dpi=110)
+
+
+def element_scales_section(no_write=False):
+    """Per-layer cycles with the scale accumulators per column (the default) and in every element,
+    with the first layer's pixel planes apart (the default `precise` export) and folded (`pow2`)."""
+    model = random_model(SPECS, (3, 32, 32), CONFIG, seed=0)
+    images = np.random.default_rng(0).integers(0, 256, (4, 3, 32, 32), dtype=np.uint8)
+    runs = {}
+    for mode, config in (("column", CONFIG), ("element", CONFIG.replace(element_scales=True))):
+        for scales, groups in (("precise", False), ("pow2", True)):
+            bundle = compile_model(model, config, verify_images=1, plane_groups=groups)
+            result = open_backend("iss", bundle).run(images)
+            runs[mode, scales] = (bundle, result)
+    if not all(np.array_equal(r.logits, runs["column", "precise"][1].logits) for _, r in runs.values()):
+        raise SystemExit("the four builds' logits differ: not reporting cycles of a wrong run")
+    layers = runs["column", "precise"][0].layers
+    peak = CONFIG.macs_per_cycle
+    keys = [("column", "precise"), ("element", "precise"), ("column", "pow2"), ("element", "pow2")]
+    rows = ["| layer | ideal cycles | " + " | ".join(f"{m}, {s}" for m, s in keys) + " |",
+            "| --- | ---: | " + " | ".join("---:" for _ in keys) + " |"]
+    for i, layer in enumerate(layers):
+        ideal = layer["ideal_cycles"]
+        cells = []
+        for key in keys:
+            cycles = int(runs[key][1].layer_cycles[0][i])
+            cells.append(f"{cycles:,} ({100 * ideal / cycles:.1f}%)" if layer["macs"] else f"{cycles:,}")
+        rows.append(f"| {layer['name']} | {ideal:,} | " + " | ".join(cells) + " |" if layer["macs"] else
+                    f"| {layer['name']} | - | " + " | ".join(cells) + " |")
+    ideal_total = sum(layer["ideal_cycles"] for layer in layers)
+    totals = {key: int(runs[key][1].cycles[0]) for key in keys}
+    rows.append("| whole network | " + f"{ideal_total:,} | " + " | ".join(
+        f"{totals[key]:,} ({100 * ideal_total / totals[key]:.1f}%)" for key in keys) + " |")
+    body = "\n".join([
+        f"FINN's CNV topology at 1x1 bases (as above) on {CONFIG.rows} x {CONFIG.cols}, W = {CONFIG.word_bits} "
+        f"({peak:,} binary MACs per cycle): cycles per image (array utilization) with the scales applied "
+        f"by one accumulator per column after a row-by-row readout (`element_scales` off, the default: a "
+        f"pass costs at least R cycles) and in every element (`element_scales` on: a pass costs its "
+        f"K-words, a tile at least R), each with the first layer's 8 pixel planes as separate passes "
+        f"(`precise`, the default export) and folded into plane groups (`pow2`). ISS cycles, which equal "
+        f"the RTL's in every test (tests/hw/test_accel.py, tests/sim/test_pysim_backend.py); logits of "
+        f"the four builds are identical.",
+        "",
+        *rows,
+        "",
+        f"Targets (throughput issue, batch 1 here): the CNV first layer at 80 % or more and the whole CNV "
+        f"at 85 % or more with the `precise` export. First layer with element scales: "
+        f"{100 * layers[0]['ideal_cycles'] / int(runs['element', 'precise'][1].layer_cycles[0][0]):.1f}%; "
+        f"whole network {100 * ideal_total / totals['element', 'precise']:.1f}% (the fully connected "
+        f"layers and 1-pixel maps use one column of C until images are batched across the columns).",
+        "",
+        "Command: `python -m benchmarks.cycles --element-scales`.",
+    ])
+    print(body)
+    if not no_write:
+        update_section(PERFORMANCE, "Element scales (CNV-sized network)", body)
 
 
 if __name__ == "__main__":

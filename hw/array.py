@@ -16,9 +16,15 @@ Dataflow (see docs/gateware.md for the timing diagram):
   column c valid at cycle r + c, so each column emits its rows on consecutive cycles. Output columns are
   then deskewed so that row r of all columns leaves together. Two consecutive passes must end at least
   `rows` cycles apart (the core's input enforces it), so a pass costs max(ceil(K / W), rows) cycles.
+* With `AccelConfig.element_scales`, every element also applies the scale: the pass's K and its
+  first/last-pass flags travel down with the activations, each row's scale travels right with the
+  weights (entering one cycle after the pass's last beat, from the scale memory), and the element turns
+  each pass's count into `scale * (2 * count - K)` and sums those over the tile's passes. Only a tile's
+  last pass latches a result, so passes may end on consecutive cycles and only tiles end `rows` cycles
+  apart; the readout then carries the tile's exact sums instead of counts.
 """
 
-from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -29,6 +35,12 @@ from .pipeline import delay
 __all__ = ["ProcessingElement", "SystolicArray", "control_layout"]
 
 control_layout = data.StructLayout({"valid": 1, "first": 1, "last": 1})
+
+
+def _scaled_control(count_bits):
+    """The control an element that applies scales needs: the pass's K and its place in the tile."""
+    return data.StructLayout({"valid": 1, "first": 1, "last": 1,
+                              "k": unsigned(count_bits), "first_pass": 1, "last_pass": 1})
 
 
 class ProcessingElement(wiring.Component):
@@ -48,19 +60,39 @@ class ProcessingElement(wiring.Component):
     """
 
     LATENCY = 2
+    SCALED_LATENCY = 5
 
-    def __init__(self, word_bits, count_bits):
+    def __init__(self, word_bits, count_bits, *, scale_bits=None, acc_bits=None):
         if not isinstance(word_bits, int) or word_bits < 1:
             raise ValueError(f"Word width must be a positive integer, not {word_bits!r}")
         if not isinstance(count_bits, int) or count_bits < (word_bits).bit_length():
             raise ValueError(f"Count width must hold a whole word's count, not {count_bits!r}")
+        if (scale_bits is None) != (acc_bits is None):
+            raise ValueError("An element that applies scales needs both scale_bits and acc_bits")
         self._word_bits = word_bits
         self._count_bits = count_bits
-        super().__init__({
-            "w_in": In(word_bits), "a_in": In(word_bits), "ctl_in": In(control_layout),
-            "w_out": Out(word_bits), "a_out": Out(word_bits), "ctl_out": Out(control_layout),
-            "result": Out(count_bits), "result_valid": Out(1),
-        })
+        self._scale_bits = scale_bits
+        self._acc_bits = acc_bits
+        ports = {"w_in": In(word_bits), "a_in": In(word_bits), "w_out": Out(word_bits),
+                 "a_out": Out(word_bits), "result_valid": Out(1)}
+        if scale_bits is None:
+            ports.update({"ctl_in": In(control_layout), "ctl_out": Out(control_layout),
+                          "result": Out(count_bits)})
+        else:
+            ctl = _scaled_control(count_bits)
+            ports.update({"ctl_in": In(ctl), "ctl_out": Out(ctl),
+                          "scale_in": In(signed(scale_bits)), "scale_out": Out(signed(scale_bits)),
+                          "result": Out(signed(acc_bits))})
+        super().__init__(ports)
+
+    @property
+    def scaled(self):
+        return self._scale_bits is not None
+
+    @property
+    def latency(self):
+        """Cycles from the last word of a pass on the inputs to `result_valid`."""
+        return self.SCALED_LATENCY if self.scaled else self.LATENCY
 
     def elaborate(self, platform):
         m = Module()
@@ -72,7 +104,7 @@ class ProcessingElement(wiring.Component):
         # Stage 1: the popcount of this word, registered so the tree and the accumulator adder are
         # separate timing paths.
         count = Signal(range(self._word_bits + 1))
-        ctl = Signal(control_layout)
+        ctl = Signal(self.ctl_in.shape())
         m.d.sync += [
             count.eq(xnor_popcount(m, self.w_in, self.a_in)),
             ctl.eq(self.ctl_in),
@@ -81,11 +113,43 @@ class ProcessingElement(wiring.Component):
         acc = Signal(unsigned(self._count_bits))
         total = Signal(unsigned(self._count_bits))
         m.d.comb += total.eq(Mux(ctl.first, 0, acc) + count)
-        m.d.sync += self.result_valid.eq(ctl.valid & ctl.last)
         with m.If(ctl.valid):
             m.d.sync += acc.eq(total)
-            with m.If(ctl.last):
+        if not self.scaled:
+            m.d.sync += self.result_valid.eq(ctl.valid & ctl.last)
+            with m.If(ctl.valid & ctl.last):
                 m.d.sync += self.result.eq(total)
+            return m
+
+        # Scaling (`AccelConfig.element_scales`): the row's scale moves right beside the weights.
+        scale1 = Signal(signed(self._scale_bits))
+        m.d.sync += [self.scale_out.eq(self.scale_in), scale1.eq(self.scale_in)]
+        # Stage 2 latches the pass's count with its K, scale and flags; stage 3 the signed dot product;
+        # stage 4 the product (a registered multiplier, one DSP block); stage 5 the tile's running sum.
+        count2 = Signal(unsigned(self._count_bits))
+        k2 = Signal(unsigned(self._count_bits))
+        scale2 = Signal(signed(self._scale_bits))
+        valid2, first2, last2 = Signal(), Signal(), Signal()
+        m.d.sync += valid2.eq(ctl.valid & ctl.last)
+        with m.If(ctl.valid & ctl.last):
+            m.d.sync += [count2.eq(total), k2.eq(ctl.k), scale2.eq(scale1),
+                         first2.eq(ctl.first_pass), last2.eq(ctl.last_pass)]
+        dot3 = Signal(signed(self._count_bits + 1))
+        scale3 = Signal(signed(self._scale_bits))
+        valid3, first3, last3 = Signal(), Signal(), Signal()
+        m.d.sync += [dot3.eq((count2 << 1) - k2), scale3.eq(scale2),
+                     valid3.eq(valid2), first3.eq(first2), last3.eq(last2)]
+        product4 = Signal(signed(self._count_bits + 1 + self._scale_bits))
+        valid4, first4, last4 = Signal(), Signal(), Signal()
+        m.d.sync += [product4.eq(dot3 * scale3), valid4.eq(valid3), first4.eq(first3), last4.eq(last3)]
+        sum_acc = Signal(signed(self._acc_bits))
+        new = Signal(signed(self._acc_bits))
+        m.d.comb += new.eq(Mux(first4, 0, sum_acc) + product4)
+        with m.If(valid4):
+            m.d.sync += sum_acc.eq(new)
+        m.d.sync += self.result_valid.eq(valid4 & last4)
+        with m.If(valid4 & last4):
+            m.d.sync += self.result.eq(new)
         return m
 
 
@@ -95,10 +159,15 @@ class SystolicArray(wiring.Component):
     Ports
     -----
     edge   : In(edge layout)  one beat per cycle, no back-pressure: `w[r]` for row r, `a[c]` for
-             column c, `nbits` valid low bits of every word, `valid`, `first`, `last`.
-    counts : Out(ArrayLayout(count_bits, cols))  row results, column c's count in `counts[c]`.
-    counts_valid : Out(1)  `counts` holds row `r` of a finished pass; a pass's rows 0 .. rows-1 leave on
-             consecutive cycles, row 0 `latency` cycles after the pass's last beat was on `edge`.
+             column c, `nbits` valid low bits of every word, `valid`, `first`, `last`; with
+             `element_scales` also the pass's `k`, `first_pass` and `last_pass` (on its last beat).
+    scales : In(ArrayLayout(signed(scale_bits), rows))  only with `element_scales`: the pass's scale of
+             each row, one cycle after its last beat was on `edge` (a scale-memory read port's data).
+    counts : Out(ArrayLayout(count_bits, cols))  row results, column c's count in `counts[c]`; with
+             `element_scales`, ArrayLayout(signed(acc_bits), cols): a finished tile's sums.
+    counts_valid : Out(1)  `counts` holds row `r` of a finished pass (of a finished tile, with
+             `element_scales`); its rows 0 .. rows-1 leave on consecutive cycles, row 0 `latency`
+             cycles after the last beat was on `edge`.
     """
 
     def __init__(self, config):
@@ -106,36 +175,44 @@ class SystolicArray(wiring.Component):
             raise TypeError(f"Config must be an AccelConfig, not {config!r}")
         self._config = config
         c = config
-        self.edge_layout = data.StructLayout({
+        fields = {
             "w": data.ArrayLayout(c.word_bits, c.rows),
             "a": data.ArrayLayout(c.word_bits, c.cols),
             "nbits": range(c.word_bits + 1),
             "valid": 1, "first": 1, "last": 1,
-        })
-        super().__init__({
-            "edge": In(self.edge_layout),
-            "counts": Out(data.ArrayLayout(c.count_bits, c.cols)),
-            "counts_valid": Out(1),
-        })
+        }
+        ports = {"counts_valid": Out(1)}
+        if c.element_scales:
+            fields.update({"k": unsigned(c.count_bits), "first_pass": 1, "last_pass": 1})
+            ports["scales"] = In(data.ArrayLayout(signed(c.scale_bits), c.rows))
+            ports["counts"] = Out(data.ArrayLayout(signed(c.acc_bits), c.cols))
+        else:
+            ports["counts"] = Out(data.ArrayLayout(c.count_bits, c.cols))
+        self.edge_layout = data.StructLayout(fields)
+        ports["edge"] = In(self.edge_layout)
+        super().__init__(ports)
 
     @property
     def latency(self):
         """Cycles from a pass's last beat on `edge` to its row 0 on `counts`."""
         # edge register (1) + skew to element (0, c) and through it to the deskewed output (cols - 1)
-        # + the element (LATENCY) + column readout register (1).
-        return 1 + (self._config.cols - 1) + ProcessingElement.LATENCY + 1
+        # + the element + column readout register (1).
+        element = (ProcessingElement.SCALED_LATENCY if self._config.element_scales
+                   else ProcessingElement.LATENCY)
+        return 1 + (self._config.cols - 1) + element + 1
 
     def elaborate(self, platform):
         m = Module()
         cfg = self._config
         rows, cols, width = cfg.rows, cfg.cols, cfg.word_bits
+        scaled = cfg.element_scales
 
         # Edge: mask invalid bits (weights to 0, activations to 1) and register.
         mask = Signal(width)
         m.d.comb += mask.eq(Cat(self.edge.nbits > i for i in range(width)))
         w_edge = [Signal(width, name=f"w_edge{r}") for r in range(rows)]
         a_edge = [Signal(width, name=f"a_edge{c}") for c in range(cols)]
-        ctl_edge = Signal(control_layout)
+        ctl_edge = Signal(_scaled_control(cfg.count_bits) if scaled else control_layout)
         for r in range(rows):
             m.d.sync += w_edge[r].eq(self.edge.w[r] & mask)
         for c in range(cols):
@@ -145,13 +222,24 @@ class SystolicArray(wiring.Component):
             ctl_edge.first.eq(self.edge.first),
             ctl_edge.last.eq(self.edge.last),
         ]
-
+        if scaled:
+            m.d.sync += [
+                ctl_edge.k.eq(self.edge.k),
+                ctl_edge.first_pass.eq(self.edge.first_pass),
+                ctl_edge.last_pass.eq(self.edge.last_pass),
+            ]
 
         w_left = [delay(m, w_edge[r], r, f"w_skew{r}") for r in range(rows)]
         a_top = [delay(m, a_edge[c], c, f"a_skew{c}") for c in range(cols)]
         ctl_top = [delay(m, ctl_edge, c, f"ctl_skew{c}") for c in range(cols)]
-
-        pes = [[ProcessingElement(width, cfg.count_bits) for _ in range(cols)] for _ in range(rows)]
+        if scaled:
+            # The scale memory's data is on `scales` in the cycle the edge register holds the last
+            # beat, so the scales take the weights' skew from here.
+            s_left = [delay(m, self.scales[r], r, f"s_skew{r}") for r in range(rows)]
+            pes = [[ProcessingElement(width, cfg.count_bits, scale_bits=cfg.scale_bits,
+                                      acc_bits=cfg.acc_bits) for _ in range(cols)] for _ in range(rows)]
+        else:
+            pes = [[ProcessingElement(width, cfg.count_bits) for _ in range(cols)] for _ in range(rows)]
         for r in range(rows):
             for c in range(cols):
                 pe = pes[r][c]
@@ -161,16 +249,19 @@ class SystolicArray(wiring.Component):
                     pe.a_in.eq(a_top[c] if r == 0 else pes[r - 1][c].a_out),
                     pe.ctl_in.eq(ctl_top[c] if r == 0 else pes[r - 1][c].ctl_out),
                 ]
+                if scaled:
+                    m.d.comb += pe.scale_in.eq(s_left[r] if c == 0 else pes[r][c - 1].scale_out)
 
         # Column readout: one-hot AND-OR over the rows, registered; then deskew.
+        result_bits = cfg.acc_bits if scaled else cfg.count_bits
         for c in range(cols):
             selected = 0
             any_valid = 0
             for r in range(rows):
                 pe = pes[r][c]
-                selected = selected | Mux(pe.result_valid, pe.result, 0)
+                selected = selected | Mux(pe.result_valid, pe.result.as_unsigned(), 0)
                 any_valid = any_valid | pe.result_valid
-            col_count = Signal(cfg.count_bits, name=f"col_count{c}")
+            col_count = Signal(result_bits, name=f"col_count{c}")
             col_valid = Signal(name=f"col_valid{c}")
             m.d.sync += [col_count.eq(selected), col_valid.eq(any_valid)]
             m.d.comb += self.counts[c].eq(delay(m, col_count, cols - 1 - c, f"deskew{c}"))

@@ -70,6 +70,13 @@ class AccelConfig:
     clock_hz       : the run clock in Hz: a board build runs at the highest frequency at or below it that
                      the board makes, its oscillator or its PLL's output (docs/build.md, "Clocks");
                      simulation and the reports' times use it as it is.
+    element_scales : where the scales are applied. False: one scale accumulator per column after the
+                     array reads each pass out a row per cycle, so consecutive passes end at least
+                     `rows` cycles apart (a pass costs max(K-words, rows) cycles). True: every
+                     processing element multiplies its pass's dot product by its row's scale and keeps
+                     the tile's sum itself (rows x cols multipliers, DSP blocks where the FPGA has
+                     them), so a pass costs its K-words and only a tile's last passes end `rows`
+                     cycles apart. The sums are the same, bit for bit.
     """
 
     rows: int = 4
@@ -90,8 +97,11 @@ class AccelConfig:
     result_depth: int = 64
     instr_depth: int = 64
     clock_hz: int = 100_000_000
+    element_scales: bool = False
 
     def __post_init__(self):
+        if not isinstance(self.element_scales, bool):
+            raise ConfigError(f"element_scales must be true or false, not {self.element_scales!r}")
         for name, (low, high, meaning) in _RANGES.items():
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:

@@ -54,9 +54,9 @@ class BinaryCore(wiring.Component):
 
     @property
     def meta_depth(self):
-        """Passes that can be between the input and the accumulator at once."""
+        """Passes (tiles, with `element_scales`) that can be between the input and the readout."""
         cfg = self._config
-        return (cfg.cols + 3) // cfg.rows + 3
+        return (cfg.cols + 3 + (3 if cfg.element_scales else 0)) // cfg.rows + 3
 
     def elaborate(self, platform):
         m = Module()
@@ -65,7 +65,6 @@ class BinaryCore(wiring.Component):
         rows = cfg.rows
 
         m.submodules.array = array = SystolicArray(cfg)
-        m.submodules.scale_acc = scale_acc = ScaleAccumulator(cfg)
         m.submodules.thresholds = thr_unit = ThresholdUnit(cfg)
         m.submodules.meta_fifo = meta_fifo = fifo.SyncFIFOBuffered(
             width=lay.pass_info.size, depth=self.meta_depth)
@@ -103,7 +102,10 @@ class BinaryCore(wiring.Component):
         spacing_ok = Signal(init=1)                        # since_last >= rows
         credit_ok = Signal(init=1)                         # reserved <= out_depth - rows
         ends_tile = beat.last & beat.info.last_pass
-        admit = ~beat.last | (spacing_ok & meta_fifo.w_rdy & (~ends_tile | credit_ok))
+        # A pass's rows leave the array one per cycle, so passes end `rows` cycles apart; when the
+        # elements apply the scales, only tiles leave, and only tiles need the spacing.
+        spaced = ends_tile if cfg.element_scales else beat.last
+        admit = ~spaced | (spacing_ok & meta_fifo.w_rdy & (~ends_tile | credit_ok))
         accepted = Signal()
         m.d.comb += [
             self.beats.ready.eq(admit),
@@ -113,7 +115,7 @@ class BinaryCore(wiring.Component):
         reserved_next = Signal.like(reserved)
         popped = out_fifo.r_rdy & out_fifo.r_en     # a FIFO entry moved to the output register
         m.d.comb += [
-            since_next.eq(Mux(accepted & beat.last, 1, Mux(spacing_ok, since_last, since_last + 1))),
+            since_next.eq(Mux(accepted & spaced, 1, Mux(spacing_ok, since_last, since_last + 1))),
             reserved_next.eq(reserved + Mux(accepted & ends_tile, rows, 0) - popped),
         ]
         m.d.sync += [
@@ -129,8 +131,23 @@ class BinaryCore(wiring.Component):
             array.edge.first.eq(beat.first),
             array.edge.last.eq(beat.last),
             meta_fifo.w_data.eq(beat.info),
-            meta_fifo.w_en.eq(accepted & beat.last),
+            meta_fifo.w_en.eq(accepted & spaced),
         ]
+        if cfg.element_scales:
+            self._elaborate_element_scales(m, array, meta_fifo, scale_mem, thr_mem, thr_unit, out_fifo)
+        else:
+            self._elaborate_scale_accumulator(m, array, meta_fifo, scale_mem, thr_mem, thr_unit,
+                                              out_fifo)
+        self._elaborate_output(m, out_fifo)
+        return m
+
+    def _elaborate_scale_accumulator(self, m, array, meta_fifo, scale_mem, thr_mem, thr_unit,
+                                     out_fifo):
+        """Passes leave the array as counts; one scale accumulator per column applies the scales."""
+        cfg = self._config
+        lay = self.layouts
+        rows = cfg.rows
+        m.submodules.scale_acc = scale_acc = ScaleAccumulator(cfg)
 
         # Stage A: rows leave the array; row 0 of a pass takes its pass info from the FIFO.
         row_a = Signal(range(rows))
@@ -188,18 +205,68 @@ class BinaryCore(wiring.Component):
 
         # Stage D: results into the output FIFO.
         total = ScaleAccumulator.LATENCY + ThresholdUnit.LATENCY
-        row_d = delay(m, row_b, total, "row_out")
-        raw_d = delay(m, info_b.raw, total, "raw_out")
-        result = Signal(lay.result)
+        self._write_results(m, thr_unit, out_fifo, delay(m, row_b, total, "row_out"),
+                            delay(m, info_b.raw, total, "raw_out"))
+
+    def _write_results(self, m, thr_unit, out_fifo, row, raw):
+        """The threshold unit's rows into the output FIFO, with their row number and raw flag."""
+        result = Signal(self.layouts.result)
         m.d.comb += [
             result.acc.eq(thr_unit.acc_out),
             result.bits.eq(thr_unit.bits),
-            result.row.eq(row_d),
-            result.last.eq(row_d == rows - 1),
-            result.raw.eq(raw_d),
+            result.row.eq(row),
+            result.last.eq(row == self._config.rows - 1),
+            result.raw.eq(raw),
             out_fifo.w_data.eq(result),
             out_fifo.w_en.eq(thr_unit.out_valid),
         ]
+
+    def _elaborate_element_scales(self, m, array, meta_fifo, scale_mem, thr_mem, thr_unit, out_fifo):
+        """The elements apply the scales: the scale memory is read on each pass's last beat and
+        tiles leave the array as sums, straight to the threshold unit."""
+        cfg = self._config
+        lay = self.layouts
+        rows = cfg.rows
+        beat = self.beats.payload
+        scale_rp = scale_mem.read_port()
+        m.d.comb += [
+            scale_rp.addr.eq(beat.info.scale_addr),
+            scale_rp.en.eq(self.beats.valid & self.beats.ready & beat.last),
+            array.scales.eq(scale_rp.data),
+            array.edge.k.eq(beat.info.k),
+            array.edge.first_pass.eq(beat.info.first_pass),
+            array.edge.last_pass.eq(beat.info.last_pass),
+        ]
+
+        # Rows leave the array; row 0 of a tile takes the tile's info from the FIFO and the
+        # threshold entry is read for every row, registered once before the comparators.
+        row_a = Signal(range(rows))
+        info_held = Signal(lay.pass_info)
+        info_a = Signal(lay.pass_info)
+        m.d.comb += [
+            info_a.eq(Mux(row_a == 0, lay.pass_info(meta_fifo.r_data), info_held)),
+            meta_fifo.r_en.eq(array.counts_valid & (row_a == 0)),
+        ]
+        with m.If(array.counts_valid):
+            m.d.sync += [
+                info_held.eq(info_a),
+                row_a.eq(Mux(row_a == rows - 1, 0, row_a + 1)),
+            ]
+        thr_rp = thr_mem.read_port()
+        thr_entry = Signal(ThresholdUnit.stored_layout(cfg))
+        m.d.sync += thr_entry.eq(thr_rp.data)
+        m.d.comb += [
+            thr_rp.addr.eq(info_a.thr_addr + row_a),
+            thr_rp.en.eq(array.counts_valid),
+            thr_unit.in_valid.eq(delay(m, array.counts_valid, 2, "valid_thr")),
+            thr_unit.acc.eq(delay(m, array.counts, 2, "sums_thr")),
+            thr_unit.entry.eq(thr_entry),
+        ]
+        self._write_results(m, thr_unit, out_fifo, delay(m, row_a, 2 + ThresholdUnit.LATENCY, "row_out"),
+                            delay(m, info_a.raw, 2 + ThresholdUnit.LATENCY, "raw_out"))
+
+    def _elaborate_output(self, m, out_fifo):
+        lay = self.layouts
 
         # The FIFO's read data goes through one register before `results`: the FIFO's memory (block
         # RAM when out_depth is large) then feeds a flip-flop, not the consumer's logic.
@@ -216,4 +283,3 @@ class BinaryCore(wiring.Component):
             m.d.sync += [res_valid.eq(1), res_data.eq(out_fifo.r_data)]
         with m.Elif(self.results.ready):
             m.d.sync += res_valid.eq(0)
-        return m

@@ -6,7 +6,7 @@ from .config import AccelConfig
 from .controller.plan import (CHECK_CYCLES, CONV_SETUP_STEPS, DECODE_CYCLES, POOL_DRAIN_CYCLES,
                               POOL_SETUP_STEPS, PRODUCT_CYCLES, SHORTCUT_SETUP_STEPS)
 
-__all__ = ["SETUP_CYCLES", "SHORTCUT_SETUP_CYCLES", "SHORTCUT_CYCLES", "ARRIVAL_CYCLES", "ISSUE_START", "BANK_REUSE", "TILE_OVERHEAD", "END_CYCLES",
+__all__ = ["patch_words", "gather_tile_cycles", "SETUP_CYCLES", "SHORTCUT_SETUP_CYCLES", "SHORTCUT_CYCLES", "ARRIVAL_CYCLES", "ISSUE_START", "BANK_REUSE", "TILE_OVERHEAD", "END_CYCLES",
            "POOL_OVERHEAD", "LOAD_CYCLES", "SYNC_CYCLES", "conv_cycles", "pool_cycles",
            "instruction_cycles", "conv_ideal_cycles", "conv_macs", "Timeline", "program_cycles"]
 
@@ -18,7 +18,7 @@ SHORTCUT_SETUP_CYCLES = PRODUCT_CYCLES * len(SHORTCUT_SETUP_STEPS)
 SHORTCUT_CYCLES = DECODE_CYCLES                 # fetch, latch, decode (the second source is latched)
 ARRIVAL_CYCLES = 5      # + cols: a tile's last beat issued -> its row 0 at the writer
 ISSUE_START = 2         # a bank filled (or the previous tile issued) -> the next tile's first beat
-BANK_REUSE = 1          # a bank's last beat read -> the gather may refill it
+BANK_REUSE = 2          # a bank's last word read -> the gather refills it
 TILE_OVERHEAD = 9       # the last write -> the next instruction's fetch
 POOL_OVERHEAD = DECODE_CYCLES + PRODUCT_CYCLES * len(POOL_SETUP_STEPS) + CHECK_CYCLES + POOL_DRAIN_CYCLES
 LOAD_CYCLES = DECODE_CYCLES + CHECK_CYCLES      # fetch, latch, decode, check, queue (when the queue has room)
@@ -29,51 +29,86 @@ def _ceil(a, b):
     return -(-a // b)
 
 
+def patch_words(f):
+    """Patch words of one pixel: every activation basis' K-words, of both sources of a two-source CONV."""
+    sources = [f] + ([f["shortcut"]] if f.get("shortcut") else [])
+    return sum(s["in_planes"] * s["kh"] * s["kw"] * s["in_cw"] for s in sources)
+
+
+def gather_tile_cycles(config: AccelConfig, f):
+    """Cycles the gather engine takes per pixel tile: one activation-buffer word a cycle for every
+    column's patch words, and one idle cycle."""
+    return config.cols * patch_words(f) + 1
+
+
 def conv_cycles(config: AccelConfig, f):
     """Cycles of one CONV with decoded fields `f` (a dict as `hw.isa.decode` returns; `f["shortcut"]`,
     when present, the decoded SHORTCUT before it).
 
     Three engines overlap (docs/isa.md, "Cycle model"): the gather fills one of two patch banks per
-    pixel tile (C * (N * KW + N2 * KW2 + 1) + 1 cycles, N2 * KW2 the second source's words); the issue
+    pixel tile (C * (N * KW + N2 * KW2) + 1 cycles, N2 * KW2 the second source's words); the issue
     unit streams a filled bank's passes, the main source's then the second's for every output tile, a
-    pass ending max(its K-words, R) cycles after the previous one (the core's pass spacing); the writer
-    takes a tile's rows from `cols + ARRIVAL_CYCLES` after its last beat, one per cycle, then writes
-    C x T fields (bit-planes), or takes C cycles per row (sums). The instruction ends with the last write.
+    pass ending max(its K-words, R) cycles after the previous one (the core's pass spacing; with
+    `element_scales`, a pass ends its K-words after the previous one and only a tile's last pass waits
+    until R cycles after the previous tile's); the writer
+    takes a tile's rows from `cols + ARRIVAL_CYCLES` after its last beat, one per cycle, into one of
+    two tile buffers and writes C x T fields from the other (bit-planes), or takes C cycles per row
+    (sums). The instruction ends with the last write.
     """
     R, C = config.rows, config.cols
     sources = [f] + ([f["shortcut"]] if f.get("shortcut") else [])
     passes = []                                   # K-words of every pass of one output tile, in order
-    words = 0                                     # patch words of one pixel
     for s in sources:
-        kwords = s["kh"] * s["kw"] * s["in_cw"]
-        passes += [kwords] * (s["wbases"] * s["in_planes"])
-        words += s["in_planes"] * kwords
+        passes += [s["kh"] * s["kw"] * s["in_cw"]] * (s["wbases"] * s["in_planes"])
     out_tiles = _ceil(f["out_ch"], R)
-    gather = C * (words + 1) + 1
+    gather = gather_tile_cycles(config, f)
     gather_end, issue_end = 0, []
+    reuse = []                                    # per pixel tile: when the gather may refill its bank
     last_beat = -R
-    writer = 0
+    tile_end = -R                                 # the previous output tile's last beat
+    writer = 0                                    # the writer's first free cycle
+    take = 0                                      # the first cycle the writer may take a row
+    written = [-1, -1]                            # the last write cycle of each tile, in order
     tail = []                                     # the core's take times of a tile's last three beats
     for tile in range(_ceil(f["out_h"] * f["out_w"], C)):
-        start = gather_end if tile < 2 else max(gather_end, issue_end[tile - 2] + BANK_REUSE)
+        start = gather_end if tile < 2 else max(gather_end, reuse[tile - 2])
         gather_end = start + gather
         # The issue engine reads two beats ahead of the core: when the tile's second-to-last beat
         # waited for the pass spacing, the next tile's first beat was read during that wait and
         # follows the last beat at once.
         follow = 1 if len(tail) == 3 and tail[1] >= tail[0] + 2 else ISSUE_START
-        beat = max(gather_end + ISSUE_START, issue_end[-1] + follow if issue_end else ISSUE_START)
+        # The bank shows full one cycle after the next tile's gather may start (its last word lands).
+        beat = max(gather_end + 1 + ISSUE_START, issue_end[-1] + follow if issue_end else ISSUE_START)
         tail = []
         for _ in range(out_tiles):
-            for kwords in passes:
-                last_beat = max(last_beat + R, beat + kwords - 1)
+            for p, kwords in enumerate(passes):
+                if not config.element_scales:
+                    last_beat = max(last_beat + R, beat + kwords - 1)
+                elif p == len(passes) - 1:
+                    last_beat = tile_end = max(tile_end + R, beat + kwords - 1)
+                else:
+                    last_beat = beat + kwords - 1
                 tail = (tail + list(range(max(beat, beat + kwords - 3), beat + kwords - 1)) + [last_beat])[-3:]
                 beat = last_beat + 1
             row = last_beat + C + ARRIVAL_CYCLES
-            t = writer
+            if f["raw"]:
+                for r in range(R):
+                    writer = max(writer, row + r) + C
+                continue
+            # Bit-planes: rows go into one of two tile buffers (free once the tile two before is
+            # written); a tile's writes start the cycle after both its last row was taken and the
+            # previous tile's last write, and take C x T cycles.
+            t = max(take, written[-2] + 1)
             for r in range(R):
-                t = max(t, row + r) + (C if f["raw"] else 1)
-            writer = t if f["raw"] else t + C * f["out_planes"]
+                t = max(t, row + r) + 1
+            take = t
+            start = max(t - 1, written[-1]) + 1
+            written.append(start + C * f["out_planes"] - 1)
+            writer = written[-1] + 1
         issue_end.append(last_beat)
+        # The issue engine reads two beats ahead of the core: it reads the bank's last word as the core
+        # takes the tile's third-to-last beat (at once, for a tile of fewer beats).
+        reuse.append((tail[0] if len(tail) == 3 else tail[-1] - 2) + BANK_REUSE)
     setup = SETUP_CYCLES + (SHORTCUT_SETUP_CYCLES if len(sources) > 1 else 0)
     return setup + writer + TILE_OVERHEAD
 

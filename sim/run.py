@@ -3,8 +3,9 @@
 Runs a program bundle on a runtime backend (sw.runtime) and prints, per image, the prediction and the
 logits, then the cycles per layer. `--inputs` takes any number of:
 
-* `DATASET:SPLIT:COUNT` (e.g. `digits:test:16`, `mnist5k:train:100`): the first COUNT images of a
-  split of a sw.data dataset; their labels give an accuracy line;
+* `DATASET:SPLIT:COUNT` (e.g. `digits:test:16`, `mnist5k:train:100`): COUNT images of a split of a
+  sw.data dataset, in a fixed order that takes the classes in turn (`sw.data.sample_order`, seed 0),
+  so a small COUNT covers every class; their labels give an accuracy line;
 * `.npy` files of uint8 images: (B, C, H, W), (B, H, W) for one channel, or a single (C, H, W) / (H, W);
 * image files (PNG, JPEG, ...; needs Pillow): converted to the model's channels and resized to its size.
 """
@@ -53,7 +54,8 @@ def _dataset_inputs(text):
     x, y = (data.test_x, data.test_y) if split == "test" else (data.train_x, data.train_y)
     if count > len(x):
         raise UserError(f"Input {text!r}: the {split} split of {name} has only {len(x)} images")
-    return [(x[i], int(y[i]), f"{name}:{split}:{i}") for i in range(count)]
+    from sw.data import sample_order
+    return [(x[i], int(y[i]), f"{name}:{split}:{i}") for i in sample_order(y)[:count]]
 
 
 def _npy_inputs(path, shape):

@@ -15,6 +15,10 @@ from .toolchain import describe_critical_path
 
 
 
+_BOOL_HELP = {"element_scales": "apply the scales in every processing element (rows x cols multipliers): "
+                                 "a pass need not wait rows cycles for the readout (default off)"}
+
+
 def _fields():
     return [f for f in dataclasses.fields(AccelConfig)]
 
@@ -56,9 +60,22 @@ def make_parser():
     for f in _fields():
         low, high, meaning = _config_module._RANGES.get(f.name, (None, None, f"AccelConfig.{f.name}"))
         limits = f", {low}..{high}" if low is not None else ""
+        if f.type in (bool, "bool"):
+            group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None,
+                               metavar="on|off", help=_BOOL_HELP[f.name])
+            continue
         group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None,
                            metavar="N", help=f"{meaning}{limits}")
     return parser
+
+
+def _bool_arg(name, text):
+    value = text.strip().lower()
+    if value in ("on", "true", "yes", "1"):
+        return True
+    if value in ("off", "false", "no", "0"):
+        return False
+    raise ConfigError(f"{name} must be on or off, not {text!r}")
 
 
 def _int_arg(name, text):
@@ -95,7 +112,7 @@ def resolve_config(board, args):
     for f in _fields():
         text = getattr(args, f.name)
         if text is not None:
-            values[f.name] = _int_arg(f.name, text)
+            values[f.name] = (_bool_arg if f.type in (bool, "bool") else _int_arg)(f.name, text)
     if getattr(args, "clock_mhz", None) is not None:
         if args.clock_hz is not None:
             raise ConfigError("Give the run clock once: --clock-mhz or --clock-hz, not both")

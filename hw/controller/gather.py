@@ -18,8 +18,9 @@ class GatherEngine(wiring.Component):
     basis n, ky, kx, channel word) order, one activation-buffer read a cycle; a position outside the
     map is the padding word (all ones for `pad_value` 1, else all zeros; the read there is discarded). With a
     shortcut (`plan.shortcut`), the second source's field follows, read the same way from its own map
-    with its own kernel, stride and padding. A tile takes C * (N * KW + N2 * KW2 + 1) + 1 cycles
-    (KW = kh * kw * in_cw, N2 and KW2 the same for the second source).
+    with its own kernel, stride and padding. A tile takes C * (N * KW + N2 * KW2) + 1 cycles
+    (KW = kh * kw * in_cw, N2 and KW2 the same for the second source): a column's first read follows
+    the previous column's last, and one idle cycle between tiles.
 
     Address registers are as wide as the activation buffer's address: they wrap modulo a power of two
     at least the depth, and only addresses inside the map (checked before the CONV runs) are read.
@@ -136,22 +137,45 @@ class GatherEngine(wiring.Component):
             m.d.sync += [oy.eq(0), ox.eq(0), p0.eq(0), more.eq(plan.npix != 0), bank.eq(0), rd_bank.eq(0),
                          bank_full.eq(0), src.eq(0)]
 
+        # The next pixel (one to the right, or the next output row's first) in each source.
+        steps = [(cv, plan.step_x, plan.step_y), (sc, plan.step_x2, plan.step_y2)]
+        row_end = ox == plan.ow_m1
+        next_pix = [Signal(addr_bits, name=f"next_pix{k}") for k in range(2)]
+        next_row = [Signal(addr_bits, name=f"next_row{k}") for k in range(2)]
+        next_ix = [Signal(coord, name=f"next_ix{k}") for k in range(2)]
+        next_iy = [Signal(coord, name=f"next_iy{k}") for k in range(2)]
+        for k, (args, step_x, step_y) in enumerate(steps):
+            m.d.comb += [
+                next_row[k].eq(Mux(row_end, row[k] + step_y, row[k])),
+                next_pix[k].eq(Mux(row_end, row[k] + step_y, pix[k] + step_x)),
+                next_ix[k].eq(Mux(row_end, -args.pad, ix[k] + args.stride)),
+                next_iy[k].eq(Mux(row_end, iy[k] + args.stride, iy[k])),
+            ]
+
         def advance_pixel():
             """Move the current pixel one to the right, wrapping to the next output row."""
-            steps = [(cv, plan.step_x, plan.step_y), (sc, plan.step_x2, plan.step_y2)]
-            with m.If(ox == plan.ow_m1):
+            with m.If(row_end):
                 m.d.sync += [ox.eq(0), oy.eq(oy + 1)]
-                for k, (args, _, step_y) in enumerate(steps):
-                    m.d.sync += [ix[k].eq(-args.pad), iy[k].eq(iy[k] + args.stride),
-                                 pix[k].eq(row[k] + step_y), row[k].eq(row[k] + step_y)]
             with m.Else():
                 m.d.sync += ox.eq(ox + 1)
-                for k, (args, step_x, _) in enumerate(steps):
-                    m.d.sync += [ix[k].eq(ix[k] + args.stride), pix[k].eq(pix[k] + step_x)]
+            for k in range(2):
+                m.d.sync += [ix[k].eq(next_ix[k]), iy[k].eq(next_iy[k]), pix[k].eq(next_pix[k]),
+                             row[k].eq(next_row[k])]
 
-        def start_pixel(k):
-            """Point the running addresses at the current pixel's first (n, ky, kx) in source k."""
-            m.d.sync += [an.eq(pix[k]), aky.eq(pix[k]), akx.eq(pix[k]), iyk.eq(iy[k]), ixk.eq(ix[k])]
+        def start_pixel(k, pixel=None):
+            """Point the running addresses at a pixel's first (n, ky, kx) in source k: the current
+            pixel's, or `pixel` = (address, iy, ix)."""
+            address, y, x = pixel if pixel is not None else (pix[k], iy[k], ix[k])
+            m.d.sync += [an.eq(address), aky.eq(address), akx.eq(address), iyk.eq(y), ixk.eq(x)]
+
+        # The tile's last word is written to its bank the cycle after it is read: the bank is marked
+        # full one cycle later still (so a one-word patch is never read before it is written).
+        filled = Signal()
+        m.d.sync += filled.eq(0)
+        with m.If(filled):
+            for b in range(2):
+                with m.If(bank != b):          # `bank` already points at the next tile's bank
+                    m.d.sync += bank_full[b].eq(1)
 
         with m.FSM():
             with m.State("IDLE"):
@@ -190,19 +214,14 @@ class GatherEngine(wiring.Component):
                                 m.d.sync += [n.eq(0), src.eq(1)]
                                 start_pixel(1)
                             with m.Else():
-                                # Next column: the next pixel.
+                                # Next column: the next pixel, read from the next cycle on.
                                 m.d.sync += [n.eq(0), src.eq(0), pw.eq(Mux(bank, cfg.patch_depth, 0)),
                                              col.eq(Mux(col == C - 1, 0, col + 1))]
                                 advance_pixel()
-                                m.next = "NEXT_COLUMN"
-            with m.State("NEXT_COLUMN"):
-                start_pixel(0)
-                with m.If(col == 0):      # wrapped: all C columns gathered (the last word lands now)
-                    m.d.sync += [p0.eq(p0 + C), more.eq(p0 + C < plan.npix), bank.eq(~bank)]
-                    for b in range(2):
-                        with m.If(bank == b):
-                            m.d.sync += bank_full[b].eq(1)
-                    m.next = "IDLE"
-                with m.Else():
-                    m.next = "RUN"
+                                with m.If(col == C - 1):      # all C columns gathered
+                                    m.d.sync += [p0.eq(p0 + C), more.eq(p0 + C < plan.npix),
+                                                 bank.eq(~bank), filled.eq(1)]
+                                    m.next = "IDLE"
+                                with m.Else():
+                                    start_pixel(0, (next_pix[0], next_iy[0], next_ix[0]))
         return m

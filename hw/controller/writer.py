@@ -17,7 +17,8 @@ class WriterEngine(wiring.Component):
 
     `raw`: one sum a cycle, column by column, to the result memory at `out_base + pixel * out_ch +
     channel`; a result row is taken after its last column. Otherwise a tile's R rows are taken one a
-    cycle into a buffer, then written as C x T fields: a tile's R channels of one pixel and plane are
+    cycle into one of two buffers, then written as C x T fields while the next tile's rows are taken
+    into the other (so a tile costs the writer max(R, C x T) cycles, not their sum): a tile's R channels of one pixel and plane are
     one R-bit field of an activation word (write granularity R), at `out_base + plane * out_plane_words
     + pixel * out_stride + channel word`. Pixels past the map and channels past `out_ch` are not written.
 
@@ -71,7 +72,12 @@ class WriterEngine(wiring.Component):
         out_addr = Signal.like(self.act_addr)
         word = Signal(ConvArgs["out_stride"].width)          # (o0 + out_ch_base) // W
         field = Signal(range(W // R + 1))                    # ((o0 + out_ch_base) % W) // R
-        bits_buf = [Signal(data.ArrayLayout(cfg.max_abases, C), name=f"bits_buf{r}") for r in range(R)]
+        # Two tile buffers: rows are taken into `bits_buf[take]` while `bits_buf[write]` is written.
+        bits_buf = [[Signal(data.ArrayLayout(cfg.max_abases, C), name=f"bits_buf{b}_{r}") for r in range(R)]
+                    for b in range(2)]
+        full = Signal(2)                                     # buffer b holds a whole tile
+        take = Signal()
+        write = Signal()
         writing = Signal()
         col_index = col[:max(1, (C - 1).bit_length())]
 
@@ -82,7 +88,8 @@ class WriterEngine(wiring.Component):
 
         with m.If(self.start):
             m.d.sync += [p0.eq(0), res_tile.eq(cv.out_base), out_tile.eq(cv.out_base),
-                         res_addr.eq(cv.out_base), tiles.eq(0), o0.eq(0), col.eq(0), writing.eq(0)]
+                         res_addr.eq(cv.out_base), tiles.eq(0), o0.eq(0), col.eq(0), writing.eq(0),
+                         full.eq(0), take.eq(0), write.eq(0)]
             first_field()
 
         def next_pixel_tile():
@@ -116,20 +123,29 @@ class WriterEngine(wiring.Component):
                 with m.Else():
                     m.d.sync += [col.eq(col + 1), res_addr.eq(res_addr + cv.out_ch)]
         with m.Elif(self.active):
-            with m.If(~writing):
+            taken = Signal(2)                                # a buffer filled this cycle
+            freed = Signal(2)                                # a buffer written out this cycle
+            m.d.sync += full.eq((full | taken) & ~freed)
+            with m.If(~full.bit_select(take, 1)):
                 m.d.comb += self.results.ready.eq(1)
                 with m.If(self.results.valid):
-                    for r in range(R):
-                        with m.If(res.row == r):
-                            m.d.sync += bits_buf[r].eq(res.bits)
+                    for b in range(2):
+                        for r in range(R):
+                            with m.If((take == b) & (res.row == r)):
+                                m.d.sync += bits_buf[b][r].eq(res.bits)
                     with m.If(res.last):
-                        m.d.sync += [writing.eq(1), col.eq(0), plane.eq(0),
-                                     out_pix.eq(out_tile), out_addr.eq(out_tile + word)]
+                        m.d.comb += taken.eq(Mux(take, 0b10, 0b01))
+                        m.d.sync += take.eq(~take)
+            ready_to_write = full | taken                    # a whole tile is (or is now) in a buffer
+            with m.If(~writing):
+                with m.If(ready_to_write.bit_select(write, 1)):
+                    m.d.sync += [writing.eq(1), col.eq(0), plane.eq(0),
+                                 out_pix.eq(out_tile), out_addr.eq(out_tile + word)]
             with m.Else():
                 bits = Signal(R)
                 for r in range(R):
-                    planes = bits_buf[r][col_index] if C > 1 else bits_buf[r][0]
-                    m.d.comb += bits[r].eq(Mux(o0 + r < cv.out_ch, (planes >> plane)[0], 0))
+                    planes = [bits_buf[b][r][col_index] if C > 1 else bits_buf[b][r][0] for b in range(2)]
+                    m.d.comb += bits[r].eq(Mux(o0 + r < cv.out_ch, (Mux(write, planes[1], planes[0]) >> plane)[0], 0))
                 p = p0 + col
                 m.d.comb += [
                     self.act_addr.eq(out_addr),
@@ -142,11 +158,21 @@ class WriterEngine(wiring.Component):
                     m.d.sync += [plane.eq(0), col.eq(col + 1), out_pix.eq(out_pix + cv.out_stride),
                                  out_addr.eq(out_pix + cv.out_stride + word)]
                     with m.If(col == C - 1):
-                        m.d.sync += [writing.eq(0), o0.eq(o0 + R), tiles.eq(tiles + 1)]
+                        m.d.comb += freed.eq(Mux(write, 0b10, 0b01))
+                        m.d.sync += [write.eq(~write), o0.eq(o0 + R), tiles.eq(tiles + 1)]
                         with m.If(field == W // R - 1):
                             m.d.sync += [field.eq(0), word.eq(word + 1)]
                         with m.Else():
                             m.d.sync += field.eq(field + 1)
-                        with m.If(tiles == plan.ot_m1):
+                        # The next tile's first address, for going on without an idle cycle when its
+                        # rows are already in the other buffer.
+                        new_pixel_tile = tiles == plan.ot_m1
+                        next_word = Mux(new_pixel_tile, cv.out_ch_base // W, word + (field == W // R - 1))
+                        next_tile = Mux(new_pixel_tile, out_tile + plan.tile_out_step, out_tile)
+                        with m.If(ready_to_write.bit_select(~write, 1)):
+                            m.d.sync += [col.eq(0), out_pix.eq(next_tile), out_addr.eq(next_tile + next_word)]
+                        with m.Else():
+                            m.d.sync += writing.eq(0)
+                        with m.If(new_pixel_tile):
                             next_pixel_tile()
         return m

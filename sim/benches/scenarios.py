@@ -115,5 +115,8 @@ def pass_cycles(cfg: AccelConfig, k):
 
 
 def ideal_input_cycles(cfg: AccelConfig, specs):
-    """Sum over passes of max(ceil(K/W), rows): the input-side cycles of a back-to-back run."""
+    """Sum over passes of max(ceil(K/W), rows): the input-side cycles of a back-to-back run. With
+    `element_scales` only tiles are spaced: sum over tiles of max(their passes' words, rows)."""
+    if cfg.element_scales:
+        return sum(max(s["wbases"] * s["abases"] * -(-s["k"] // cfg.word_bits), cfg.rows) for s in specs)
     return sum(s["wbases"] * s["abases"] * pass_cycles(cfg, s["k"]) for s in specs)

@@ -78,6 +78,7 @@ class ProgramState:
     plane_groups: bool = True                      # may the first layer group pixel planes
     streamed: bool = False                         # CheckFit's decision
     stream: list = field(default_factory=list)     # the load stream's segments, in LOAD order
+    batch: int = 1                                 # images per run, spread over the array's columns
 
 
 def _name(index, kind):
@@ -505,6 +506,94 @@ class Lower:
                 "scales": np.ascontiguousarray(b["scales"])}
 
 
+def _pointwise(s):
+    return (s["kh"], s["kw"], s["stride"], s["pad"]) == (1, 1, 1, 0)
+
+
+def _whole_map(s, image_h, image_w):
+    """A kernel over each image's whole map (a fully connected layer): on the stacked map it reads image
+    b's rows with a vertical stride of the image's height, one output pixel per image."""
+    return (s["kh"], s["kw"], s["pad"]) == (image_h, image_w, 0) and image_h <= FIELD_LIMITS["stride"]
+
+
+class Batch:
+    """Several images a run, so that layers with fewer output pixels than the array has columns still
+    fill them (docs/compiler.md "Batching").
+
+    Every map holds the batch's images stacked: B x H rows of W pixels, each plane all images' rows, so
+    image b's pixel (y, x) is pixel (b * H + y, x). An operation runs once over the stack when no window
+    crosses two images: a pointwise convolution (the host-unfolded first layer, 1x1 layers on 1x1
+    maps), a kernel over each image's whole map (vertical stride = its height: one output pixel per
+    image), a pool whose windows tile each image. Any other operation runs once per image on a view of
+    the stack (its base moved to the image's first row); a view's planes would be B x H rows apart, so
+    such an operation needs one activation plane in and out."""
+
+    name = "batch"
+
+    def apply(self, state):
+        b = state.batch
+        if not isinstance(b, int) or isinstance(b, bool) or b < 1:
+            raise CompileError(f"program: the batch must be a positive integer, not {b!r}")
+        if b == 1:
+            return state
+        image_h = {}                                   # id(map) -> one image's rows
+        for spec in [state.maps[-1]] + [m for op in state.ops for m in (op["in"], op["out"]) if m is not None] \
+                + [op["shortcut"]["in"] for op in state.ops if op.get("shortcut")]:
+            if id(spec) not in image_h:
+                image_h[id(spec)] = spec["h"]
+        for op in state.ops:
+            name = op["name"]
+            src = op["in"]
+            h_in = image_h[id(src)]
+            if op["op"] == "pool":
+                k, stride = op["kernel"], op["stride"]
+                stacked = k == stride and h_in % k == 0
+                if not stacked and src["planes"] != 1:
+                    raise CompileError(self._refusal(name, b, f"its {k}x{k} windows at stride {stride} do not "
+                                                     f"tile a {h_in}-row map", src["planes"]))
+                op["images"] = 1 if stacked else b
+                op["image_in_h"], op["image_out_h"] = h_in, image_h[id(op["out"])]
+                continue
+            if op["out"] is not None:
+                op["image_out_h"] = image_h[id(op["out"])]
+            w_in = src["w"]
+            sources = _sources(op)
+            heights = [image_h[id(s["in"])] for s in sources]
+            out_h = op["out_h"]
+            if all(_pointwise(s) for s in sources):
+                op["images"] = 1
+                op["out_h"] = out_h * b
+            elif all(_whole_map(s, h, s["in"]["w"]) for s, h in zip(sources, heights)):
+                op["images"] = 1
+                for s, h in zip(sources, heights):
+                    s["stride"] = h
+                op["out_h"] = b
+            else:
+                planes = [s["n"] for s in sources] + ([op["out"]["planes"]] if op["out"] is not None else [])
+                if max(planes) != 1:
+                    raise CompileError(self._refusal(name, b, f"its {op['kh']}x{op['kw']} kernel (stride "
+                                                     f"{op['stride']}, padding {op['pad']}) would read across "
+                                                     f"images", max(planes)))
+                op["images"] = b
+                for s, h in zip(sources, heights):
+                    s["image_in_h"] = h
+            op["macs"] *= b                             # the batch's work
+        for spec in {id(m): m for m in [state.maps[-1]] + [m for op in state.ops for m in (op["in"], op["out"])
+                                                             if m is not None]
+                     + [op["shortcut"]["in"] for op in state.ops if op.get("shortcut")]}.values():
+            spec["image_h"] = spec["h"]
+            spec["h"] = spec["h"] * b
+            spec["batch"] = b
+        state.input["batch"] = b
+        state.checked.append(f"batch: {b} images a run, stacked in every map")
+        return state
+
+    @staticmethod
+    def _refusal(name, batch, why, planes):
+        return (f"{name}: with a batch of {batch} it runs once per image ({why}), and a per-image view of a "
+                f"stacked map holds one activation plane, not {planes}; compile with batch 1")
+
+
 class CheckFit:
     """Every limit of the config and the ISA fields, naming the layer, the limit and the excess."""
 
@@ -580,7 +669,7 @@ class CheckFit:
             bound = int(sum(np.abs(s["scales"]).sum(axis=(0, 1)) * s["k"] for s in _sources(op)).max()) if o else 0
             if bound > c.acc_max:
                 _exceeds(name, "accumulator bound", bound, f"the {c.acc_bits}-bit accumulator's limit", c.acc_max)
-        instructions = len(state.ops) + 1 + sum(1 for op in convs if op.get("shortcut"))
+        instructions = 1 + sum(op.get("images", 1) * (2 if op.get("shortcut") else 1) for op in state.ops)
         if state.streamed:
             # Per CONV a SYNC and a LOAD per memory it reads (docs/compiler.md "Streamed parameters").
             instructions += sum(1 + sum(1 for amount in _parameter_need(c, op).values() if amount)
@@ -703,11 +792,14 @@ class Emit:
         # Per op: its compute instruction and the images of the parameters it reads.
         compute, images = [], []
         for op in state.ops:
+            # An operation that runs once per image of the batch: one instruction (pair) per image.
+            runs = range(op.get("images", 1))
             if op["op"] == "pool":
-                compute.append([self._pool(op)])
+                compute.append([self._pool(op, b) for b in runs])
                 images.append([])
             else:
-                compute.append(([self._shortcut(op)] if op.get("shortcut") else []) + [self._conv(op)])
+                compute.append([word for b in runs for word in
+                                ([self._shortcut(op, b)] if op.get("shortcut") else []) + [self._conv(op, b)]])
                 images.append(self._images(c, op))
         convs = [i for i, op in enumerate(state.ops) if op["op"] != "pool"]
         instructions, segments, stream = [], [], []
@@ -752,36 +844,54 @@ class Emit:
                 entry["output"] = dict(op["out"], base=op["out_base"])
         last = state.ops[-1]
         state.output = {"result_base": last["out_base"], "classes": int(state.model.classes)}
+        if state.batch > 1:
+            state.output["batch"] = state.batch
         for entry in info:
             entry["ideal_cycles"] = -(-entry["macs"] // c.macs_per_cycle)
         state.instructions, state.segments, state.stream, state.layer_info = instructions, segments, stream, info
         return state
 
-    def _pool(self, op):
+    @staticmethod
+    def _view(op, spec, image, image_h):
+        """(word offset, rows) of image `image`'s part of a stacked map, or of the whole map when the
+        operation runs once over the stack."""
+        if op.get("images", 1) == 1:
+            return 0, spec["h"]
+        return image * image_h * spec["w"] * spec["cw"], image_h
+
+    def _pool(self, op, image=0):
         src, out = op["in"], op["out"]
-        fields = {"in_base": op["in_base"], "in_h": src["h"], "in_w": src["w"], "cw": src["cw"],
+        in_off, in_h = self._view(op, src, image, op.get("image_in_h"))
+        out_off, out_h = self._view(op, out, image, op.get("image_out_h"))
+        fields = {"in_base": op["in_base"] + in_off, "in_h": in_h, "in_w": src["w"], "cw": src["cw"],
                   "planes": src["planes"], "kernel": op["kernel"], "stride": op["stride"],
-                  "out_h": out["h"], "out_w": out["w"], "out_base": op["out_base"]}
+                  "out_h": out_h, "out_w": out["w"], "out_base": op["out_base"] + out_off}
         return self._encode(op["name"], Opcode.POOL, fields)
 
-    def _conv(self, op):
+    def _conv(self, op, image=0):
         src, out = op["in"], op["out"]
+        in_off, in_h = self._view(op, src, image, op.get("image_in_h"))
+        if out is None:          # the logits: one sum per output pixel and channel
+            out_off = image * op["out_h"] * op["out_w"] * op["o"] if op.get("images", 1) > 1 else 0
+        else:
+            out_off = self._view(op, out, image, op.get("image_out_h"))[0]
         fields = {
-            "in_base": op["in_base"] + op["in_word_offset"], "in_h": src["h"], "in_w": src["w"],
+            "in_base": op["in_base"] + op["in_word_offset"] + in_off, "in_h": in_h, "in_w": src["w"],
             "in_cw": op["in_cw"], "in_stride": src["cw"], "in_tail": op["in_tail"], "in_planes": op["n"],
             "kh": op["kh"], "kw": op["kw"], "stride": op["stride"], "pad": op["pad"],
             "pad_value": op["pad_value"], "out_h": op["out_h"], "out_w": op["out_w"], "out_ch": op["o"],
             "out_ch_base": op["out_ch_base"], "out_stride": 0 if out is None else out["cw"],
-            "out_planes": 0 if out is None else out["planes"], "out_base": op["out_base"],
+            "out_planes": 0 if out is None else out["planes"], "out_base": op["out_base"] + out_off,
             "wbases": op["m"], "w_base": op["w_base"], "s_base": op["s_base"], "t_base": op["t_base"],
             "raw": int(op["raw"]), "k": op["k"]}
         return self._encode(op["name"], Opcode.CONV, fields)
 
-    def _shortcut(self, op):
+    def _shortcut(self, op, image=0):
         s = op["shortcut"]
         src = s["in"]
+        in_off, in_h = self._view(op, src, image, s.get("image_in_h"))
         fields = {
-            "in_base": s["in_base"] + s.get("in_word_offset", 0), "in_h": src["h"], "in_w": src["w"],
+            "in_base": s["in_base"] + s.get("in_word_offset", 0) + in_off, "in_h": in_h, "in_w": src["w"],
             "in_cw": s["in_cw"],
             "in_stride": src["cw"], "in_tail": s["in_tail"], "in_planes": s["n"], "kh": s["kh"], "kw": s["kw"],
             "stride": s["stride"], "pad": s["pad"], "pad_value": s["pad_value"], "wbases": s["m"],
@@ -837,14 +947,15 @@ class Verify:
         if state.verify_images <= 0:
             return state
         from sw.iss import Iss, IssError
-        from sw.runtime import prepare_input
+        from sw.runtime import pack_batch, prepare_input, read_logits
         bundle = state_to_bundle(state)
         rng = np.random.default_rng(state.seed)
-        images = rng.integers(0, 256, (state.verify_images,) + tuple(state.model.input_shape), dtype=np.uint8)
+        count = -(-state.verify_images // state.batch) * state.batch     # whole batches
+        images = rng.integers(0, 256, (count,) + tuple(state.model.input_shape), dtype=np.uint8)
         logits, trace = deploy_forward(state.model, images, intermediates=True)
-        iss = Iss(state.config, batch=len(images))
+        iss = Iss(state.config, batch=count // state.batch)
         iss.load(bundle)
-        iss.write("act", bundle.input["act_base"], prepare_input(bundle, images))
+        iss.write("act", bundle.input["act_base"], pack_batch(bundle, prepare_input(bundle, images)))
         ends = {entry["instructions"][-1]: entry for entry in bundle.layers}
         c = state.config
 
@@ -862,7 +973,7 @@ class Verify:
             iss.run(on_step=compare)
         except IssError as error:
             raise CompileError(f"program: internal error: the ISS stopped with {error}") from None
-        got = iss.result[:, bundle.output["result_base"]:bundle.output["result_base"] + bundle.output["classes"]]
+        got = read_logits(bundle, iss.result)
         if not np.array_equal(got, logits):
             raise CompileError("program: internal error: the ISS's logits differ from deploy_forward's")
         state.checked.append(f"verify: ISS == deploy_forward at every layer on {len(images)} random images")
@@ -870,7 +981,18 @@ class Verify:
 
 
 def read_map(act, spec, word_bits):
-    """A map's planes from activation words: (B, planes, h, w, cw, limbs) -> int8 (planes, B, C, h, w)."""
+    """A map's planes from activation words: (runs, planes, h, w, cw, limbs) -> int8 (planes, images, C,
+    h, w); a batched map's stacked images come apart, run-major."""
+    planes = _read_stack(act, spec, word_bits)
+    batch = spec.get("batch", 1)
+    if batch == 1:
+        return planes
+    t, runs, c, h, w = planes.shape
+    return planes.reshape(t, runs, c, batch, h // batch, w).transpose(0, 1, 3, 2, 4, 5).reshape(
+        t, runs * batch, c, h // batch, w)
+
+
+def _read_stack(act, spec, word_bits):
     batch = act.shape[0]
     words = act[:, spec["base"]:spec["base"] + spec["planes"] * spec["h"] * spec["w"] * spec["cw"]]
     words = words.reshape(batch, spec["planes"], spec["h"], spec["w"], spec["cw"], -1)
@@ -885,7 +1007,7 @@ def read_map(act, spec, word_bits):
     return (bits.astype(np.int8) * 2 - 1).transpose(1, 0, 4, 2, 3)
 
 
-PASSES = (CheckConfig(), MergeBranches(), Lower(), CheckFit(), Allocate(), Emit(), Verify())
+PASSES = (CheckConfig(), MergeBranches(), Lower(), Batch(), CheckFit(), Allocate(), Emit(), Verify())
 
 
 def state_to_bundle(state):
@@ -906,14 +1028,16 @@ def _run_passes(state, progress):
     return state
 
 
-def compile_model(model, config=None, verify_images=2, seed=0, progress=None, weights="auto", plane_groups=True):
+def compile_model(model, config=None, verify_images=2, seed=0, progress=None, weights="auto", plane_groups=True,
+                  batch=1):
     """Run `PASSES` on a BnnModel; returns the Bundle. `progress(pass_name)` is called before each;
-    `weights` is one of WEIGHT_MODES; `plane_groups=False` keeps the first layer's 8 pixel planes apart."""
+    `weights` is one of WEIGHT_MODES; `plane_groups=False` keeps the first layer's 8 pixel planes apart;
+    `batch` images run together, spread over the array's columns (the `Batch` pass)."""
     config = AccelConfig() if config is None else config
 
     def fresh(plane_groups):
         return ProgramState(model, config, verify_images=verify_images, seed=seed, weights=weights,
-                            plane_groups=plane_groups)
+                            plane_groups=plane_groups, batch=batch)
 
     state = fresh(plane_groups)
     try:

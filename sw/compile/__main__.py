@@ -25,6 +25,9 @@ def parser():
                    help="resident: the host writes every layer's weights, scales and thresholds before start; "
                         "stream: LOAD instructions take them layer by layer from the load stream while the "
                         "previous layer computes; auto (default): resident when they fit")
+    p.add_argument("--batch", type=int, default=1,
+                   help="images a run takes, stacked so that layers with fewer output pixels than the array "
+                        "has columns fill them (default 1; the array's columns are a good choice)")
     p.add_argument("--quiet", action="store_true", help="print only the output path")
     return p
 
@@ -64,7 +67,8 @@ def main(argv=None):
         model = load_model(args.model)
         passes = []
         bundle = compile_model(model, config, verify_images=max(0, args.verify_images), seed=args.seed,
-                               progress=None if args.quiet else passes.append, weights=args.weights)
+                               progress=None if args.quiet else passes.append, weights=args.weights,
+                               batch=args.batch)
         save_bundle(args.out, bundle)
     except (BoardError, ConfigError, ModelFormatError, CompileError) as error:
         return fail(str(error))

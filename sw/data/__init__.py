@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["Dataset", "DatasetError", "BUILTIN", "FOLDER", "DATASETS", "load_dataset", "fixed_split",
-           "read_idx", "write_idx"]
+           "sample_order", "read_idx", "write_idx"]
 
 
 class DatasetError(ValueError):
@@ -70,6 +70,24 @@ def fixed_split(labels, test_fraction=0.2, seed=0):
     test = np.sort(np.array(test, dtype=np.int64))
     train = np.setdiff1d(np.arange(len(labels)), test)
     return train, test
+
+
+def sample_order(labels, seed=0):
+    """A fixed order of a split's indices in which every prefix covers the classes evenly: each class's
+    indices shuffled with `seed`, then taken one per class in turn (class 0, 1, ..., 0, 1, ...) until
+    all are used. A split stored in class order then gives a fair sample of any size."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    queues = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        queues.append(list(members[rng.permutation(len(members))]))
+    order = []
+    while any(queues):
+        for queue in queues:
+            if queue:
+                order.append(int(queue.pop(0)))
+    return np.array(order, dtype=np.int64)
 
 
 def _split(name, images, labels, classes):

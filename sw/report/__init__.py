@@ -11,6 +11,7 @@ memory images against the config's depths, and the build's resources against the
 
 import math
 
+import hw.cycles
 from hw.isa import INSTRUCTION_BITS, IsaError, Opcode, decode
 
 __all__ = ["ReportError", "analyse", "analytic_cycles", "measure", "memory_use", "markdown", "gather_cycles",
@@ -25,16 +26,11 @@ class ReportError(ValueError):
     """A report cannot be made (measured run failed, resources for another config, ...); one line."""
 
 
-def _patch_words(f):
-    """Patch words of one pixel: every activation basis' K-words, of both sources of a two-source CONV."""
-    return sum(s["in_planes"] * s["kh"] * s["kw"] * s["in_cw"] for s in [f] + ([f["shortcut"]] if "shortcut" in f else []))
-
-
 def gather_cycles(config, f):
     """Cycles the gather engine spends reading the activation buffer for one CONV (docs/isa.md: one
-    word a cycle, `C * (N * KW + N2 * KW2 + 1) + 1` per pixel tile): the 'memory' side of the roofline."""
+    word a cycle, `C * (N * KW + N2 * KW2) + 1` per pixel tile): the 'memory' side of the roofline."""
     tiles = -(-(f["out_h"] * f["out_w"]) // config.cols)
-    return tiles * (config.cols * (_patch_words(f) + 1) + 1)
+    return tiles * hw.cycles.gather_tile_cycles(config, f)
 
 
 def _conv_fields(bundle, pcs):
@@ -78,7 +74,7 @@ def memory_use(bundle):
         act_peak = max(act_peak, in_words + out_words)
         in_words = out_words
         for f in _conv_fields(bundle, layer["instructions"]):
-            patch = max(patch, _patch_words(f))
+            patch = max(patch, hw.cycles.patch_words(f))
     # (name, entries used, depth, bits an entry, copies of the memory)
     rows = [
         ("weight", end.get("weight", 0), c.weight_depth, c.rows * c.word_bits, 1),
@@ -157,6 +153,7 @@ def analyse(bundle, board, *, measured=None, measured_backend=None, resources=No
     c = bundle.config
     peak = c.macs_per_cycle
     clock = c.clock_hz
+    batch = int(bundle.input.get("batch", 1))        # images a run (cycles and MACs are a run's)
     per_layer, program = analytic_cycles(bundle)
     measured, measured_total = measured if measured is not None else (None, None)
     if measured is not None and len(measured) != len(per_layer):
@@ -185,7 +182,8 @@ def analyse(bundle, board, *, measured=None, measured_backend=None, resources=No
         "utilization": ideal / total if total else 0.0,
         "conv_utilization": (sum(r["macs"] for r in conv) / peak / conv_cycles) if conv_cycles else None,
         "latency_us": total / clock * 1e6,
-        "frames_per_s": clock / total if total else 0.0,
+        "batch": batch,
+        "frames_per_s": batch * clock / total if total else 0.0,
         "layer_cycles": sum(r["cycles"] for r in layers),
         "measured_cycles": None if measured is None else int(measured_total),
         "measured_backend": measured_backend,
@@ -193,7 +191,7 @@ def analyse(bundle, board, *, measured=None, measured_backend=None, resources=No
     }
     res = _resources_section(board, c, resources)
     if res is not None and res["fmax_mhz"]:
-        network["frames_per_s_at_fmax"] = res["fmax_mhz"] * 1e6 / total if total else 0.0
+        network["frames_per_s_at_fmax"] = batch * res["fmax_mhz"] * 1e6 / total if total else 0.0
     return {
         "board": {"name": board.name, "device": board.device, "flow": board.flow,
                   "capacity": dict(board.capacity)},
@@ -244,7 +242,10 @@ def markdown(report):
           f"{_n(net['latency_us'], 1)} |")
     lines += [
         "",
-        f"Network: {net['cycles']:,} cycles per image, latency {net['latency_us']:,.1f} us, "
+        (f"Network: {net['cycles']:,} cycles per image, latency {net['latency_us']:,.1f} us, " if net["batch"] == 1
+         else f"Network: {net['cycles']:,} cycles per run of {net['batch']} images (the bundle's batch), "
+              f"latency {net['latency_us']:,.1f} us, ")
+        +
         f"{net['frames_per_s']:,.1f} frames/s at {report['clock_mhz']:g} MHz "
         f"({net['gops_binary']:,.1f} binary GOPS); array utilization {_pct(net['utilization'])}, "
         f"convolutions {_pct(net['conv_utilization'])}."

@@ -31,7 +31,8 @@ import sw.ref as ref
 from sw.bundle import Bundle, BundleError, load_bundle, pack_words
 
 __all__ = ["RuntimeApiError", "RunResult", "Backend", "MemoryBackend", "IssBackend", "BACKENDS", "PROVIDERS",
-           "register_backend", "open_backend", "prepare_input", "check_images"]
+           "register_backend", "open_backend", "prepare_input", "check_images", "pack_batch", "read_logits",
+           "bundle_batch", "whole_batches"]
 
 
 class RuntimeApiError(ValueError):
@@ -97,6 +98,43 @@ def prepare_input(bundle, images):
     return np.ascontiguousarray(words.reshape(batch, per_image, words.shape[-1]))
 
 
+def bundle_batch(bundle):
+    """Images one run of the bundle's program takes (`compile_model(..., batch=B)`)."""
+    return int(bundle.input.get("batch", 1))
+
+
+def pack_batch(bundle, words):
+    """Per-image input words (images, words, limbs) -> per-run words (runs, batch x words, limbs): the
+    batch's unfolded maps stacked plane by plane (docs/compiler.md "Batching"): activation basis g holds
+    image 0's rows, then image 1's, ... The image count must be a multiple of the batch."""
+    batch = bundle_batch(bundle)
+    if batch == 1:
+        return words
+    count, per_image, limbs = words.shape
+    if count % batch:
+        raise RuntimeApiError(f"{count} images are not whole batches of {batch}")
+    groups = len(bundle.input.get("groups", [[b, 1] for b in range(8)]))
+    words = words.reshape(count // batch, batch, groups, per_image // groups, limbs).swapaxes(1, 2)
+    return np.ascontiguousarray(words.reshape(count // batch, batch * per_image, limbs))
+
+
+def read_logits(bundle, result):
+    """Every image's logits from result memories (runs, depth) -> (runs x batch, classes)."""
+    out = bundle.output
+    batch = bundle_batch(bundle)
+    sums = np.asarray(result)[:, out["result_base"]:out["result_base"] + batch * out["classes"]]
+    return sums.reshape(-1, out["classes"])
+
+
+def whole_batches(bundle, images):
+    """`images` padded with blank images to whole batches: (padded images, how many are real)."""
+    batch = bundle_batch(bundle)
+    spare = -len(images) % batch
+    if spare:
+        images = np.concatenate([images, np.zeros((spare,) + images.shape[1:], dtype=images.dtype)])
+    return images, len(images) - spare
+
+
 class Backend:
     """Base of every backend; see the module docstring."""
 
@@ -159,20 +197,28 @@ class MemoryBackend(Backend):
             self.write_memory(segment.memory, segment.base, segment.values)
 
     def run(self, images):
-        words = prepare_input(self.bundle, images)
+        """Each run of the program takes a batch of images (the bundle's batch; the last one padded with
+        blank images): every image gets its logits, and the cycles of the run it was in."""
+        images, real = whole_batches(self.bundle, check_images(self.bundle, images))
+        batch = bundle_batch(self.bundle)
+        words = pack_batch(self.bundle, prepare_input(self.bundle, images))
         out = self.bundle.output
         logits, cycles, layers = [], [], []
-        for image_words in words:
-            self.write_memory("act", self.bundle.input["act_base"], image_words)
+        for run_words in words:
+            self.write_memory("act", self.bundle.input["act_base"], run_words)
             spent, error = self.start_and_wait(self.bundle.stream)
             if error:
                 raise RuntimeApiError(f"The {self.name} backend stopped with error code {error}", code=error)
-            logits.append(self.read_result(out["result_base"], out["classes"]))
-            cycles.append(spent)
+            sums = np.asarray(self.read_result(out["result_base"], batch * out["classes"]), dtype=np.int64)
+            logits.extend(sums.reshape(batch, out["classes"]))
+            cycles.extend([spent] * batch)
             per_pc = self.instruction_cycles()
-            layers.append(None if per_pc is None else self.layer_cycles_from(per_pc))
-        layer_cycles = None if any(x is None for x in layers) else np.stack(layers)
-        return RunResult(np.array(logits, dtype=np.int64), np.array(cycles, dtype=np.int64), layer_cycles)
+            layers.extend([None if per_pc is None else self.layer_cycles_from(per_pc)] * batch)
+        logits, cycles, layers = logits[:real], cycles[:real], layers[:real]
+        layer_cycles = None if any(x is None for x in layers) else (
+            np.stack(layers) if layers else np.zeros((0, len(self.bundle.layers)), np.int64))
+        return RunResult(np.array(logits, dtype=np.int64).reshape(-1, out["classes"]),
+                         np.array(cycles, dtype=np.int64), layer_cycles)
 
 
 class IssBackend(Backend):
@@ -190,8 +236,10 @@ class IssBackend(Backend):
 
     def run(self, images):
         from sw.iss import Iss, IssError
-        words = prepare_input(self.bundle, images)
+        images, real = whole_batches(self.bundle, check_images(self.bundle, images))
+        words = pack_batch(self.bundle, prepare_input(self.bundle, images))
         out = self.bundle.output
+        per_run = bundle_batch(self.bundle)
         logits, cycles, layers = [], [], []
         for start in range(0, len(words), self.batch):
             chunk = words[start:start + self.batch]
@@ -203,13 +251,14 @@ class IssBackend(Backend):
             except IssError as error:
                 raise RuntimeApiError(f"The program stopped: {error}", code=error.code) from None
             per_pc = {pc: spent for pc, _, spent in self.status.trace}
-            logits.append(iss.result[:, out["result_base"]:out["result_base"] + out["classes"]])
-            cycles.append(np.full(len(chunk), self.status.cycles, dtype=np.int64))
-            layers.append(np.tile(self.layer_cycles_from(per_pc), (len(chunk), 1)))
+            logits.append(read_logits(self.bundle, iss.result))
+            cycles.append(np.full(len(chunk) * per_run, self.status.cycles, dtype=np.int64))
+            layers.append(np.tile(self.layer_cycles_from(per_pc), (len(chunk) * per_run, 1)))
         if not logits:
             n = len(self.bundle.layers)
             return RunResult(np.zeros((0, out["classes"]), np.int64), np.zeros(0, np.int64), np.zeros((0, n), np.int64))
-        return RunResult(np.concatenate(logits), np.concatenate(cycles), np.concatenate(layers))
+        return RunResult(np.concatenate(logits)[:real], np.concatenate(cycles)[:real],
+                         np.concatenate(layers)[:real])
 
 
 BACKENDS = {"iss": IssBackend}

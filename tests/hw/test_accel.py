@@ -240,6 +240,10 @@ def test_config_the_writer_cannot_serve_is_refused():
     (1, 16, 3, 3, 2, 6, 3, 1, 0, True, 1),
     (1, 8, 6, 6, 1, 8, 1, 1, 0, False, 2),       # writer-bound: 1x1 kernel, one word
     (2, 8, 6, 6, 2, 6, 1, 1, 0, False, 2),
+    # pixel tiles of one, two and three beats: the issue engine's read-ahead at the bank's end
+    (1, 8, 5, 5, 1, 2, 1, 1, 0, False, 1),
+    (1, 16, 5, 5, 1, 2, 1, 1, 0, False, 1),
+    (1, 24, 5, 5, 1, 2, 1, 1, 0, True, 1),
 ])
 def test_cycle_model_matches_rtl(layer):
     from hw.cycles import END_CYCLES, conv_cycles
@@ -425,8 +429,12 @@ def test_shortcut_errors_halt_like_the_iss():
     assert got["errors"] == expected
 
 
+ELEMENT_CFG = CFG.replace(element_scales=True)
+
+
+@pytest.mark.parametrize("cfg", [CFG, ELEMENT_CFG], ids=["column", "element"])
 @pytest.mark.parametrize("seed", range(8))
-def test_cycle_model_matches_rtl_on_random_layers(seed):
+def test_cycle_model_matches_rtl_on_random_layers(seed, cfg):
     """Random layer shapes, half of them with a shortcut of another kernel and stride (K-words from 1
     to many, so passes of different lengths meet at tile boundaries): the RTL's cycles equal the
     cycle model's and its sums equal sw.ref's."""
@@ -439,7 +447,7 @@ def test_cycle_model_matches_rtl_on_random_layers(seed):
     h, w = int(rng.integers(2, 5)), int(rng.integers(2, 6))       # h * w * o sums fit result_depth
     pad = k // 2
     x1, w1, s1, _, _ = random_layer(rng, n_planes=n, ch=ch, h=h, w=w, m_bases=m, o=o, k=k, t_planes=1)
-    main = conv_image(CFG, x1, w1, s1, np.zeros((o, 1), int), np.zeros(o, bool), stride=1, pad=pad,
+    main = conv_image(cfg, x1, w1, s1, np.zeros((o, 1), int), np.zeros(o, bool), stride=1, pad=pad,
                       pad_value=-1, raw=True, out_base=0)
     program, images = [main["instr"]], [(MemoryTarget.ACT, 0, main["act"])]
     weights, scales = list(main["weight"]), list(main["scale"])
@@ -450,7 +458,7 @@ def test_cycle_model_matches_rtl_on_random_layers(seed):
         pad2 = k2 // 2
         h2, w2 = (h - 1) * stride2 + k2 - 2 * pad2, (w - 1) * stride2 + k2 - 2 * pad2
         x2, w2b, s2, _, _ = random_layer(rng, n_planes=n2, ch=ch2, h=h2, w=w2, m_bases=m2, o=o, k=k2, t_planes=1)
-        second = conv_image(CFG, x2, w2b, s2, np.zeros((o, 1), int), np.zeros(o, bool), stride=stride2, pad=pad2,
+        second = conv_image(cfg, x2, w2b, s2, np.zeros((o, 1), int), np.zeros(o, bool), stride=stride2, pad=pad2,
                             pad_value=1, raw=True, in_base=400, out_base=0, w_base=len(weights), s_base=len(scales))
         fields = decode(second["instr"])[1]
         program.insert(0, encode(Opcode.SHORTCUT, **{name: fields[name] for name, _ in ShortcutArgs}))
@@ -461,8 +469,8 @@ def test_cycle_model_matches_rtl_on_random_layers(seed):
                                           padding=pad2, pad_value=1)[0]
     program.append(encode(Opcode.END))
     images += [(MemoryTarget.WEIGHT, 0, weights), (MemoryTarget.SCALE, 0, scales)]
-    got = simulate(CFG, program, images, [(MemoryTarget.RESULT, 0, h * w * o)])
+    got = simulate(cfg, program, images, [(MemoryTarget.RESULT, 0, h * w * o)])
     assert got["error"] == 0
     assert np.array_equal(np.array(got["reads"][0]).reshape(h * w, o), acc.reshape(o, h * w).T)
     assert cycles_per_pc(got["marks"], got["cycles"], len(program)) == \
-        program_cycles(CFG, [decode(word) for word in program])
+        program_cycles(cfg, [decode(word) for word in program])

@@ -255,7 +255,7 @@ def test_arty_plan_and_utilization(tmp_path):
     report = json.loads((out / "utilization.json").read_text())
     util = report["utilization"]
     # A 2x2 W=8 core with its UART shell: a few hundred to a few thousand LUTs, more FFs than 100.
-    assert 200 < util["LUT"] < 5000
+    assert 200 < util["LUT"] < 6000
     assert 100 < util["FF"] < 10000
     assert util["CARRY4"] > 0
     assert report["fits"] is True and report["macs_per_cycle"] == 32

@@ -19,6 +19,8 @@ GEOMETRIES = {
                          scale_bits=12, scale_frac=4, acc_bits=28, scale_depth=16, thr_depth=16,
                          out_depth=3),
 }
+# The same geometries with the scales applied in every element (`AccelConfig.element_scales`).
+GEOMETRIES.update({f"{name}e": cfg.replace(element_scales=True) for name, cfg in list(GEOMETRIES.items())})
 
 
 def batches_of(tiles):
@@ -122,7 +124,7 @@ EDGE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("name", ["2x3w8", "3x2w5"])
+@pytest.mark.parametrize("name", ["2x3w8", "3x2w5", "2x3w8e", "3x2w5e"])
 @pytest.mark.parametrize("case", range(len(EDGE_CASES)))
 def test_edge_cases(name, case):
     cfg = GEOMETRIES[name]
@@ -141,8 +143,9 @@ def test_edge_cases(name, case):
 
 @pytest.mark.parametrize("name", sorted(GEOMETRIES))
 def test_back_to_back_tiles_run_at_full_rate(name):
-    """With an always-ready sink and no idle input, a pass costs max(ceil(K / W), rows) cycles, once the
-    output FIFO covers the results in flight (the tiny test geometries' FIFOs are too small)."""
+    """With an always-ready sink and no idle input, a pass costs max(ceil(K / W), rows) cycles (with
+    element scales a pass costs ceil(K / W) and a tile at least `rows`), once the output FIFO covers
+    the results in flight (the tiny test geometries' FIFOs are too small)."""
     cfg = GEOMETRIES[name]
     cfg = cfg.replace(out_depth=cfg.rows + cfg.cols + 16)
     rng = np.random.default_rng(11)
@@ -152,7 +155,11 @@ def test_back_to_back_tiles_run_at_full_rate(name):
         t.scales, t.thresholds, t.flip = tiles[0].scales, tiles[0].thresholds, tiles[0].flip
     got, cycles = simulate(cfg, tiles, batches=[tiles])
     assert got == expected_of(cfg, tiles)
-    ideal = sum(t.passes * max(-(-t.k // cfg.word_bits), cfg.rows) for t in tiles)
+    words = [-(-t.k // cfg.word_bits) for t in tiles]
+    if cfg.element_scales:
+        ideal = sum(max(t.passes * n, cfg.rows) for t, n in zip(tiles, words))
+    else:
+        ideal = sum(t.passes * max(n, cfg.rows) for t, n in zip(tiles, words))
     # The pipeline adds its fill latency once: array, accumulator, thresholds, FIFOs.
     fill = cfg.cols + 12 + cfg.rows
     assert ideal <= cycles <= ideal + fill, (cycles, ideal)

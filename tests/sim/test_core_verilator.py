@@ -31,6 +31,9 @@ GEOMETRIES = {
                            scale_frac=8, acc_bits=40, max_k=256, scale_depth=64, thr_depth=128,
                            out_depth=32),
 }
+# The scales applied in every element: passes need not wait for the row readout, so tiles can end
+# every `rows` cycles and the output FIFO must cover rows + the latency to run at full rate.
+GEOMETRIES["4x8_w32_element"] = GEOMETRIES["4x8_w32"].replace(element_scales=True, out_depth=32)
 
 
 # The C++ of the model is compiled without optimisation: an 8x8, W=64 build then takes about a minute

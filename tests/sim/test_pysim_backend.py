@@ -32,17 +32,23 @@ CASES = {
         conv(8, 3, stride=2, padding=1, shortcut=shortcut(1, 3, 2, 1, pad_value=1)),
         conv(8, 3, padding=1, shortcut=shortcut(2)), linear(4)]),
 }
+# The scales applied in every element (passes of one K-word back to back): the multi-basis network and
+# the residual one, whose 1x1 shortcut passes are short.
+ELEMENT = SMALL.replace(element_scales=True)
+CASES["cnn_element"] = (CASES["cnn"][0], ELEMENT, CASES["cnn"][2])
+CASES["residual_element"] = (CASES["residual"][0], ELEMENT, CASES["residual"][2])
 
 
 @pytest.mark.parametrize("case, weights", [("cnn", "resident"), ("mlp", "resident"), ("cnn", "stream"),
-                                           ("residual", "resident"), ("residual", "stream")])
+                                           ("residual", "resident"), ("residual", "stream"),
+                                           ("cnn_element", "stream"), ("residual_element", "resident")])
 def test_rtl_equals_iss_and_deploy(case, weights):
     shape, config, specs = CASES[case]
     model = random_model(specs, shape, config, seed=5)
     bundle = compile_model(model, config, weights=weights)
     opcodes = {decode(word)[0] for word in bundle.instructions}
     assert (Opcode.LOAD in opcodes) == (weights == "stream") and bool(bundle.stream) == (weights == "stream")
-    assert (Opcode.SHORTCUT in opcodes) == (case == "residual")
+    assert (Opcode.SHORTCUT in opcodes) == case.startswith("residual")
     images = np.random.default_rng(2).integers(0, 256, (2,) + shape, dtype=np.uint8)
     rtl = open_backend("pysim", bundle).run(images)
     iss = open_backend("iss", bundle).run(images)
@@ -60,3 +66,37 @@ def test_pysim_refuses_a_bundle_for_another_config():
     bundle = compile_model(random_model(specs, shape, config, seed=1), config)
     with pytest.raises(RuntimeApiError, match="recompile for this config"):
         open_backend("pysim", bundle, config=config.replace(cols=4))
+
+
+BATCHED = {
+    "mlp": CASES["mlp"],
+    # 3x3 convolutions and a pool that run once per image (one activation plane), then a linear head
+    # over the stacked images.
+    "cnn": ((1, 8, 8), SMALL, [conv(5, 3, stride=2, padding=1), conv(6, 3, padding=1, pad_value=1), maxpool(2),
+                               linear(7, planes=2), linear(4)]),
+}
+
+
+@pytest.mark.parametrize("case, batch", [("mlp", 2), ("cnn", 2)])
+def test_batched_bundle_on_the_rtl(case, batch):
+    """A bundle that runs `batch` images at once (stacked maps, the columns over image x pixel): the
+    RTL's logits equal deploy_forward per image (an odd count: the last run padded), and its per-layer
+    cycles equal the analytic model's, which for the fully connected layers are those of one image."""
+    shape, config, specs = BATCHED[case]
+    model = random_model(specs, shape, config, seed=5)
+    bundle = compile_model(model, config, batch=batch)
+    single = compile_model(model, config)
+    images = np.random.default_rng(3).integers(0, 256, (3,) + shape, dtype=np.uint8)
+    rtl = open_backend("pysim", bundle).run(images)
+    assert np.array_equal(rtl.logits, deploy_forward(model, images))
+    assert np.array_equal(rtl.logits, open_backend("iss", bundle).run(images).logits)
+    model_cycles = analytic_cycles(config, bundle.instructions)
+    for layer, measured in zip(bundle.layers, rtl.layer_cycles[0]):
+        assert sum(model_cycles[pc] for pc in layer["instructions"]) == measured, layer["name"]
+    assert len(set(rtl.cycles.tolist())) == 1          # every run, the padded last one too
+    # A layer over 1x1 maps (every layer of the MLP, the head of the CNN) costs one run for the batch.
+    one = analytic_cycles(config, single.instructions)
+    for layer, solo in zip(bundle.layers, single.layers):
+        if layer["kind"] == "linear" and layer["index"] > 0:
+            assert sum(model_cycles[pc] for pc in layer["instructions"]) == \
+                sum(one[pc] for pc in solo["instructions"]), layer["name"]

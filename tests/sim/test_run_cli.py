@@ -12,7 +12,7 @@ from sim.run import main
 from sw.bundle import save_bundle, to_bytes
 from sw.compile import compile_model
 from sw.compile.testing import conv, linear, maxpool, random_model
-from sw.data import load_dataset
+from sw.data import load_dataset, sample_order
 from sw.iss import layer_report
 from sw.model_format import deploy_forward
 
@@ -37,15 +37,16 @@ def test_dataset_inputs(program, capsys):
     assert main([str(path), "--backend", "iss", "--inputs", "digits:test:6", "--batch", "4"]) == 0
     out = capsys.readouterr().out
     data = load_dataset("digits")
-    logits = deploy_forward(model, data.test_x[:6])
+    picked = sample_order(data.test_y)[:6]
+    logits = deploy_forward(model, data.test_x[picked])
     lines = _image_lines(out)
     assert len(lines) == 6
     report = layer_report(bundle)
     cycles = sum(r["cycles"] for r in report) + 3
-    for i, line in enumerate(lines):
-        assert line == (f"image {i} (digits:test:{i}, label {data.test_y[i]}): prediction {int(np.argmax(logits[i]))}  "
-                        f"cycles {cycles}  logits {' '.join(str(v) for v in logits[i])}")
-    correct = int(np.sum(np.argmax(logits, 1) == data.test_y[:6]))
+    for i, (line, index) in enumerate(zip(lines, picked)):
+        assert line == (f"image {i} (digits:test:{index}, label {data.test_y[index]}): prediction "
+                        f"{int(np.argmax(logits[i]))}  cycles {cycles}  logits {' '.join(str(v) for v in logits[i])}")
+    correct = int(np.sum(np.argmax(logits, 1) == data.test_y[picked]))
     assert f"accuracy: {correct}/6 ({100 * correct / 6:.2f}%)" in out
     assert "per-layer cycles (image 0, iss):" in out
     table = out.split("per-layer cycles (image 0, iss):\n")[1].splitlines()

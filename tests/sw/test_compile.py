@@ -424,3 +424,52 @@ def test_groups_off_the_word(specs, convs, shortcuts):
     assert (opcodes.count(Opcode.CONV), opcodes.count(Opcode.SHORTCUT)) == (convs, shortcuts)
     images = np.random.default_rng(2).integers(0, 256, (4, 3, 8, 8), dtype=np.uint8)
     assert np.array_equal(open_backend("iss", bundle).run(images).logits, deploy_forward(model, images))
+
+
+BATCH_CONFIG = AccelConfig(rows=4, cols=4, word_bits=16, max_wbases=2, max_abases=3, max_k=1024, scale_depth=256,
+                           thr_depth=256, weight_depth=2048, act_depth=8192, patch_depth=256, result_depth=256,
+                           instr_depth=128)
+BATCH_NETWORKS = {
+    # every layer over 1x1 maps: one instruction each, stacked over the batch
+    "mlp": ((1, 6, 6), [linear(20, wbases=2, planes=3), linear(9, planes=2), linear(5)]),
+    # per-image 3x3 convolutions and an untiled pool (one plane), a tiling pool, a whole-map head
+    "cnn": ((3, 10, 10), [conv(8, 3, padding=1, pad_value=1), maxpool(3, 2), conv(8, 3), maxpool(2),
+                          linear(6, planes=2), linear(4)]),
+    # a shortcut per image (stride 2) and a pointwise layer with a pointwise shortcut, stacked
+    "residual": ((1, 8, 8), [conv(6, 3, padding=1), conv(6, 3, stride=2, padding=1, shortcut=shortcut(0, 1, 2, 0)),
+                             conv(6, 1, shortcut=shortcut(1)), linear(4)]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BATCH_NETWORKS))
+@pytest.mark.parametrize("batch", [2, 3, 4])
+def test_batched_programs_equal_deploy_forward(name, batch):
+    """A batch of B images per run: every image's logits equal deploy_forward (the compiler's own
+    layer-by-layer check ran too), and a layer over 1x1 maps costs a batched run what it costs one image."""
+    shape, specs = BATCH_NETWORKS[name]
+    model = random_model(specs, shape, BATCH_CONFIG, seed=batch)
+    bundle = compile_model(model, BATCH_CONFIG, batch=batch, verify_images=batch + 1)
+    single = compile_model(model, BATCH_CONFIG, verify_images=0)
+    assert any(line.startswith(f"batch: {batch} images") for line in bundle.model["checked"])
+    images = np.random.default_rng(7).integers(0, 256, (2 * batch + 1,) + shape, dtype=np.uint8)
+    result = open_backend("iss", bundle, batch=2).run(images)
+    assert np.array_equal(result.logits, deploy_forward(model, images))
+    batched_layers, single_layers = result.layer_cycles[0], open_backend("iss", single).run(images[:1]).layer_cycles[0]
+    for layer, b_cycles, s_cycles in zip(bundle.layers, batched_layers, single_layers):
+        assert layer["macs"] == batch * single.layers[layer["index"]]["macs"]
+        if layer["output"] is None or (layer["output"]["image_h"], layer["output"]["w"]) == (1, 1):
+            if layer["index"] > 0 and layer["kind"] == "linear":
+                assert b_cycles == s_cycles, layer["name"]      # the columns took the batch for free
+
+
+def test_batch_refuses_per_image_layers_with_several_planes():
+    model = random_model([conv(6, 3, padding=1, planes=2), conv(6, 3, padding=1), linear(4)], (1, 8, 8),
+                         BATCH_CONFIG, seed=1)
+    with pytest.raises(CompileError, match=r"^layer 1 \(conv\): with a batch of 4 it runs once per image \(its 3x3 "
+                                           r"kernel \(stride 1, padding 1\) would read across images\), and a "
+                                           r"per-image view of a stacked map holds one activation plane, not 2; "
+                                           r"compile with batch 1$"):
+        compile_model(model, BATCH_CONFIG, batch=4)
+    with pytest.raises(CompileError, match="the batch must be a positive integer, not 0"):
+        compile_model(model, BATCH_CONFIG, batch=0)
+    compile_model(model, BATCH_CONFIG, batch=1)

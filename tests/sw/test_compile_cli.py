@@ -28,7 +28,7 @@ def test_compile_with_a_config_file(tmp_path, model_file, capsys):
     out = tmp_path / "p.bundle"
     assert main([str(model_file), "--config", str(tmp_path / "c.json"), "--out", str(out)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "passes: check-config, merge-branches, lower, check-fit, allocate, emit, verify"
+    assert lines[0] == "passes: check-config, merge-branches, lower, batch, check-fit, allocate, emit, verify"
     assert lines[1] == "checked: lower: re-laid weights unpack to the model's weights"
     assert lines[2] == "checked: verify: ISS == deploy_forward at every layer on 2 random images"
     assert lines[3] == f"config {config.fingerprint()}: 8x2 array, W = 32, 4 instructions"
@@ -60,7 +60,7 @@ def test_compile_for_a_board(tmp_path, model_file, capsys):
     (["MODEL", "--config", "none.json", "--out", "p.bundle"],
      "Cannot read config file none.json: No such file or directory"),
     (["MODEL", "--config", "BADCONFIG", "--out", "p.bundle"],
-     "Unknown config field 'lanes'; the fields are: acc_bits, act_depth, clock_hz, cols, instr_depth, max_abases, "
+     "Unknown config field 'lanes'; the fields are: acc_bits, act_depth, clock_hz, cols, element_scales, instr_depth, max_abases, "
      "max_k, max_wbases, out_depth, patch_depth, result_depth, rows, scale_bits, scale_depth, scale_frac, "
      "thr_depth, weight_depth, word_bits"),
     (["MODEL", "--config", "SMALL", "--out", "p.bundle"],

@@ -112,3 +112,20 @@ def test_dataset_errors(tmp_path):
         load_dataset("cifar10")
     with pytest.raises(DatasetError, match="does not exist"):
         load_dataset("svhn", str(tmp_path / "nowhere"))
+
+
+def test_sample_order_covers_the_classes_in_turn():
+    """A split stored in class order (MNIST-5k's test split is) still gives every class in a small
+    sample: COUNT images of `sample_order` hold each class COUNT // classes or one more times."""
+    from sw.data import sample_order
+    labels = np.repeat(np.arange(10), [30, 5, 20, 20, 20, 20, 20, 20, 20, 1])   # sorted, uneven classes
+    order = sample_order(labels)
+    assert sorted(order.tolist()) == list(range(len(labels)))          # a permutation
+    assert np.array_equal(order, sample_order(labels))                 # fixed
+    assert sorted(labels[order[:10]].tolist()) == list(range(10))
+    counts = np.bincount(labels[order[:16]], minlength=10)
+    assert counts.min() >= 1 and counts.max() <= 2
+    # Once a class runs out the others continue in turn: class 9 has one image, class 1 five.
+    assert np.bincount(labels[order[:50]], minlength=10)[[1, 9]].tolist() == [5, 1]
+    data = load_dataset("mnist5k")
+    assert len(set(data.test_y[sample_order(data.test_y)[:16]].tolist())) == 10

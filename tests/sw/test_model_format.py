@@ -166,7 +166,8 @@ def test_bad_files(tmp_path):
         from_bytes(b"BNNBUNDL" + data[8:])
     # A well-formed file whose header declares another kind.
     body = data[:-32]
-    wrong_kind = _resign(body.replace(b'"kind": "bnn-model"', b'"kind": "bnn-bundle"'))
+    # (the same length, so the container's header length still holds)
+    wrong_kind = _resign(body.replace(b'"kind": "bnn-model"', b'"kind":"bnn-bundle"'))
     with pytest.raises(ModelFormatError, match="holds a 'bnn-bundle'"):
         from_bytes(wrong_kind)
     # A well-formed file whose graph is inconsistent.
