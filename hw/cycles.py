@@ -4,7 +4,7 @@ to the RTL's cycle counter."""
 
 from .config import AccelConfig
 from .controller.plan import (CHECK_CYCLES, CONV_SETUP_STEPS, DECODE_CYCLES, POOL_DRAIN_CYCLES,
-                              POOL_SETUP_STEPS, PRODUCT_CYCLES, SHORTCUT_SETUP_STEPS)
+                              POOL_SETUP_STEPS, SHORTCUT_SETUP_STEPS, setup_cycles)
 
 __all__ = ["patch_words", "gather_tile_cycles", "SETUP_CYCLES", "SHORTCUT_SETUP_CYCLES", "SHORTCUT_CYCLES", "ARRIVAL_CYCLES", "ISSUE_START", "BANK_REUSE", "TILE_OVERHEAD", "END_CYCLES",
            "POOL_OVERHEAD", "LOAD_CYCLES", "SYNC_CYCLES", "conv_cycles", "pool_cycles",
@@ -12,15 +12,15 @@ __all__ = ["patch_words", "gather_tile_cycles", "SETUP_CYCLES", "SHORTCUT_SETUP_
 
 END_CYCLES = DECODE_CYCLES
 # Fetch, latch, decode, the set-up products the sequencer walks, check, decide.
-SETUP_CYCLES = DECODE_CYCLES + PRODUCT_CYCLES * len(CONV_SETUP_STEPS) + CHECK_CYCLES
+SETUP_CYCLES = DECODE_CYCLES + setup_cycles(CONV_SETUP_STEPS) + CHECK_CYCLES
 # A CONV after a SHORTCUT: the second source's set-up products too.
-SHORTCUT_SETUP_CYCLES = PRODUCT_CYCLES * len(SHORTCUT_SETUP_STEPS)
+SHORTCUT_SETUP_CYCLES = setup_cycles(SHORTCUT_SETUP_STEPS)
 SHORTCUT_CYCLES = DECODE_CYCLES                 # fetch, latch, decode (the second source is latched)
 ARRIVAL_CYCLES = 5      # + cols: a tile's last beat issued -> its row 0 at the writer
 ISSUE_START = 2         # a bank filled (or the previous tile issued) -> the next tile's first beat
 BANK_REUSE = 2          # a bank's last word read -> the gather refills it
 TILE_OVERHEAD = 9       # the last write -> the next instruction's fetch
-POOL_OVERHEAD = DECODE_CYCLES + PRODUCT_CYCLES * len(POOL_SETUP_STEPS) + CHECK_CYCLES + POOL_DRAIN_CYCLES
+POOL_OVERHEAD = DECODE_CYCLES + setup_cycles(POOL_SETUP_STEPS) + CHECK_CYCLES + POOL_DRAIN_CYCLES
 LOAD_CYCLES = DECODE_CYCLES + CHECK_CYCLES      # fetch, latch, decode, check, queue (when the queue has room)
 SYNC_CYCLES = DECODE_CYCLES + 1                 # fetch, latch, decode, wait (when the loads are done)
 

@@ -13,14 +13,15 @@ from ..isa import ConvArgs, PoolArgs, ShortcutArgs
 
 __all__ = ["PRODUCT_BITS", "OPERAND_B_BITS", "PRODUCT_CYCLES", "DECODE_CYCLES", "CHECK_CYCLES",
            "POOL_DRAIN_CYCLES", "CONV_SETUP_STEPS", "SHORTCUT_SETUP_STEPS", "POOL_SETUP_STEPS", "Plan",
-           "field_shape"]
+           "field_shape", "schedule", "setup_cycles"]
 
 #: Width of a set-up product. A product saturates here (all ones), so no field combination can wrap a
 #: size back into range before the checks compare it with a memory's depth.
 PRODUCT_BITS = 32
 #: Width of every product's second operand: a field or a small derived value.
 OPERAND_B_BITS = 16
-#: Cycles per product: operands registered, product registered, result written.
+#: Cycles from a product's operands to its result: operands registered, product registered, result
+#: written. The multiplier is pipelined: a step starts every cycle (`schedule`).
 PRODUCT_CYCLES = 3
 #: FETCH, LATCH, DECODE.
 DECODE_CYCLES = 3
@@ -93,6 +94,47 @@ POOL_SETUP_STEPS = (
     ("span_h", lambda a, p, c: a.out_h - 1, "stride"),
     ("span_w", lambda a, p, c: a.out_w - 1, "stride"),
 )
+
+
+def _needs(spec, dests):
+    """The destinations of other steps that an operand reads (a name, or a function's plan fields)."""
+    if callable(spec):
+        return set(spec.__code__.co_names) & dests
+    return {spec} & dests
+
+
+def schedule(steps):
+    """The steps in the order the pipelined multiplier starts them, one a cycle, None for an idle
+    cycle: a step starts at least PRODUCT_CYCLES cycles after every step whose result it reads (list
+    scheduling, earliest ready step first, otherwise in the given order)."""
+    dests = {dest for dest, _, _ in steps}
+    waiting = list(steps)
+    started = {}                                  # dest -> slot
+    slots = []
+    while waiting:
+        slot = len(slots)
+        for step in waiting:
+            dest, a, b = step
+            needs = (_needs(a, dests) | _needs(b, dests)) - {dest}
+            if all(n in started and slot >= started[n] + PRODUCT_CYCLES for n in needs):
+                # A step that rewrites its own destination (p_out_plane) waits for the earlier write.
+                if dest in started and slot < started[dest] + PRODUCT_CYCLES:
+                    continue
+                # Nor before an earlier step that writes its destination or an operand.
+                if any(d == dest or d in needs for d, _, _ in waiting[:waiting.index(step)]):
+                    continue
+                slots.append(step)
+                started[dest] = slot
+                waiting.remove(step)
+                break
+        else:
+            slots.append(None)
+    return slots
+
+
+def setup_cycles(steps):
+    """Cycles the sequencer spends on a step list: one a scheduled slot, then the last result's write."""
+    return len(schedule(steps)) + PRODUCT_CYCLES - 1
 
 
 def field_shape(*fields):

@@ -7,7 +7,7 @@ from amaranth.lib.wiring import In, Out
 from ..config import AccelConfig
 from ..isa import INSTRUCTION_BITS, ErrorCode, Instruction, LoadArgs, MemoryTarget, Opcode, ShortcutArgs
 from .plan import (CONV_SETUP_STEPS, OPERAND_B_BITS, POOL_SETUP_STEPS, PRODUCT_BITS, PRODUCT_CYCLES,
-                   SHORTCUT_SETUP_STEPS, Plan)
+                   SHORTCUT_SETUP_STEPS, Plan, schedule)
 
 __all__ = ["Sequencer"]
 
@@ -97,16 +97,18 @@ class Sequencer(wiring.Component):
             return getattr(args, spec)
 
         def steps_of(step_list, args):
-            return [(getattr(plan, dest), resolve(a, args), resolve(b, args)) for dest, a, b in step_list]
+            """The scheduled slots: (destination, operand a, operand b), or None for an idle cycle."""
+            return [None if step is None else (getattr(plan, step[0]), resolve(step[1], args), resolve(step[2], args))
+                    for step in schedule(step_list)]
 
         conv_steps = steps_of(CONV_SETUP_STEPS, cv)
         shortcut_steps = steps_of(SHORTCUT_SETUP_STEPS, cv)
         pool_steps = steps_of(POOL_SETUP_STEPS, pl)
-        for _, _, b in conv_steps + shortcut_steps + pool_steps:
-            assert len(b) <= OPERAND_B_BITS, b
+        for slot in conv_steps + shortcut_steps + pool_steps:
+            assert slot is None or len(slot[2]) <= OPERAND_B_BITS, slot
 
-        step = Signal(range(max(len(conv_steps), len(shortcut_steps), len(pool_steps)) + 1))
-        phase = Signal(range(PRODUCT_CYCLES))
+        longest = max(len(conv_steps), len(shortcut_steps), len(pool_steps))
+        step = Signal(range(longest + PRODUCT_CYCLES))
         mul_a = Signal(PRODUCT_BITS)
         mul_b = Signal(OPERAND_B_BITS)
         product = Signal(PRODUCT_BITS + OPERAND_B_BITS)
@@ -114,27 +116,38 @@ class Sequencer(wiring.Component):
         m.d.sync += product.eq(mul_a * mul_b)
         m.d.comb += saturated.eq(Mux(product[PRODUCT_BITS:].any(), (1 << PRODUCT_BITS) - 1,
                                      product[:PRODUCT_BITS]))
+        # The slot whose product is being written this cycle: started PRODUCT_CYCLES - 1 cycles ago.
+        write_slot = Signal(range(longest + 1))
+        write_valid = Signal()
+        started_slot = Signal.like(write_slot)
+        started_valid = Signal()
+        m.d.sync += [write_slot.eq(started_slot), write_valid.eq(started_valid), started_valid.eq(0)]
+        assert PRODUCT_CYCLES == 3          # operands, product, write: the two registers above
 
         def run_steps(steps, next_state):
-            """Phase 0 registers the step's operands, the middle phase multiplies, the last writes the result;
-            `next_state` is a state name, or a function that sets `m.next` after the last step."""
-            last_phase = phase == PRODUCT_CYCLES - 1
-            m.d.sync += phase.eq(Mux(last_phase, 0, phase + 1))
+            """One slot a cycle: its operands are registered, multiplied the next cycle and written the
+            cycle after; `next_state` (a state name, or a function that sets `m.next`) follows the last
+            write (schedule() keeps a step PRODUCT_CYCLES after the steps whose results it reads)."""
             with m.Switch(step):
-                for i, (dest, a, b) in enumerate(steps):
+                for i, slot in enumerate(steps):
+                    if slot is None:
+                        continue
                     with m.Case(i):
-                        with m.If(phase == 0):
-                            m.d.sync += [mul_a.eq(a), mul_b.eq(b)]
-                        with m.If(last_phase):
-                            m.d.sync += dest.eq(saturated)
-            with m.If(last_phase):
-                m.d.sync += step.eq(step + 1)
-                with m.If(step == len(steps) - 1):
-                    m.d.sync += step.eq(0)
-                    if callable(next_state):
-                        next_state()
-                    else:
-                        m.next = next_state
+                        m.d.sync += [mul_a.eq(slot[1]), mul_b.eq(slot[2]), started_slot.eq(i),
+                                     started_valid.eq(1)]
+            with m.If(write_valid):
+                with m.Switch(write_slot):
+                    for i, slot in enumerate(steps):
+                        if slot is not None:
+                            with m.Case(i):
+                                m.d.sync += slot[0].eq(saturated)
+            m.d.sync += step.eq(step + 1)
+            with m.If(step == len(steps) + PRODUCT_CYCLES - 2):
+                m.d.sync += step.eq(0)
+                if callable(next_state):
+                    next_state()
+                else:
+                    m.next = next_state
 
         # ------------------------------------------------------------ checks
         p = plan

@@ -583,3 +583,30 @@ def test_arbiter_needs_distinct_names():
         ActBufferArbiter(CFG, readers=("a", "a"), writers=("b",))
     with pytest.raises(ValueError, match=r"Each writer must have a distinct name, not \(\)"):
         ActBufferArbiter(CFG, readers=("a",), writers=())
+
+
+def test_setup_schedule_respects_every_product_it_reads():
+    """The pipelined set-up starts a step a cycle: each starts PRODUCT_CYCLES after every step whose
+    result it reads (names and the plan fields a function operand reads), rewrites of one destination
+    keep their order, every step runs once, and idle cycles appear only when nothing is ready."""
+    from hw.controller.plan import (CONV_SETUP_STEPS, POOL_SETUP_STEPS, PRODUCT_CYCLES, SHORTCUT_SETUP_STEPS,
+                                    schedule)
+    chained = (("a", "x", "y"), ("b", "a", "y"), ("c", "b", "a"), ("d", "x", lambda a, p, c: p.a))
+    for steps in (CONV_SETUP_STEPS, SHORTCUT_SETUP_STEPS, POOL_SETUP_STEPS, chained):
+        slots = schedule(steps)
+        assert sorted(map(id, (s for s in slots if s is not None))) == sorted(map(id, steps))
+        dests = {d for d, _, _ in steps}
+        written = {}                                  # dest -> slot of its latest write so far
+        for slot, step in enumerate(slots):
+            if step is None:
+                continue
+            dest, a, b = step
+            reads = {x for x in (a, b) if isinstance(x, str)} | \
+                {n for x in (a, b) if callable(x) for n in x.__code__.co_names}
+            for name in reads & dests:
+                assert name in written and slot >= written[name] + PRODUCT_CYCLES, (dest, name)
+            written[dest] = slot
+        assert [s for s in steps if s[0] == "p_out_plane"] == \
+            [s for s in slots if s is not None and s[0] == "p_out_plane"]
+    # b and d (through a function of the plan) wait for a, c for b: d fills one of b's idle slots
+    assert [s and s[0] for s in schedule(chained)] == ["a", None, None, "b", "d", None, "c"]

@@ -316,3 +316,18 @@ def test_estimate_cache_follows_the_controller_package():
     assert {"hw/accel.py", "hw/core.py", "controller/__init__.py", "controller/gather.py",
             "controller/sequencer.py", "hw/config.py"} <= names
     assert "hw/link.py" not in names
+
+
+def test_a_batched_bundle_reports_frames_per_run():
+    """A bundle compiled for 4 images a run: the report's cycles are the run's, its frames/s four images
+    per run, its MACs the batch's (so utilization compares the batch's work with the run's cycles)."""
+    config = CONFIG.replace(act_depth=4096, result_depth=64, instr_depth=32)
+    model = random_model([conv(8, 3, padding=1), maxpool(2), linear(10)], (1, 8, 8), config, seed=3)
+    batched = compile_model(model, config, batch=4, verify_images=0)
+    single = compile_model(model, config, verify_images=0)
+    report, alone = analyse(batched, BOARD), analyse(single, BOARD)
+    run = open_backend("iss", batched).run(np.zeros((4, 1, 8, 8), np.uint8)).cycles[0]
+    assert report["network"]["cycles"] == run and report["network"]["batch"] == 4
+    assert report["network"]["frames_per_s"] == pytest.approx(4 * 50e6 / run)
+    assert report["network"]["macs"] == 4 * alone["network"]["macs"]
+    assert "cycles per run of 4 images" in markdown(report)
