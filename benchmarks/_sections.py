@@ -4,7 +4,7 @@ docs/performance.md)."""
 import re
 from pathlib import Path
 
-__all__ = ["update_section"]
+__all__ = ["update_section", "publish"]
 
 
 def update_section(path, heading, body, *, title="# Performance"):
@@ -19,3 +19,14 @@ def update_section(path, heading, body, *, title="# Performance"):
         text = text.rstrip("\n") + "\n\n" + section
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text.rstrip("\n") + "\n")
+
+
+def publish(path, heading, body, write=True):
+    """Print a benchmark's section and, unless `write` is false, put it into `path`; returns 0 (the exit
+    status of a benchmark's main)."""
+    import sys
+    print(body)
+    if write:
+        update_section(path, heading, body)
+        print(f"updated {path} (## {heading})", file=sys.stderr)
+    return 0

@@ -101,7 +101,7 @@ def main(argv=None):
         f"two, as `--pixel-scales pow2` exports them); with the planes apart (the default `precise` export) "
         f"the first layer takes {plain_first:,} cycles and the network {plain_total:,} "
         f"({100 * total_ideal / plain_total:.1f}% utilization).",
-        f"Targets (issue 4): at least 90% utilization on every convolution at least as large as the array, "
+        f"Targets: at least 90% utilization on every convolution at least as large as the array, "
         f"80% over a CNV-sized network.",
         "",
         f"ISS: {len(images) / iss_seconds:.1f} images/s on this network ({len(images)} images in "
@@ -181,7 +181,7 @@ def element_scales_section(no_write=False):
         "",
         *rows,
         "",
-        f"Targets (throughput issue, batch 1 here): the CNV first layer at 80 % or more and the whole CNV "
+        f"Targets (batch 1 here): the CNV first layer at 80 % or more and the whole CNV "
         f"at 85 % or more with the `precise` export. First layer with element scales: "
         f"{100 * layers[0]['ideal_cycles'] / int(runs['element', 'precise'][1].layer_cycles[0][0]):.1f}%; "
         f"whole network {100 * ideal_total / totals['element', 'precise']:.1f}% (the fully connected "

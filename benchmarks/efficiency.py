@@ -131,7 +131,7 @@ def main(argv=None):
         f"(`hw/cycles.py` through the ISS), on an {CONFIG.rows} x {CONFIG.cols} array of W = {CONFIG.word_bits} "
         f"({CONFIG.macs_per_cycle:,} binary MACs per cycle) with memories that hold each network; random "
         f"weights at 1x1 bases. Utilization = ideal cycles (binary MACs / peak) / measured cycles. "
-        f"Target (issue 6): at least {100 * TARGET:.0f}% on CNV's convolutions: "
+        f"Target: at least {100 * TARGET:.0f}% on CNV's convolutions: "
         f"{'met' if all_met else 'not met'}.",
         "",
     ]

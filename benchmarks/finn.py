@@ -28,7 +28,7 @@ COMMAND = "python -m benchmarks.finn"
 DEFAULT_GEOMETRIES = ["8x8x32", "16x8x32"]
 TARGET = 3.0
 # FINN, CNV-max on a ZC706 (XC7Z045): images/s and latency from the paper's abstract; clock and LUTs as
-# the issue quotes them (not found in the text we could search, see the section).
+# the project's requirements quote them (not found in the text we could search, see the section).
 FINN = {"fps": 21_906, "latency_us": 283, "clock_mhz": 200, "luts": 46_000}
 
 
@@ -105,7 +105,7 @@ clock, and the LUTs of the whole accelerator (controller, buffers, core; no host
 synth_xilinx -flatten`, an estimate before Vivado's own optimisation, with memories sized to hold CNV. A
 MAC here counts as FINN counts it: {rows[0]['macs']:,} per CNV image (our binary MACs with the first layer's
 8 pixel bit-planes counted once), so FINN's CNV-max does about {finn_macs_per_cycle:,.0f} MACs per cycle.
-Target (issue 6): at least {TARGET:g}x FINN's images/s per kLUT per MHz. Best measured: {best:.2f}x
+Target: at least {TARGET:g}x FINN's images/s per kLUT per MHz. Best measured: {best:.2f}x
 ({"met" if best >= TARGET else "not met"}).
 
 {chr(10).join(lines)}
@@ -124,8 +124,8 @@ utilization the {rows[0]['config'].rows}x{rows[0]['config'].cols} design would r
 FINN's figures: 21,906 images/s and 283 us latency on CIFAR-10 on a ZC706 are confirmed by the paper's
 abstract (arXiv 1612.07119, "FINN: A Framework for Fast, Scalable Binarized Neural Network
 Inference", Umuroglu et al., FPGA 2017). The 200 MHz clock and the about 46,000 LUTs of CNV-max are the
-issue's figures; the paper's results table was not in the text we could search, so they are not
-verified here. The MAC count per image is ours, from the topology; it agrees with the issue's "about
+figures the project's requirements quote; the paper's results table was not in the text we could search, so they are not
+verified here. The MAC count per image is ours, from the topology; it agrees with the requirements' "about
 59 million".
 
 Command: `{COMMAND}` (one synth_xilinx of the accelerator per geometry, a few minutes each; cached).

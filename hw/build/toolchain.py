@@ -144,10 +144,13 @@ _XILINX_ABC_FALLBACK = (
     "opt_lut_ins -tech xilinx; synth_xilinx -flatten {opts} -top {top} -run finalize:check")
 
 
-def synth_xilinx_script(read, stat_name, *, top="top", opts="", fallback=False):
-    """A yosys script: `read`, synth_xilinx (or its ABC fallback), stat text and JSON."""
+def synth_xilinx_script(read, stat_name, *, top="top", opts="", fallback=False, flatten=True):
+    """A yosys script: `read`, synth_xilinx (or its ABC fallback), stat text and JSON; `flatten=False`
+    keeps each module (its `stat -json` then counts cells per module)."""
     synth = (_XILINX_ABC_FALLBACK.format(opts=opts, top=top) if fallback
              else f"synth_xilinx -flatten {opts} -top {top}")
+    if not flatten:
+        synth = synth.replace("-flatten ", "")
     return (f"{read}; {synth}; tee -q -o {stat_name}.txt stat; "
             f"tee -q -o {stat_name}.json stat -json")
 

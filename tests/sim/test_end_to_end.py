@@ -64,6 +64,13 @@ def test_trained_network_on_verilator(name, tmp_path, config_file):
     assert rtl.cycles[0] == sum(analytic_cycles(E2E, bundle.instructions))
     if name.startswith("resnet"):
         assert any(decode(word)[0] == Opcode.SHORTCUT for word in bundle.instructions)
+    if name.startswith("lfc"):
+        # The same network taking four images a run (the columns over images), on the same build.
+        batched = compile_file(out, E2E, batch=4)
+        rtl = open_backend("verilator", batched).run(images)
+        assert np.array_equal(rtl.logits, expected)
+        assert np.array_equal(rtl.layer_cycles, open_backend("iss", batched).run(images).layer_cycles)
+        assert rtl.cycles[0] == sum(analytic_cycles(E2E, batched.instructions)) < 4 * iss.cycles[0]
     if "3x3" in name:
         # The same network with every layer's parameters streamed through LOAD / SYNC.
         streamed = compile_file(out, E2E, weights="stream")

@@ -66,6 +66,7 @@ def test_compile_for_a_board(tmp_path, model_file, capsys):
     (["MODEL", "--config", "SMALL", "--out", "p.bundle"],
      "layer 0 (conv): activation words of the input map = 512 exceeds act_depth = 100 by 412"),
     (["MODEL", "--out", "nodir/p.bundle"], "Cannot write nodir/p.bundle: No such file or directory"),
+    (["MODEL", "--batch", "0", "--out", "p.bundle"], "program: the batch must be a positive integer, not 0"),
 ])
 def test_errors_are_one_line(tmp_path, model_file, capsys, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
