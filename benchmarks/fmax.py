@@ -245,7 +245,7 @@ Critical paths (nextpnr's report, the design signals at either end and the sourc
 {paths_text(paths)}
 
 Registered so far, each after it was the critical path: the set-up multiply (one shared 32 x 16
-multiplier, three cycles a product), the CONV / POOL / LOAD checks and the loops' bounds minus one
+multiplier, pipelined over three cycles), the CONV / POOL / LOAD checks and the loops' bounds minus one
 (CHECK states), the weight and patch read data before the array, the core's output FIFO read data,
 POOL's OR before it is written back; the gather's read enable no longer depends on the map bounds.
 The SHORTCUT support (a second source's set-up, checks, cursors and loop bounds) added about 1,900

@@ -29,7 +29,9 @@ def parser():
     p.add_argument("--backend", default="iss", help="iss (default), verilator or board")
     p.add_argument("--inputs", nargs="+", required=True, metavar="INPUT",
                    help="DATASET:SPLIT:COUNT, .npy files of uint8 images, or image files")
-    p.add_argument("--batch", type=int, default=None, help="images per backend call (default: all)")
+    p.add_argument("--batch", type=int, default=None,
+                   help="images per backend call (default: all); a bundle compiled with `sw.compile --batch B` "
+                        "runs B images at a time on the accelerator whatever this is")
     return p
 
 
