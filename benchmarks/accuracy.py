@@ -211,6 +211,8 @@ CHAIN_NOTES = [
     "* One test image is 0.28 points on digits and 0.1 points on MNIST-5k. Every run uses seed 1; no",
     "  hyper-parameter was tuned per scheme (all use Adam 2e-3, cosine schedule), so the ranking of",
     "  schemes at equal bases is not a verdict on the papers, only on this setup.",
+    "* Residual networks (`resnet18`, `birealnet18`, every scheme): [accuracy-resnet.md](accuracy-resnet.md)",
+    "  (`python -m benchmarks.accuracy --family resnet`).",
     "",
 ]
 RESNET_INTRO = [
