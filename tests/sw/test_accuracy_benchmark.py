@@ -72,3 +72,19 @@ def test_report_renders_from_a_partial_results_file(tmp_path):
 def test_models_option_belongs_to_the_resnet_family():
     with pytest.raises(SystemExit):
         accuracy.main(["--models", "resnet18"])
+
+
+def test_resume_keeps_finished_runs_and_trains_none_when_all_are_done(tmp_path):
+    width, epochs, batch_size, lr = accuracy.sections("resnet", quick=True)[("digits", "resnet18")]
+    row = _row("digits", "resnet18", "full precision", "fp", 1, 1, 0.9, None)
+    row.update(width=width, epochs=epochs, batch_size=batch_size, lr=lr)
+    stale = dict(row, epochs=epochs + 1, label="stale")  # another plan's run: dropped
+    out = tmp_path / "r.md"
+    (tmp_path / "r.json").write_text(json.dumps({"command": "c", "family": "resnet", "seconds": 100, "planned": 1,
+                                                 "references": [], "results": [row, stale]}))
+    argv = ["--family", "resnet", "--quick", "--datasets", "digits", "--models", "resnet18", "--schemes", "fp",
+            "--jobs", "1", "--resume", "--out", str(out)]
+    assert accuracy.main(argv) == 0
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert [r["label"] for r in saved["results"]] == ["full precision"] and saved["seconds"] >= 100
+    assert "| full precision | 1 x 1 | 90.00 | n/a |" in out.read_text()
