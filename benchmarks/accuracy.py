@@ -232,6 +232,7 @@ RESNET_NOTES = [
     "  trainer's default for residual networks) with a cosine schedule; no hyper-parameter was tuned per",
     "  scheme. The widths are small so that each run trains in minutes on one CPU thread: they are far",
     "  below the seeds' ResNet-18 (width 64), so these rows measure this setup, not the papers.",
+    "* **train s** is wall time on a machine shared with other work, not a speed measurement.",
     "",
 ]
 
@@ -304,7 +305,7 @@ def target_lines(results, references, dataset="mnist5k", reference_model=None):
 
 
 def write_report(results, setups, path_md, path_png, command, elapsed, family="chain", references=(),
-                 expected=None):
+                 expected=None, notes=()):
     """setups: {(dataset, model): (width, epochs, batch size, lr)}; results: finished runs (partial allowed,
     `expected` is then the number of runs planned)."""
     fmt = {"command": command, "minutes": elapsed / 60, "machine": platform.machine()}
@@ -313,7 +314,7 @@ def write_report(results, setups, path_md, path_png, command, elapsed, family="c
     if expected is not None and len(results) < expected:
         lines += [f"**Partial:** {len(results)} of {expected} planned runs finished; the sections below hold "
                   "only those.", ""]
-    lines += COMMON_NOTES + (RESNET_NOTES if resnet else CHAIN_NOTES)
+    lines += COMMON_NOTES + (RESNET_NOTES[:-1] if resnet else CHAIN_NOTES[:-1]) + list(notes) + [""]
     if resnet:
         lines += ["## Targets", ""] + target_lines(results, references) + [""]
     for (dataset, model), (width, epochs, batch_size, lr) in setups.items():
@@ -458,7 +459,8 @@ def main(argv=None):
             saved = json.load(file)
         family = saved.get("family", "chain")
         write_report(saved["results"], _setups_from(saved["results"]), out, base + ".png", saved["command"],
-                     saved["seconds"], family, saved.get("references", []), saved.get("planned"))
+                     saved["seconds"], family, saved.get("references", []), saved.get("planned"),
+                     saved.get("notes", []))
         print(f"wrote {out} and {base}.png from {args.from_json}")
         return 0
     datasets = [d for d in args.datasets.split(",") if d]
@@ -490,10 +492,12 @@ def main(argv=None):
         (" --quick" if args.quick else "")
     results = [None] * len(jobs)
     earlier = 0
+    notes = []  # lines a person adds to OUT.json (how a sweep was run), rendered among the notes
     if args.resume and os.path.exists(base + ".json"):
         with open(base + ".json") as file:
             saved = json.load(file)
         earlier = saved.get("seconds", 0)
+        notes = saved.get("notes", [])
         keys = [_job_key(job) for job in jobs]
         for r in saved["results"]:
             key = (r["dataset"], r["model"], r["width"], r["epochs"], r["batch_size"], r.get("lr", LR),
@@ -509,8 +513,10 @@ def main(argv=None):
         elapsed = time.time() - start
         with open(base + ".json", "w") as file:
             json.dump({"command": command, "family": args.family, "seconds": round(elapsed),
-                       "planned": len(jobs), "references": references, "results": done}, file, indent=1)
-        write_report(done, setups, out, base + ".png", command, elapsed, args.family, references, len(jobs))
+                       "planned": len(jobs), "notes": notes, "references": references, "results": done},
+                      file, indent=1)
+        write_report(done, setups, out, base + ".png", command, elapsed, args.family, references, len(jobs),
+                     notes)
         return elapsed
 
     from tqdm import tqdm
