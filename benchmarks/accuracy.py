@@ -452,12 +452,15 @@ def main(argv=None):
     parser.add_argument("--from-json", help="re-render the report and plot from a saved results file "
                                             "(OUT.json of an earlier run) without training")
     args = parser.parse_args(argv)
-    out = args.out or os.path.join(ROOT, "docs", "accuracy-resnet.md" if args.family == "resnet" else "accuracy.md")
-    base = os.path.splitext(out)[0]
+    saved = None
     if args.from_json:
         with open(args.from_json) as file:
             saved = json.load(file)
-        family = saved.get("family", "chain")
+        args.family = saved.get("family", "chain")  # the saved sweep's family picks the default report
+    out = args.out or os.path.join(ROOT, "docs", "accuracy-resnet.md" if args.family == "resnet" else "accuracy.md")
+    base = os.path.splitext(out)[0]
+    if saved is not None:
+        family = args.family
         write_report(saved["results"], _setups_from(saved["results"]), out, base + ".png", saved["command"],
                      saved["seconds"], family, saved.get("references", []), saved.get("planned"),
                      saved.get("notes", []))
