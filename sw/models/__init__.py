@@ -203,6 +203,19 @@ class Network(nn.Module):
                 module.constrain()
 
 
+#: A residual node's shortcut adds about +-1 (gain r times the block input's +-beta planes) to the
+#: batch-normalised main branch, so most of its pre-activations sit near +-1, at or past the edge of a
+#: surrogate gradient window of half-width 1 (0.5 for ABC-Net): the main branch then gets almost no
+#: gradient. A single-plane activation of a residual node widens its window by this much. Training
+#: only: the forward pass, the export and the hardware are unchanged (docs/schemes.md "Residual networks").
+SHORTCUT_WINDOW = 1.0
+
+
+def _widen_for_shortcut(activation):
+    if getattr(activation, "binary", False) and activation.abases == 1:
+        activation.halfwidth = activation.halfwidth + SHORTCUT_WINDOW
+
+
 class _Builder:
     """Appends nodes while tracking every output's shape: (C, H, W) or (K,)."""
 
@@ -230,8 +243,11 @@ class _Builder:
         if ho < 1 or wo < 1:
             raise ModelError(f"The input {self.shapes[0]} is too small for this model")
         branches = [branch] + ([shortcut] if shortcut is not None else [])
-        node = Node(branches, out, None if last else self.scheme.activation_quantizer(),
-                    self.scheme.fprelu, last, shortcut_after_norm=shortcut is not None and not last)
+        activation = None if last else self.scheme.activation_quantizer()
+        if shortcut is not None and activation is not None:
+            _widen_for_shortcut(activation)
+        node = Node(branches, out, activation, self.scheme.fprelu, last,
+                    shortcut_after_norm=shortcut is not None and not last)
         return self._push(node, (out, ho, wo))
 
     def pool(self):

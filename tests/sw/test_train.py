@@ -187,3 +187,21 @@ def test_birealnet18_trains_compiles_and_runs_on_the_iss(tmp_path):
     images = load_dataset("digits").test_x[:32]
     with open_backend("iss", bundle) as backend:
         assert np.array_equal(backend.run(images).logits, deploy_forward(load_model(out), images))
+
+
+@pytest.mark.parametrize("scheme, bases, plain, residual", [("xnor", 1, 1.0, 2.0), ("abc", 1, 0.5, 1.5),
+                                                             ("ftbnn", 1, 1.0, 2.0), ("pa", 2, 0.5, 0.5)])
+def test_residual_nodes_widen_a_single_plane_surrogate_window_and_only_the_gradient(scheme, bases, plain,
+                                                                                   residual):
+    """A node with a shortcut widens its single-plane activation's surrogate window by
+    SHORTCUT_WINDOW (docs/schemes.md "Residual networks"); the forward pass stays sign(y - phi)."""
+    from sw.models import SHORTCUT_WINDOW, Node, build_model
+    from sw.quant import make_scheme
+    assert residual == plain + (SHORTCUT_WINDOW if bases == 1 else 0)
+    net = build_model("birealnet18", make_scheme(scheme, bases, bases), (1, 8, 8), 10, width=4)
+    nodes = [n for n in net.nodes if isinstance(n, Node) and not n.last]
+    assert {n.activation.halfwidth for n in nodes if len(n.branches) == 1} == {plain}      # the stem
+    assert {n.activation.halfwidth for n in nodes if len(n.branches) == 2} == {residual}
+    y = torch.linspace(-3, 3, 61)
+    wide = nodes[-1].activation(y).planes[0]
+    assert torch.equal(wide, nodes[0].activation(y).planes[0])                              # same signs
