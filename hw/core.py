@@ -146,26 +146,15 @@ class BinaryCore(wiring.Component):
         """Passes leave the array as counts; one scale accumulator per column applies the scales."""
         cfg = self._config
         lay = self.layouts
-        rows = cfg.rows
         m.submodules.scale_acc = scale_acc = ScaleAccumulator(cfg)
 
         # Stage A: rows leave the array; row 0 of a pass takes its pass info from the FIFO.
-        row_a = Signal(range(rows))
-        info_held = Signal(lay.pass_info)
-        fifo_info = lay.pass_info(meta_fifo.r_data)
-        info_a = Signal(lay.pass_info)
-        m.d.comb += info_a.eq(Mux(row_a == 0, fifo_info, info_held))
+        row_a, info_a = self._rows_leaving(m, array, meta_fifo)
         scale_rp = scale_mem.read_port()
         m.d.comb += [
             scale_rp.addr.eq(info_a.scale_addr),
             scale_rp.en.eq(array.counts_valid & (row_a == 0)),
-            meta_fifo.r_en.eq(array.counts_valid & (row_a == 0)),
         ]
-        with m.If(array.counts_valid):
-            m.d.sync += [
-                info_held.eq(info_a),
-                row_a.eq(Mux(row_a == rows - 1, 0, row_a + 1)),
-            ]
 
         # Stage B, two cycles after A: the pass's scale entry, read at row 0 and registered once
         # (the memory's output delay and the row select in one cycle were the ULX3S build's critical
@@ -208,6 +197,22 @@ class BinaryCore(wiring.Component):
         self._write_results(m, thr_unit, out_fifo, delay(m, row_b, total, "row_out"),
                             delay(m, info_b.raw, total, "raw_out"))
 
+    def _rows_leaving(self, m, array, meta_fifo):
+        """(row, info) of the array's output: the row counter over a readout's rows, and its pass info
+        (its tile's, with element scales), taken from the FIFO at row 0 and held for the other rows."""
+        lay = self.layouts
+        rows = self._config.rows
+        row = Signal(range(rows))
+        held = Signal(lay.pass_info)
+        info = Signal(lay.pass_info)
+        m.d.comb += [
+            info.eq(Mux(row == 0, lay.pass_info(meta_fifo.r_data), held)),
+            meta_fifo.r_en.eq(array.counts_valid & (row == 0)),
+        ]
+        with m.If(array.counts_valid):
+            m.d.sync += [held.eq(info), row.eq(Mux(row == rows - 1, 0, row + 1))]
+        return row, info
+
     def _write_results(self, m, thr_unit, out_fifo, row, raw):
         """The threshold unit's rows into the output FIFO, with their row number and raw flag."""
         result = Signal(self.layouts.result)
@@ -225,8 +230,6 @@ class BinaryCore(wiring.Component):
         """The elements apply the scales: the scale memory is read on each pass's last beat and
         tiles leave the array as sums, straight to the threshold unit."""
         cfg = self._config
-        lay = self.layouts
-        rows = cfg.rows
         beat = self.beats.payload
         scale_rp = scale_mem.read_port()
         m.d.comb += [
@@ -240,18 +243,7 @@ class BinaryCore(wiring.Component):
 
         # Rows leave the array; row 0 of a tile takes the tile's info from the FIFO and the
         # threshold entry is read for every row, registered once before the comparators.
-        row_a = Signal(range(rows))
-        info_held = Signal(lay.pass_info)
-        info_a = Signal(lay.pass_info)
-        m.d.comb += [
-            info_a.eq(Mux(row_a == 0, lay.pass_info(meta_fifo.r_data), info_held)),
-            meta_fifo.r_en.eq(array.counts_valid & (row_a == 0)),
-        ]
-        with m.If(array.counts_valid):
-            m.d.sync += [
-                info_held.eq(info_a),
-                row_a.eq(Mux(row_a == rows - 1, 0, row_a + 1)),
-            ]
+        row_a, info_a = self._rows_leaving(m, array, meta_fifo)
         thr_rp = thr_mem.read_port()
         thr_entry = Signal(ThresholdUnit.stored_layout(cfg))
         m.d.sync += thr_entry.eq(thr_rp.data)

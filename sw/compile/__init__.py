@@ -536,11 +536,8 @@ class Batch:
             raise CompileError(f"program: the batch must be a positive integer, not {b!r}")
         if b == 1:
             return state
-        image_h = {}                                   # id(map) -> one image's rows
-        for spec in [state.maps[-1]] + [m for op in state.ops for m in (op["in"], op["out"]) if m is not None] \
-                + [op["shortcut"]["in"] for op in state.ops if op.get("shortcut")]:
-            if id(spec) not in image_h:
-                image_h[id(spec)] = spec["h"]
+        maps = [spec for spec, _, _ in map_lifetimes(state.ops)]      # every map, once
+        image_h = {id(spec): spec["h"] for spec in maps}               # one image's rows
         for op in state.ops:
             name = op["name"]
             src = op["in"]
@@ -578,9 +575,7 @@ class Batch:
                 for s, h in zip(sources, heights):
                     s["image_in_h"] = h
             op["macs"] *= b                             # the batch's work
-        for spec in {id(m): m for m in [state.maps[-1]] + [m for op in state.ops for m in (op["in"], op["out"])
-                                                             if m is not None]
-                     + [op["shortcut"]["in"] for op in state.ops if op.get("shortcut")]}.values():
+        for spec in maps:
             spec["image_h"] = spec["h"]
             spec["h"] = spec["h"] * b
             spec["batch"] = b
@@ -947,7 +942,7 @@ class Verify:
         if state.verify_images <= 0:
             return state
         from sw.iss import Iss, IssError
-        from sw.runtime import pack_batch, prepare_input, read_logits
+        from sw.runtime import read_logits, run_inputs
         bundle = state_to_bundle(state)
         rng = np.random.default_rng(state.seed)
         count = -(-state.verify_images // state.batch) * state.batch     # whole batches
@@ -955,7 +950,7 @@ class Verify:
         logits, trace = deploy_forward(state.model, images, intermediates=True)
         iss = Iss(state.config, batch=count // state.batch)
         iss.load(bundle)
-        iss.write("act", bundle.input["act_base"], pack_batch(bundle, prepare_input(bundle, images)))
+        iss.write("act", bundle.input["act_base"], run_inputs(bundle, images)[0])
         ends = {entry["instructions"][-1]: entry for entry in bundle.layers}
         c = state.config
 

@@ -900,12 +900,18 @@ class _Walker:
         self.pools.append(geometry)
         self.shape = (self.shape[0],) + self._pooled_hw(geometry)
 
-    def _close_hidden(self, node):
+    def _hidden_activation(self, node):
+        """The activation closing a hidden layer: (planes, beta, gamma); refused after a pool when a
+        negative scale would make a plane's bit fall as the pooled value rises."""
         planes, beta, gamma = _activation(node, self.consts, self.shape)
-        p = self.pending
         if self.pools and np.any(np.concatenate([d for _, d, _ in planes]) < 0):
             _fail(f"{_where(node)}: a negative scale makes its bit fall as the pooled value rises; the hardware's "
                   f"pooling is an OR of the bits")
+        return planes, beta, gamma
+
+    def _close_hidden(self, node):
+        planes, beta, gamma = self._hidden_activation(node)
+        p = self.pending
         if len(planes) > self.config.max_abases:
             _fail(f"{p['name']}: {len(planes)} output planes exceed max_abases {self.config.max_abases}")
         s, u, exact = _integer_scales(p["name"], p["G"], p["branch"]["k"], self.config, per_channel=True)
@@ -1073,11 +1079,8 @@ class _Walker:
         return sum(ref.acc_bound(b["scales"], b["k"]) for b in branches)
 
     def _close_residual_hidden(self, node):
-        planes, beta, gamma = _activation(node, self.consts, self.shape)
+        planes, beta, gamma = self._hidden_activation(node)
         p = self.pending
-        if self.pools and np.any(np.concatenate([d for _, d, _ in planes]) < 0):
-            _fail(f"{_where(node)}: a negative scale makes its bit fall as the pooled value rises; the hardware's "
-                  f"pooling is an OR of the bits")
         terms, o = p["terms"], self.shape[0]
         mu = self.A * p["C"] + self.B
         if len(terms) == 2 and all(t["G"].shape[1] == 1 for t in terms) and len(planes) == 1:

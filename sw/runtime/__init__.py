@@ -32,7 +32,7 @@ from sw.bundle import Bundle, BundleError, load_bundle, pack_words
 
 __all__ = ["RuntimeApiError", "RunResult", "Backend", "MemoryBackend", "IssBackend", "BACKENDS", "PROVIDERS",
            "register_backend", "open_backend", "prepare_input", "check_images", "pack_batch", "read_logits",
-           "bundle_batch", "whole_batches"]
+           "bundle_batch", "whole_batches", "run_inputs"]
 
 
 class RuntimeApiError(ValueError):
@@ -135,6 +135,13 @@ def whole_batches(bundle, images):
     return images, len(images) - spare
 
 
+def run_inputs(bundle, images):
+    """(activation words of each run (runs, words, limbs), how many images are real): the images checked,
+    padded to whole batches, unfolded and stacked."""
+    images, real = whole_batches(bundle, check_images(bundle, images))
+    return pack_batch(bundle, prepare_input(bundle, images)), real
+
+
 class Backend:
     """Base of every backend; see the module docstring."""
 
@@ -199,9 +206,8 @@ class MemoryBackend(Backend):
     def run(self, images):
         """Each run of the program takes a batch of images (the bundle's batch; the last one padded with
         blank images): every image gets its logits, and the cycles of the run it was in."""
-        images, real = whole_batches(self.bundle, check_images(self.bundle, images))
+        words, real = run_inputs(self.bundle, images)
         batch = bundle_batch(self.bundle)
-        words = pack_batch(self.bundle, prepare_input(self.bundle, images))
         out = self.bundle.output
         logits, cycles, layers = [], [], []
         for run_words in words:
@@ -236,8 +242,7 @@ class IssBackend(Backend):
 
     def run(self, images):
         from sw.iss import Iss, IssError
-        images, real = whole_batches(self.bundle, check_images(self.bundle, images))
-        words = pack_batch(self.bundle, prepare_input(self.bundle, images))
+        words, real = run_inputs(self.bundle, images)
         out = self.bundle.output
         per_run = bundle_batch(self.bundle)
         logits, cycles, layers = [], [], []
