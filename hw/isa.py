@@ -75,6 +75,10 @@ ConvArgs = data.StructLayout({
     "t_base":     16,  # threshold-memory entry of output channel 0
     "raw":         1,  # write the sums to the result memory instead of bit-planes
     "k":          20,  # valid bits of one pass: kh * kw * in_channels
+    # Images stacked in the maps, minus one: the planes of the input, output and shortcut maps are
+    # (images_m1 + 1) x in_h (out_h) rows apart, so an instruction may run on one image's view of a
+    # batch (`sw.compile --batch`); 0 for a map of one image, or one that the instruction runs over whole.
+    "images_m1":   5,
 })
 
 #: The second source of a two-source CONV: its input map, kernel and parameters; the output geometry,
@@ -96,6 +100,7 @@ PoolArgs = data.StructLayout({
     "out_h":    10,
     "out_w":    10,
     "out_base": 16,
+    "images_m1": 5,  # as CONV's: input and output planes (images_m1 + 1) x in_h (out_h) rows apart
 })
 
 LoadArgs = data.StructLayout({

@@ -31,31 +31,42 @@ CHECK_CYCLES = 2
 POOL_DRAIN_CYCLES = 2
 
 
-def _cols(args, plan, cols):
+def _cols(args, plan, cols, shortcut):
     return cols
 
 
+def _images(args, plan, cols, shortcut):
+    return args.images_m1 + 1
+
+
+def _planes_m1(args, plan, cols, shortcut):
+    return args.in_planes - 1
+
+
 # (destination, operand a, operand b). An operand is an instruction field or an earlier destination
-# by name (`sc.` names a field of the SHORTCUT before the CONV), or a function (args, plan, cols) -> value.
+# by name (`sc.` names a field of the SHORTCUT before the CONV), or a function
+# (args, plan, cols, shortcut args) -> value.
 CONV_SETUP_STEPS = (
     ("khw", "kh", "kw"),
     ("kwords", "khw", "in_cw"),
     ("npix", "out_h", "out_w"),
     ("row_words", "in_w", "in_stride"),
-    ("plane_words", "row_words", "in_h"),
-    ("in_need", "plane_words", "in_planes"),
+    ("image_words", "row_words", "in_h"),
+    ("plane_words", "image_words", _images),    # planes are `images` image maps apart
+    ("in_need", "plane_words", _planes_m1),     # + image_words in the range check
     ("patch_need", "kwords", "in_planes"),
     ("kvalid", "khw", "in_tail"),              # + (kwords - khw) * W in the K check
     ("otm", "out_tiles", "wbases"),
-    ("w_need", "kwords", lambda a, p, c: p.otm[:OPERAND_B_BITS]),   # otm = ceil(out_ch / R) * wbases < 2^16
+    ("w_need", "kwords", lambda a, p, c, s: p.otm[:OPERAND_B_BITS]),   # otm = ceil(out_ch / R) * wbases < 2^16
     ("s_need", "otm", "in_planes"),
     ("res_need", "npix", "out_ch"),
-    ("out_plane_words", "npix", "out_stride"),
-    ("out_need", "out_plane_words", "out_planes"),
+    ("out_image_words", "npix", "out_stride"),
+    ("out_plane_words", "out_image_words", _images),
+    ("out_need", "out_plane_words", lambda a, p, c, s: a.out_planes - 1),    # + out_image_words
     ("step_x", "stride", "in_stride"),
     ("step_y", "row_words", "stride"),
-    ("span_h", lambda a, p, c: a.out_h - 1, "stride"),
-    ("span_w", lambda a, p, c: a.out_w - 1, "stride"),
+    ("span_h", lambda a, p, c, s: a.out_h - 1, "stride"),
+    ("span_w", lambda a, p, c, s: a.out_w - 1, "stride"),
     ("pad_rows", "row_words", "pad"),
     ("pad_cols", "pad", "in_stride"),
     ("tile_res_step", _cols, "out_ch"),
@@ -67,32 +78,35 @@ SHORTCUT_SETUP_STEPS = (
     ("khw2", "sc.kh", "sc.kw"),
     ("kwords2", "khw2", "sc.in_cw"),
     ("row_words2", "sc.in_w", "sc.in_stride"),
-    ("plane_words2", "row_words2", "sc.in_h"),
-    ("in_need2", "plane_words2", "sc.in_planes"),
+    ("image_words2", "row_words2", "sc.in_h"),
+    ("plane_words2", "image_words2", _images),
+    ("in_need2", "plane_words2", lambda a, p, c, s: s.in_planes - 1),       # + image_words2
     ("patch_need2", "kwords2", "sc.in_planes"),
     ("kvalid2", "khw2", "sc.in_tail"),
     ("otm2", "out_tiles", "sc.wbases"),
-    ("w_need2", "kwords2", lambda a, p, c: p.otm2[:OPERAND_B_BITS]),
+    ("w_need2", "kwords2", lambda a, p, c, s: p.otm2[:OPERAND_B_BITS]),
     ("s_need2", "otm2", "sc.in_planes"),
     ("step_x2", "sc.stride", "sc.in_stride"),
     ("step_y2", "row_words2", "sc.stride"),
-    ("span_h2", lambda a, p, c: a.out_h - 1, "sc.stride"),
-    ("span_w2", lambda a, p, c: a.out_w - 1, "sc.stride"),
+    ("span_h2", lambda a, p, c, s: a.out_h - 1, "sc.stride"),
+    ("span_w2", lambda a, p, c, s: a.out_w - 1, "sc.stride"),
     ("pad_rows2", "row_words2", "sc.pad"),
     ("pad_cols2", "sc.pad", "sc.in_stride"),
 )
 
 POOL_SETUP_STEPS = (
     ("p_row", "in_w", "cw"),
-    ("p_plane", "p_row", "in_h"),
-    ("p_in_need", "p_plane", "planes"),
-    ("p_out_plane", "out_h", "out_w"),
-    ("p_out_plane", "p_out_plane", "cw"),
-    ("p_out_need", "p_out_plane", "planes"),
+    ("p_image", "p_row", "in_h"),
+    ("p_plane", "p_image", _images),
+    ("p_in_need", "p_plane", lambda a, p, c, s: a.planes - 1),               # + p_image
+    ("p_out_image", "out_h", "out_w"),
+    ("p_out_image", "p_out_image", "cw"),
+    ("p_out_plane", "p_out_image", _images),
+    ("p_out_need", "p_out_plane", lambda a, p, c, s: a.planes - 1),          # + p_out_image
     ("p_step_y", "p_row", "stride"),
     ("p_step_x", "stride", "cw"),
-    ("span_h", lambda a, p, c: a.out_h - 1, "stride"),
-    ("span_w", lambda a, p, c: a.out_w - 1, "stride"),
+    ("span_h", lambda a, p, c, s: a.out_h - 1, "stride"),
+    ("span_w", lambda a, p, c, s: a.out_w - 1, "stride"),
 )
 
 

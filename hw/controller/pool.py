@@ -61,6 +61,7 @@ class PoolEngine(wiring.Component):
         aky = Signal(addr)                # + cw + ky * row
         akx = Signal(addr)                # + kx * cw
         out = Signal(addr)
+        aout = Signal(addr)               # the output plane's first word: + t * p_out_plane
         # Stage 1: the word read in the previous cycle arrives.
         s1_valid = Signal()
         s1_first = Signal()
@@ -88,7 +89,8 @@ class PoolEngine(wiring.Component):
                 with m.If(self.start):
                     m.d.sync += [t.eq(0), py.eq(0), px.eq(0), cw.eq(0), ky.eq(0), kx.eq(0),
                                  at.eq(pl.in_base), apy.eq(pl.in_base), apx.eq(pl.in_base),
-                                 aky.eq(pl.in_base), akx.eq(pl.in_base), out.eq(pl.out_base), running.eq(1)]
+                                 aky.eq(pl.in_base), akx.eq(pl.in_base), out.eq(pl.out_base),
+                                 aout.eq(pl.out_base), running.eq(1)]
                     m.next = "RUN"
             with m.State("RUN"):
                 first = (ky == 0) & (kx == 0)
@@ -118,8 +120,9 @@ class PoolEngine(wiring.Component):
                                 m.d.sync += py.eq(0)
                                 with m.If(t != plan.np_m1):
                                     nxt = at + plan.p_plane
+                                    nxt_out = aout + plan.p_out_plane
                                     m.d.sync += [t.eq(t + 1), at.eq(nxt), apy.eq(nxt), apx.eq(nxt),
-                                                 aky.eq(nxt), akx.eq(nxt)]
+                                                 aky.eq(nxt), akx.eq(nxt), aout.eq(nxt_out), out.eq(nxt_out)]
                                 with m.Else():
                                     m.next = "DRAIN"
             with m.State("DRAIN"):            # the last window's OR

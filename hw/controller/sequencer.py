@@ -89,7 +89,7 @@ class Sequencer(wiring.Component):
         # ------------------------------------------------------------ set-up products
         def resolve(spec, args):
             if callable(spec):
-                return spec(args, plan, Const(C, 8))
+                return spec(args, plan, Const(C, 8), sc)
             if spec in Plan.members:
                 return getattr(plan, spec)
             if spec.startswith("sc."):
@@ -170,19 +170,20 @@ class Sequencer(wiring.Component):
         patch_words = Signal(PRODUCT_BITS + 1)
         m.d.comb += patch_words.eq(p.patch_need + Mux(pending, p.patch_need2, 0))
         conv_range = Cat(
-            cv.in_base + p.in_need > cfg.act_depth, patch_words > cfg.patch_depth,
+            cv.in_base + p.in_need + p.image_words > cfg.act_depth, patch_words > cfg.patch_depth,
             cv.w_base + p.w_need > cfg.weight_depth, cv.s_base + p.s_need > cfg.scale_depth,
             cv.t_base + p.out_tiles * R > cfg.thr_depth,
             cv.raw & (cv.out_base + p.res_need > cfg.result_depth),
-            ~cv.raw & (cv.out_base + p.out_need > cfg.act_depth),
-            pending & (sc.in_base + p.in_need2 > cfg.act_depth),
+            ~cv.raw & (cv.out_base + p.out_need + p.out_image_words > cfg.act_depth),
+            pending & (sc.in_base + p.in_need2 + p.image_words2 > cfg.act_depth),
             pending & (sc.w_base + p.w_need2 > cfg.weight_depth),
             pending & (sc.s_base + p.s_need2 > cfg.scale_depth))
         pool_bad = Cat(
             (pl.in_h == 0) | (pl.in_w == 0) | (pl.cw == 0) | (pl.planes == 0) | (pl.kernel == 0),
             (pl.stride == 0) | (pl.out_h == 0) | (pl.out_w == 0),
             p.span_h + pl.kernel > pl.in_h, p.span_w + pl.kernel > pl.in_w)
-        pool_range = Cat(pl.in_base + p.p_in_need > cfg.act_depth, pl.out_base + p.p_out_need > cfg.act_depth)
+        pool_range = Cat(pl.in_base + p.p_in_need + p.p_image > cfg.act_depth,
+                         pl.out_base + p.p_out_need + p.p_out_image > cfg.act_depth)
         load_depth = Mux(ld.mem == MemoryTarget.WEIGHT, cfg.weight_depth,
                          Mux(ld.mem == MemoryTarget.SCALE, cfg.scale_depth, cfg.thr_depth))
         load_bad = (ld.count == 0) | ~((ld.mem == MemoryTarget.WEIGHT) | (ld.mem == MemoryTarget.SCALE) |

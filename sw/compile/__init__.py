@@ -525,8 +525,8 @@ class Batch:
     crosses two images: a pointwise convolution (the host-unfolded first layer, 1x1 layers on 1x1
     maps), a kernel over each image's whole map (vertical stride = its height: one output pixel per
     image), a pool whose windows tile each image. Any other operation runs once per image on a view of
-    the stack (its base moved to the image's first row); a view's planes would be B x H rows apart, so
-    such an operation needs one activation plane in and out."""
+    the stack (its base moved to the image's first row, its planes B x H rows apart: the instruction's
+    `images_m1` field)."""
 
     name = "batch"
 
@@ -539,21 +539,16 @@ class Batch:
         maps = [spec for spec, _, _ in map_lifetimes(state.ops)]      # every map, once
         image_h = {id(spec): spec["h"] for spec in maps}               # one image's rows
         for op in state.ops:
-            name = op["name"]
             src = op["in"]
             h_in = image_h[id(src)]
             if op["op"] == "pool":
                 k, stride = op["kernel"], op["stride"]
                 stacked = k == stride and h_in % k == 0
-                if not stacked and src["planes"] != 1:
-                    raise CompileError(self._refusal(name, b, f"its {k}x{k} windows at stride {stride} do not "
-                                                     f"tile a {h_in}-row map", src["planes"]))
                 op["images"] = 1 if stacked else b
                 op["image_in_h"], op["image_out_h"] = h_in, image_h[id(op["out"])]
                 continue
             if op["out"] is not None:
                 op["image_out_h"] = image_h[id(op["out"])]
-            w_in = src["w"]
             sources = _sources(op)
             heights = [image_h[id(s["in"])] for s in sources]
             out_h = op["out_h"]
@@ -566,11 +561,6 @@ class Batch:
                     s["stride"] = h
                 op["out_h"] = b
             else:
-                planes = [s["n"] for s in sources] + ([op["out"]["planes"]] if op["out"] is not None else [])
-                if max(planes) != 1:
-                    raise CompileError(self._refusal(name, b, f"its {op['kh']}x{op['kw']} kernel (stride "
-                                                     f"{op['stride']}, padding {op['pad']}) would read across "
-                                                     f"images", max(planes)))
                 op["images"] = b
                 for s, h in zip(sources, heights):
                     s["image_in_h"] = h
@@ -582,11 +572,6 @@ class Batch:
         state.input["batch"] = b
         state.checked.append(f"batch: {b} images a run, stacked in every map")
         return state
-
-    @staticmethod
-    def _refusal(name, batch, why, planes):
-        return (f"{name}: with a batch of {batch} it runs once per image ({why}), and a per-image view of a "
-                f"stacked map holds one activation plane, not {planes}; compile with batch 1")
 
 
 class CheckFit:
@@ -860,7 +845,8 @@ class Emit:
         out_off, out_h = self._view(op, out, image, op.get("image_out_h"))
         fields = {"in_base": op["in_base"] + in_off, "in_h": in_h, "in_w": src["w"], "cw": src["cw"],
                   "planes": src["planes"], "kernel": op["kernel"], "stride": op["stride"],
-                  "out_h": out_h, "out_w": out["w"], "out_base": op["out_base"] + out_off}
+                  "out_h": out_h, "out_w": out["w"], "out_base": op["out_base"] + out_off,
+                  "images_m1": op.get("images", 1) - 1}
         return self._encode(op["name"], Opcode.POOL, fields)
 
     def _conv(self, op, image=0):
@@ -878,7 +864,7 @@ class Emit:
             "out_ch_base": op["out_ch_base"], "out_stride": 0 if out is None else out["cw"],
             "out_planes": 0 if out is None else out["planes"], "out_base": op["out_base"] + out_off,
             "wbases": op["m"], "w_base": op["w_base"], "s_base": op["s_base"], "t_base": op["t_base"],
-            "raw": int(op["raw"]), "k": op["k"]}
+            "raw": int(op["raw"]), "k": op["k"], "images_m1": op.get("images", 1) - 1}
         return self._encode(op["name"], Opcode.CONV, fields)
 
     def _shortcut(self, op, image=0):

@@ -250,10 +250,13 @@ class Iss:
         def region(first, size):
             return first, first + size
 
+        images = f["images_m1"] + 1     # planes are `images` image maps apart; the last ends one map on
+
         def source_regions(s, prefix):
             kw_words = s["kh"] * s["kw"] * s["in_cw"]
             m, n = s["wbases"], s["in_planes"]
-            return {f"{prefix}input": region(s["in_base"], n * s["in_h"] * s["in_w"] * s["in_stride"]),
+            return {f"{prefix}input": region(s["in_base"],
+                                             ((n - 1) * images + 1) * s["in_h"] * s["in_w"] * s["in_stride"]),
                     f"{prefix}weight": region(s["w_base"], ot * m * kw_words),
                     f"{prefix}scale": region(s["s_base"], ot * m * n)}, n * kw_words
 
@@ -267,7 +270,7 @@ class Iss:
         if f["raw"]:
             regions["result"] = region(f["out_base"], p * f["out_ch"])
         else:
-            regions["output"] = region(f["out_base"], f["out_planes"] * p * f["out_stride"])
+            regions["output"] = region(f["out_base"], ((f["out_planes"] - 1) * images + 1) * p * f["out_stride"])
         return regions
 
     def _check_hazard(self, pc, f):
@@ -317,7 +320,7 @@ class Iss:
                                               f"stride {f['stride']}, kernel {f['kernel']}, {size} {f[size]})")
         for name, base, h, w in (("input", f["in_base"], f["in_h"], f["in_w"]),
                                  ("output", f["out_base"], f["out_h"], f["out_w"])):
-            end = base + f["planes"] * h * w * f["cw"]
+            end = base + ((f["planes"] - 1) * (f["images_m1"] + 1) + 1) * h * w * f["cw"]
             if end > c.act_depth:
                 raise IssError(OUT_OF_RANGE, pc, f"POOL {name} region ends at {end}, past act_depth {c.act_depth}")
 
@@ -371,7 +374,7 @@ class Iss:
         ix = ox[:, None] * s["stride"] + kx[None] - s["pad"]
         inside = (iy >= 0) & (iy < s["in_h"]) & (ix >= 0) & (ix < s["in_w"])
         pixel = np.where(inside, iy * s["in_w"] + ix, 0)
-        plane = np.arange(n_count)[:, None, None] * (s["in_h"] * s["in_w"])
+        plane = np.arange(n_count)[:, None, None] * (s["in_h"] * s["in_w"] * (f["images_m1"] + 1))
         addr = s["in_base"] + (plane + pixel[None]) * s["in_stride"] + cw[None, None]
         patch = self.act[:, addr]                                       # (B, N, P, KW, L)
         pad_word = self.full_mask if s["pad_value"] else np.zeros(limbs, dtype=np.uint64)
@@ -409,7 +412,8 @@ class Iss:
         ones = np.zeros(width, dtype=np.uint8)
         ones[flat] = 1
         mask = np.packbits(ones, bitorder="little").view("<u8").reshape(n_words, limbs)
-        addr = (f["out_base"] + (np.arange(t_count * p_count).reshape(t_count, p_count, 1)) * f["out_stride"]
+        at = np.arange(t_count)[:, None, None] * (p_count * (f["images_m1"] + 1)) + np.arange(p_count)[None, :, None]
+        addr = (f["out_base"] + at * f["out_stride"]
                 + first + np.arange(n_words)[None, None])
         self.act[:, addr] = (self.act[:, addr] & ~mask) | values
 
@@ -421,11 +425,12 @@ class Iss:
         ky = np.arange(k).reshape(1, 1, 1, -1, 1, 1)
         kx = np.arange(k).reshape(1, 1, 1, 1, -1, 1)
         cw = np.arange(cw_count).reshape(1, 1, 1, 1, 1, -1)
-        src = f["in_base"] + ((t * f["in_h"] + py * f["stride"] + ky) * f["in_w"] + px * f["stride"] + kx) \
-            * cw_count + cw
+        images = f["images_m1"] + 1     # planes are `images` image maps apart
+        src = f["in_base"] + ((t * f["in_h"] * images + py * f["stride"] + ky) * f["in_w"] + px * f["stride"]
+                              + kx) * cw_count + cw
         pooled = np.bitwise_or.reduce(self.act[:, src].reshape(
             (self.batch, f["planes"], f["out_h"], f["out_w"], k * k, cw_count, self.limbs)), axis=4)
-        dst = f["out_base"] + ((t[..., 0, 0, :] * f["out_h"] + py[..., 0, 0, :]) * f["out_w"]
+        dst = f["out_base"] + ((t[..., 0, 0, :] * f["out_h"] * images + py[..., 0, 0, :]) * f["out_w"]
                                + px[..., 0, 0, :]) * cw_count + cw[..., 0, 0, :]
         self.act[:, dst] = pooled
 

@@ -75,7 +75,7 @@ def conv_image(cfg, x_bits, w_bits, scales, thresholds, flip, *, stride, pad, pa
                    pad_value=int(pad_value > 0), out_h=out_h, out_w=out_w, out_ch=o, out_ch_base=0,
                    out_stride=out_stride, out_planes=0 if raw else thresholds.shape[1],
                    out_base=out_base, wbases=m_bases, w_base=w_base, s_base=s_base, t_base=t_base,
-                   raw=int(raw), k=kh * kw * ch)
+                   raw=int(raw), k=kh * kw * ch, images_m1=0)
     return {
         "act": words_of_map(x_bits, in_cw, W), "weight": weights, "scale": scale_entries,
         "thr": thr_entries, "instr": instr, "out_h": out_h, "out_w": out_w, "out_stride": out_stride,
@@ -164,7 +164,7 @@ def test_pool_is_or_over_windows():
     k, s = 2, 2
     out_h, out_w = (h - k) // s + 1, (w - k) // s + 1
     program = [encode(Opcode.POOL, in_base=10, in_h=h, in_w=w, cw=cw, planes=planes, kernel=k, stride=s,
-                      out_h=out_h, out_w=out_w, out_base=400), encode(Opcode.END)]
+                      out_h=out_h, out_w=out_w, out_base=400, images_m1=0), encode(Opcode.END)]
     got = simulate(CFG, program, [(MemoryTarget.ACT, 10, [int(v) for v in words.reshape(-1)])],
                    [(MemoryTarget.ACT, 400, planes * out_h * out_w * cw)])
     assert got["error"] == 0
@@ -182,7 +182,7 @@ def test_conv_pool_conv_program():
     l1 = conv_image(CFG, x, w1, s1, t1, f1, stride=1, pad=1, pad_value=-1, raw=False, out_base=300)
     # After conv 1: 2 planes, 6x6, 4 channels (1 word). Pool 2x2 -> 3x3 at 500.
     pool = encode(Opcode.POOL, in_base=300, in_h=6, in_w=6, cw=1, planes=2, kernel=2, stride=2, out_h=3,
-                  out_w=3, out_base=500)
+                  out_w=3, out_base=500, images_m1=0)
     w2 = rng.integers(0, 2, (2, 3, 4, 3, 3), dtype=np.uint8)          # 3 classes over the 3x3 map
     s2 = rng.integers(-50, 50, (2, 2, 3))
     feat = np.zeros((2, 4, 3, 3), dtype=np.uint8)                      # placeholder for shapes
@@ -320,13 +320,14 @@ def test_checks_agree_with_the_iss_on_random_illegal_fields():
     x, wb, sc, th, fl = random_layer(rng, n_planes=2, ch=11, h=4, w=4, m_bases=2, o=3, k=3, t_planes=2)
     conv = decode(conv_image(CFG, x, wb, sc, th, fl, stride=1, pad=1, pad_value=0, raw=False,
                              out_base=600)["instr"])[1]
-    pool = dict(in_base=0, in_h=4, in_w=4, cw=2, planes=2, kernel=2, stride=2, out_h=2, out_w=2, out_base=900)
+    pool = dict(in_base=0, in_h=4, in_w=4, cw=2, planes=2, kernel=2, stride=2, out_h=2, out_w=2, out_base=900,
+                images_m1=0)
     load = dict(mem=MemoryTarget.WEIGHT.value, addr=10, count=20)
     bases = [(Opcode.CONV, conv), (Opcode.POOL, pool), (Opcode.LOAD, load)]
     small = {"in_h": 8, "in_w": 8, "in_cw": 4, "in_stride": 4, "in_tail": 12, "in_planes": 4, "kh": 5,
              "kw": 5, "stride": 3, "pad": 3, "out_h": 8, "out_w": 8, "out_ch": 8, "out_ch_base": 10,
              "out_stride": 3, "out_planes": 4, "wbases": 3, "k": 300, "cw": 3, "planes": 4, "kernel": 5,
-             "mem": 7, "count": 300}
+             "mem": 7, "count": 300, "images_m1": 3}
     programs, expected = [], []
     while len(programs) < 200:
         opcode, fields = bases[int(rng.integers(len(bases)))]

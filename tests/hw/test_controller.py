@@ -28,7 +28,7 @@ def _ceil(a, b):
 
 
 def conv_fields(cfg, *, ch, h, w, planes, k, stride, pad, o, wbases=1, raw=False, out_planes=1, pad_value=0,
-                in_base=5, out_base=600, out_ch_base=0, w_base=3, s_base=2, t_base=4):
+                in_base=5, out_base=600, out_ch_base=0, w_base=3, s_base=2, t_base=4, images=1):
     W = cfg.word_bits
     in_cw = _ceil(ch, W)
     out_h, out_w = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
@@ -36,7 +36,7 @@ def conv_fields(cfg, *, ch, h, w, planes, k, stride, pad, o, wbases=1, raw=False
                 in_planes=planes, kh=k, kw=k, stride=stride, pad=pad, pad_value=pad_value, out_h=out_h,
                 out_w=out_w, out_ch=o, out_ch_base=out_ch_base, out_stride=_ceil(out_ch_base + o, W),
                 out_planes=0 if raw else out_planes, out_base=out_base, wbases=wbases, w_base=w_base,
-                s_base=s_base, t_base=t_base, raw=int(raw), k=k * k * ch)
+                s_base=s_base, t_base=t_base, raw=int(raw), k=k * k * ch, images_m1=images - 1)
 
 
 def conv_plan(cfg, f):
@@ -47,14 +47,18 @@ def conv_plan(cfg, f):
     kwords = khw * f["in_cw"]
     npix = f["out_h"] * f["out_w"]
     row_words = f["in_w"] * f["in_stride"]
-    plane_words = row_words * f["in_h"]
+    images = f["images_m1"] + 1                   # planes are `images` image maps apart
+    image_words = row_words * f["in_h"]
+    plane_words = image_words * images
     otm = out_tiles * f["wbases"]
-    out_plane_words = npix * f["out_stride"]
+    out_image_words = npix * f["out_stride"]
+    out_plane_words = out_image_words * images
     return dict(
-        khw=khw, kwords=kwords, npix=npix, row_words=row_words, plane_words=plane_words,
-        in_need=plane_words * f["in_planes"], patch_need=kwords * f["in_planes"], kvalid=khw * f["in_tail"],
+        khw=khw, kwords=kwords, npix=npix, row_words=row_words, image_words=image_words, plane_words=plane_words,
+        in_need=plane_words * (f["in_planes"] - 1), patch_need=kwords * f["in_planes"], kvalid=khw * f["in_tail"],
         otm=otm, w_need=kwords * otm, s_need=otm * f["in_planes"], res_need=npix * f["out_ch"],
-        out_plane_words=out_plane_words, out_need=out_plane_words * f["out_planes"],
+        out_image_words=out_image_words, out_plane_words=out_plane_words,
+        out_need=out_plane_words * max(f["out_planes"] - 1, 0),      # not read when raw
         step_x=f["stride"] * f["in_stride"], step_y=row_words * f["stride"],
         span_h=(f["out_h"] - 1) * f["stride"], span_w=(f["out_w"] - 1) * f["stride"],
         pad_rows=row_words * f["pad"], pad_cols=f["pad"] * f["in_stride"],
@@ -64,16 +68,20 @@ def conv_plan(cfg, f):
         op_m1=(f["out_planes"] - 1) % 16, ot_m1=out_tiles - 1)
 
 
-def pool_fields(*, h, w, cw, planes, kernel, stride, in_base=7, out_base=700):
+def pool_fields(*, h, w, cw, planes, kernel, stride, in_base=7, out_base=700, images=1):
     return dict(in_base=in_base, in_h=h, in_w=w, cw=cw, planes=planes, kernel=kernel, stride=stride,
-                out_h=(h - kernel) // stride + 1, out_w=(w - kernel) // stride + 1, out_base=out_base)
+                out_h=(h - kernel) // stride + 1, out_w=(w - kernel) // stride + 1, out_base=out_base,
+                images_m1=images - 1)
 
 
 def pool_plan(f):
+    images = f["images_m1"] + 1
     p_row = f["in_w"] * f["cw"]
-    p_out_plane = f["out_h"] * f["out_w"] * f["cw"]
-    return dict(p_row=p_row, p_plane=p_row * f["in_h"], p_in_need=p_row * f["in_h"] * f["planes"],
-                p_out_plane=p_out_plane, p_out_need=p_out_plane * f["planes"], p_step_y=p_row * f["stride"],
+    p_out_image = f["out_h"] * f["out_w"] * f["cw"]
+    return dict(p_row=p_row, p_image=p_row * f["in_h"], p_plane=p_row * f["in_h"] * images,
+                p_in_need=p_row * f["in_h"] * images * (f["planes"] - 1), p_out_image=p_out_image,
+                p_out_plane=p_out_image * images, p_out_need=p_out_image * images * (f["planes"] - 1),
+                p_step_y=p_row * f["stride"],
                 p_step_x=f["stride"] * f["cw"], span_h=(f["out_h"] - 1) * f["stride"],
                 span_w=(f["out_w"] - 1) * f["stride"], cw_m1=f["cw"] - 1, kw_m1=f["kernel"] - 1,
                 kh_m1=f["kernel"] - 1, np_m1=f["planes"] - 1, ow_m1=f["out_w"] - 1, oh_m1=f["out_h"] - 1)
@@ -160,10 +168,13 @@ def run_sequencer(cfg, program, *, loads_ready=lambda cycle: True, engine_cycles
     return result["out"]
 
 
-def test_sequencer_derives_the_plan_and_starts_the_engines_on_time():
-    conv = conv_fields(CFG, ch=11, h=5, w=4, planes=2, k=3, stride=2, pad=1, o=5, wbases=2, out_planes=2)
+@pytest.mark.parametrize("images", [1, 3])
+def test_sequencer_derives_the_plan_and_starts_the_engines_on_time(images):
+    # images 3: one image's view of a batch of 3 stacked maps (planes 3 image maps apart)
+    conv = conv_fields(CFG, ch=11, h=5, w=4, planes=2, k=3, stride=2, pad=1, o=5, wbases=2, out_planes=2,
+                       images=images)
     conv["in_stride"] += 1                      # a group's slice of a wider map
-    pool = pool_fields(h=6, w=6, cw=2, planes=2, kernel=2, stride=2)
+    pool = pool_fields(h=6, w=6, cw=2, planes=2, kernel=2, stride=2, images=images)
     program = [encode(Opcode.CONV, **conv), encode(Opcode.POOL, **pool), encode(Opcode.END)]
     events, error, plans = run_sequencer(CFG, program, engine_cycles=7)
     assert error == ErrorCode.NONE
@@ -227,16 +238,19 @@ def gather_model(cfg, f, act):
 
 
 @pytest.mark.parametrize("shape", [
-    # ch, h, w, planes, k, stride, pad, pad_value: npix not a multiple of C, K not a multiple of W
-    (11, 5, 4, 2, 3, 2, 1, 1),
-    (8, 4, 4, 1, 3, 1, 1, 0),
-    (20, 3, 5, 3, 1, 1, 0, 0),
-    (3, 7, 7, 1, 3, 2, 2, 1),
+    # ch, h, w, planes, k, stride, pad, pad_value, images: npix not a multiple of C, K not a multiple
+    # of W; images > 1: one image's view of a batch (planes `images` maps apart)
+    (11, 5, 4, 2, 3, 2, 1, 1, 1),
+    (8, 4, 4, 1, 3, 1, 1, 0, 1),
+    (20, 3, 5, 3, 1, 1, 0, 0, 1),
+    (3, 7, 7, 1, 3, 2, 2, 1, 1),
+    (11, 5, 4, 3, 3, 1, 1, 0, 3),
 ])
 def test_gather_fills_the_banks_with_receptive_fields(shape):
-    ch, h, w, planes, k, stride, pad, pad_value = shape
+    ch, h, w, planes, k, stride, pad, pad_value, images = shape
     cfg = CFG
-    f = conv_fields(cfg, ch=ch, h=h, w=w, planes=planes, k=k, stride=stride, pad=pad, o=3, pad_value=pad_value)
+    f = conv_fields(cfg, ch=ch, h=h, w=w, planes=planes, k=k, stride=stride, pad=pad, o=3, pad_value=pad_value,
+                    images=images)
     plan = conv_plan(cfg, f)
     rng = np.random.default_rng(sum(shape))
     act = [int(v) for v in rng.integers(0, 1 << cfg.word_bits, cfg.act_depth)]
@@ -357,13 +371,14 @@ def test_issue_streams_every_pass_of_every_tile():
 
 # ---------------------------------------------------------------- Writer
 
-@pytest.mark.parametrize("raw", [True, False])
-def test_writer_places_every_result(raw):
+@pytest.mark.parametrize("raw, images", [(True, 1), (False, 1), (False, 3)])
+def test_writer_places_every_result(raw, images):
     cfg = CFG
     R, C, W = cfg.rows, cfg.cols, cfg.word_bits
-    # 7 pixels (not a multiple of C), 5 channels (not a multiple of R) from channel 2 of the map.
+    # 7 pixels (not a multiple of C), 5 channels (not a multiple of R) from channel 2 of the map;
+    # images 3: the output planes of one image's view of 3 stacked maps.
     f = conv_fields(cfg, ch=8, h=7, w=1, planes=1, k=1, stride=1, pad=0, o=5, raw=raw, out_planes=2,
-                    out_ch_base=0 if raw else 2, out_base=40)
+                    out_ch_base=0 if raw else 2, out_base=40, images=images)
     plan = conv_plan(cfg, f)
     rng = np.random.default_rng(5 + raw)
     n_tiles = _ceil(plan["npix"], C)
@@ -428,9 +443,10 @@ def test_writer_places_every_result(raw):
 
 # ---------------------------------------------------------------- Pool
 
-def test_pool_ors_every_window():
+@pytest.mark.parametrize("images", [1, 2])
+def test_pool_ors_every_window(images):
     cfg = CFG
-    f = pool_fields(h=7, w=5, cw=2, planes=2, kernel=3, stride=2, in_base=9, out_base=600)
+    f = pool_fields(h=7, w=5, cw=2, planes=2, kernel=3, stride=2, in_base=9, out_base=600, images=images)
     plan = pool_plan(f)
     rng = np.random.default_rng(9)
     act = [int(v) for v in rng.integers(0, 1 << cfg.word_bits, cfg.act_depth)]
@@ -463,7 +479,9 @@ def test_pool_ors_every_window():
                         for kx in range(f["kernel"]):
                             v |= act[f["in_base"] + t * plan["p_plane"] + (py * f["stride"] + ky) * plan["p_row"]
                                      + (px * f["stride"] + kx) * f["cw"] + cw]
-                    expected[f["out_base"] + ((t * f["out_h"] + py) * f["out_w"] + px) * f["cw"] + cw] = v
+                    # plane t of one image's view of `images` stacked maps starts t * images maps on
+                    expected[f["out_base"] + ((t * images * f["out_h"] + py) * f["out_w"] + px) * f["cw"]
+                             + cw] = v
     assert writes == expected
     windows = f["planes"] * f["out_h"] * f["out_w"] * f["cw"] * f["kernel"] ** 2
     assert done == [windows + 1]      # one read a window word, then the OR registered, then written

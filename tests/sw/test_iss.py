@@ -16,7 +16,7 @@ CONFIG = AccelConfig(rows=4, cols=3, word_bits=16, max_abases=3, act_depth=1024,
 def conv_fields(**changes):
     fields = dict(in_base=0, in_h=5, in_w=4, in_cw=2, in_stride=3, in_tail=5, in_planes=2, kh=3, kw=2,
                   stride=2, pad=1, pad_value=1, out_h=3, out_w=3, out_ch=6, out_ch_base=4, out_stride=2,
-                  out_planes=2, out_base=300, wbases=2, w_base=3, s_base=5, t_base=7, raw=0, k=0)
+                  out_planes=2, out_base=300, wbases=2, w_base=3, s_base=5, t_base=7, raw=0, k=0, images_m1=0)
     fields.update(changes)
     if "k" not in changes:
         fields["k"] = fields["kh"] * fields["kw"] * ((fields["in_cw"] - 1) * CONFIG.word_bits + fields["in_tail"])
@@ -24,7 +24,8 @@ def conv_fields(**changes):
 
 
 def pool_fields(**changes):
-    fields = dict(in_base=10, in_h=5, in_w=5, cw=2, planes=2, kernel=2, stride=2, out_h=2, out_w=2, out_base=200)
+    fields = dict(in_base=10, in_h=5, in_w=5, cw=2, planes=2, kernel=2, stride=2, out_h=2, out_w=2, out_base=200,
+                  images_m1=0)
     fields.update(changes)
     return fields
 
@@ -55,6 +56,7 @@ def literal_conv(iss, b, f):
     m_count, n_count = f["wbases"], f["in_planes"]
     ot_count = -(-f["out_ch"] // rows)
     ones = (1 << w_bits) - 1
+    images = f["images_m1"] + 1          # one image's view of a batch: planes `images` maps apart
     for pt in range(-(-p_count // cols)):
         patch = {}
         for col in range(cols):
@@ -66,7 +68,8 @@ def literal_conv(iss, b, f):
                         for cw in range(f["in_cw"]):
                             iy, ix = oy * f["stride"] + ky - f["pad"], ox * f["stride"] + kx - f["pad"]
                             if 0 <= iy < f["in_h"] and 0 <= ix < f["in_w"]:
-                                word = act[f["in_base"] + ((n * f["in_h"] + iy) * f["in_w"] + ix) * f["in_stride"] + cw]
+                                word = act[f["in_base"] + ((n * images * f["in_h"] + iy) * f["in_w"] + ix)
+                                           * f["in_stride"] + cw]
                             else:
                                 word = ones if f["pad_value"] else 0
                             patch[col, n * kw_words + (ky * f["kw"] + kx) * f["in_cw"] + cw] = word
@@ -102,7 +105,8 @@ def literal_conv(iss, b, f):
                         flip = bool(iss.flip[f["t_base"] + ot * rows + r])
                         bit = int(acc[r][col] <= thr if flip else acc[r][col] >= thr) if o < f["out_ch"] else 0
                         ch = o + f["out_ch_base"]
-                        addr = f["out_base"] + ((t * f["out_h"] + oy) * f["out_w"] + ox) * f["out_stride"] + ch // w_bits
+                        addr = f["out_base"] + ((t * images * f["out_h"] + oy) * f["out_w"] + ox) * f["out_stride"] \
+                            + ch // w_bits
                         act[addr] = (act[addr] & ~(1 << ch % w_bits)) | (bit << ch % w_bits)
     return act, result
 
@@ -120,6 +124,7 @@ def run(iss, *instructions):
     {"raw": 1, "out_base": 17, "out_planes": 0},               # sums into the result memory
     {"kh": 5, "kw": 4, "pad": 0, "stride": 1, "out_h": 1, "out_w": 1, "in_cw": 3, "in_stride": 3,
      "in_tail": 1, "raw": 1, "out_base": 0, "out_ch": 5},       # a fully connected layer
+    {"images_m1": 2, "out_base": 400},                          # one image's view of a batch of 3
 ])
 def test_conv_matches_the_literal_semantics(changes):
     f = conv_fields(**changes)
@@ -131,11 +136,14 @@ def test_conv_matches_the_literal_semantics(changes):
         assert [int(v) for v in iss.result[b]] == result
 
 
-def test_pool_is_an_or_over_windows():
-    f = pool_fields()
+@pytest.mark.parametrize("images", [1, 3])
+def test_pool_is_an_or_over_windows(images):
+    # images 3: one image's view of 3 stacked maps, its planes 3 maps apart in and out
+    f = pool_fields(images_m1=images - 1)
     iss = random_iss(9)
     before = iss.act.copy()
     run(iss, encode(Opcode.POOL, **f))
+    untouched = np.ones(CONFIG.act_depth, bool)
     for b in range(iss.batch):
         for t in range(2):
             for py in range(2):
@@ -144,10 +152,12 @@ def test_pool_is_an_or_over_windows():
                         want = 0
                         for ky in range(2):
                             for kx in range(2):
-                                want |= int(before[b, 10 + ((t * 5 + py * 2 + ky) * 5 + px * 2 + kx) * 2 + cw, 0])
-                        assert int(iss.act[b, 200 + ((t * 2 + py) * 2 + px) * 2 + cw, 0]) == want
-    untouched = np.ones(CONFIG.act_depth, bool)
-    untouched[200:216] = False
+                                want |= int(before[b, 10 + ((t * 5 * images + py * 2 + ky) * 5 + px * 2 + kx) * 2
+                                                   + cw, 0])
+                        out = 200 + ((t * 2 * images + py) * 2 + px) * 2 + cw
+                        assert int(iss.act[b, out, 0]) == want
+                        untouched[out] = False
+    assert (~untouched).sum() == 16
     assert np.array_equal(iss.act[:, untouched], before[:, untouched])
 
 
@@ -175,6 +185,9 @@ def test_illegal_opcode():
     ({"out_base": 1025 - 2 * 9 * 2}, "CONV output region ends at 1025, past act_depth 1024"),
     ({"raw": 1, "out_base": 0, "t_base": CONFIG.thr_depth - 7}, "CONV threshold region ends at 513, past thr_depth 512"),
     ({"raw": 1, "out_base": 256 - 9 * 6 + 1}, "CONV result region ends at 257, past result_depth 256"),
+    # a view of 3 stacked images: the last plane starts 3 maps on and ends one map later
+    ({"images_m1": 2, "in_base": 1025 - 4 * 5 * 4 * 3}, "CONV input region ends at 1025, past act_depth 1024"),
+    ({"images_m1": 2, "out_base": 1025 - 4 * 9 * 2}, "CONV output region ends at 1025, past act_depth 1024"),
     ({"kh": 5, "kw": 4, "pad": 2, "in_cw": 7, "in_stride": 7, "in_base": 0},
      "CONV patch region ends at 280, past patch_depth 256"),
 ])
@@ -187,6 +200,8 @@ def test_pool_out_of_range():
     error = error_of(encode(Opcode.POOL, **pool_fields(out_base=1024 - 15)))
     assert (error.code, error.detail) == (OUT_OF_RANGE, "POOL output region ends at 1025, past act_depth 1024")
     error = error_of(encode(Opcode.POOL, **pool_fields(in_base=1024 - 99)))
+    assert (error.code, error.detail) == (OUT_OF_RANGE, "POOL input region ends at 1025, past act_depth 1024")
+    error = error_of(encode(Opcode.POOL, **pool_fields(in_base=1025 - 5 * 5 * 2 * 4, images_m1=2)))
     assert (error.code, error.detail) == (OUT_OF_RANGE, "POOL input region ends at 1025, past act_depth 1024")
 
 
