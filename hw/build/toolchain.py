@@ -144,6 +144,17 @@ _XILINX_ABC_FALLBACK = (
     "opt_lut_ins -tech xilinx; synth_xilinx -flatten {opts} -top {top} -run finalize:check")
 
 
+def synth_ecp5_with_abc(synth):
+    """`synth` (a `synth_ecp5 ...` command) with its LUT mapping done by ABC instead of ABC9, as yosys
+    commands separated by newlines: YoWASP's ABC9 aborts on some large designs, and yosys 0.70's
+    `synth_ecp5` has no option to skip it."""
+    return (f"{synth} -run :map_luts\n"
+            f"techmap -map +/lattice/latches_map.v\n"
+            f"abc -lut 4:7 -dress\n"
+            f"clean\n"
+            f"{synth} -run map_cells:")
+
+
 def synth_xilinx_script(read, stat_name, *, top="top", opts="", fallback=False, flatten=True):
     """A yosys script: `read`, synth_xilinx (or its ABC fallback), stat text and JSON; `flatten=False`
     keeps each module (its `stat -json` then counts cells per module)."""

