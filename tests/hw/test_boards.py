@@ -41,3 +41,18 @@ def test_networks_on_default_config(board_name, network):
 def test_readme_network_on_the_default_board():
     """The README trains an LFC of width 128 at ABC 3x3 and compiles it for the default board."""
     assert "LFC-128 3x3" in FITS[boards.DEFAULT_BOARD]
+
+
+def test_batched_network_figures_count_every_image_of_a_run():
+    """benchmarks.boards' batch-C figures: C images a run, frames/s = C * clock / cycles of the run,
+    and the README's LFC on the default board (fully connected layers over 1x1 maps: the batch fills
+    the columns) runs its batch of C in the cycles of one image."""
+    from benchmarks.boards import network_figures
+    board = boards.get_board(boards.DEFAULT_BOARD)
+    clocks = {"run clock": 100e6}
+    single = network_figures(board, clocks)["LFC-128 3x3"]
+    batch = board.config.cols
+    batched = network_figures(board, clocks, batch=batch)["LFC-128 3x3"]
+    assert batched["fps"]["run clock"] == pytest.approx(batch * 100e6 / batched["cycles"])
+    assert single["fps"]["run clock"] == pytest.approx(100e6 / single["cycles"])
+    assert batch > 1 and batched["cycles"] == single["cycles"]
