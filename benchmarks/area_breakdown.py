@@ -128,9 +128,11 @@ def main(argv=None):
                     f"{100 * u['LUT'] / total['LUT']:.1f}% |")
     rows.append(f"| **total** | {total['LUT']:,} | {total['FF']:,} | {total['BRAM']:g} | {total['DSP']} | 100% |")
     flag = " --element-scales" if args.element_scales else ""
+    array_share = 100 * xilinx_utilization(children["core.array"])["LUT"] / total["LUT"]
+    element = " (each processing element also scales and keeps its sum)" if config.element_scales else ""
     text = f"""
 `hw.accel.Accelerator` for `{args.board}`'s config ({config.rows}x{config.cols}, W = {config.word_bits},
-{config.macs_per_cycle:,} binary MACs per cycle{', element scales' if args.element_scales else ''}), `synth_xilinx`
+{config.macs_per_cycle:,} binary MACs per cycle{', element scales' if config.element_scales else ''}), `synth_xilinx`
 with the hierarchy kept and ABC mapping (the board's UART shell is not included). "core.*" are the parts of `BinaryCore`
 (the array; the scale accumulator, thresholds, FIFOs and parameter memories are its own logic); the
 other rows are the controller's engines and the accelerator's own memories and muxes.
@@ -139,9 +141,9 @@ Command: `{COMMAND} --board {args.board}{flag}`.
 
 {chr(10).join(rows)}
 
-The array is about half; of the controller, the sequencer is the largest part (its set-up products are
-32-bit registers with their checks), then the writer (two tile buffers, field and address arithmetic)
-and the gather (two sources' cursors).
+The array is {array_share:.0f} % of the LUTs{element}; of the controller, the sequencer is the largest part
+(its set-up products are 32-bit registers with their checks), then the writer (two tile buffers, field
+and address arithmetic) and the gather (two sources' cursors).
 """
     return publish(PERFORMANCE, HEADING, text, write=not args.no_write)
 

@@ -27,3 +27,19 @@ def test_parts_hold_their_submodules_cells():
     assert parts["top (own logic, memories)"] == {"RAMB36E1": 2, "LUT4": 3}
     # LUTs: 3 + 5 + 10 + 6 * 7 + 20 + 2 (the SRLs) + 4 = 86; FFs 6 * 3 + 8 = 26
     assert (total["LUT"], total["FF"], total["BRAM"], total["DSP"]) == (86, 26, 2, 1)
+
+
+def test_section_states_the_arrays_share(tmp_path, capsys):
+    from benchmarks.area_breakdown import main
+    stat = {"modules": {
+        "\\top": {"num_cells_by_type": {"\\top.core": 1, "\\top.sequencer": 1, "LUT4": 10}},
+        "\\top.core": {"num_cells_by_type": {"\\top.core.array": 1}},
+        "\\top.core.array": {"num_cells_by_type": {"LUT6": 60}},
+        "\\top.sequencer": {"num_cells_by_type": {"LUT5": 30}},
+    }}
+    path = tmp_path / "stat.json"
+    path.write_text(json.dumps(stat))
+    main(["--no-write", "--stat", str(path)])
+    out = capsys.readouterr().out
+    assert "The array is 60 % of the LUTs (each processing element also scales" in out   # arty_a7: element scales
+    assert "| core.array | 60 |" in out and "| **total** | 100 |" in out
