@@ -42,8 +42,7 @@ def measure(board_name, geometries, progress):
     board = boards.get_board(board_name)
     records = []
     for rows, cols, width in geometries:
-        config = board.config.replace(rows=rows, cols=cols, word_bits=width,
-                                      out_depth=max(board.config.out_depth, rows))
+        config = board.config.at_geometry(rows, cols, width)
         start = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="bnn-calibration-") as workdir:
             util, detail = synth_estimate(Accelerator(config), board.flow, workdir, name="accel",

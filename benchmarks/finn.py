@@ -38,7 +38,7 @@ def _round_up(n, step=512):
 
 def fitted_config(rows, cols, width):
     """The geometry with memories just large enough for CNV (rounded up to 512 entries)."""
-    big = CONFIG.replace(rows=rows, cols=cols, word_bits=width, out_depth=max(CONFIG.out_depth, rows))
+    big = CONFIG.at_geometry(rows, cols, width)
     bundle = compile_model(random_model(SPECS, (3, 32, 32), big, seed=0), big, verify_images=0)
     use = {m["memory"]: m["used"] for m in memory_use(bundle)}
     return big.replace(weight_depth=_round_up(use["weight"]), scale_depth=_round_up(use["scale"]),

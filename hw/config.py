@@ -192,6 +192,12 @@ class AccelConfig:
         """A copy with some fields changed (validated like a new config)."""
         return dataclasses.replace(self, **changes)
 
+    def at_geometry(self, rows, cols, word_bits, **changes):
+        """This config on another array (and other `changes`), the output FIFO deepened to hold one
+        tile's results where the new geometry needs it."""
+        return self.replace(rows=rows, cols=cols, word_bits=word_bits, out_depth=max(self.out_depth, rows),
+                            **changes)
+
     def fingerprint(self):
         """A short digest of every field: bundles record it and backends compare it."""
         canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))

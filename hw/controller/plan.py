@@ -39,10 +39,6 @@ def _images(args, plan, cols, shortcut):
     return args.images_m1 + 1
 
 
-def _planes_m1(args, plan, cols, shortcut):
-    return args.in_planes - 1
-
-
 # (destination, operand a, operand b). An operand is an instruction field or an earlier destination
 # by name (`sc.` names a field of the SHORTCUT before the CONV), or a function
 # (args, plan, cols, shortcut args) -> value.
@@ -53,7 +49,7 @@ CONV_SETUP_STEPS = (
     ("row_words", "in_w", "in_stride"),
     ("image_words", "row_words", "in_h"),
     ("plane_words", "image_words", _images),    # planes are `images` image maps apart
-    ("in_need", "plane_words", _planes_m1),     # + image_words in the range check
+    ("in_need", "plane_words", lambda a, p, c, s: a.in_planes - 1),      # + image_words in the range check
     ("patch_need", "kwords", "in_planes"),
     ("kvalid", "khw", "in_tail"),              # + (kwords - khw) * W in the K check
     ("otm", "out_tiles", "wbases"),

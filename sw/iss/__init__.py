@@ -51,6 +51,12 @@ ERROR_CODES = {ILLEGAL_OPCODE: "ILLEGAL_OPCODE", OUT_OF_RANGE: "OUT_OF_RANGE", B
                PROGRAM_END: "PROGRAM_END", STALL: "STALL", HAZARD: "HAZARD"}
 
 
+def _view_words(planes, f, map_words):
+    """Words from a map view's first to past its last plane, the planes `images_m1 + 1` image maps of
+    `map_words` apart (docs/isa.md "Feature maps")."""
+    return ((planes - 1) * (f["images_m1"] + 1) + 1) * map_words
+
+
 class IssError(RuntimeError):
     """The program stopped with an error status (docs/isa.md "Errors"): `code`, `name`, `pc`."""
 
@@ -250,13 +256,11 @@ class Iss:
         def region(first, size):
             return first, first + size
 
-        images = f["images_m1"] + 1     # planes are `images` image maps apart; the last ends one map on
-
         def source_regions(s, prefix):
             kw_words = s["kh"] * s["kw"] * s["in_cw"]
             m, n = s["wbases"], s["in_planes"]
-            return {f"{prefix}input": region(s["in_base"],
-                                             ((n - 1) * images + 1) * s["in_h"] * s["in_w"] * s["in_stride"]),
+            map_words = s["in_h"] * s["in_w"] * s["in_stride"]
+            return {f"{prefix}input": region(s["in_base"], _view_words(n, f, map_words)),
                     f"{prefix}weight": region(s["w_base"], ot * m * kw_words),
                     f"{prefix}scale": region(s["s_base"], ot * m * n)}, n * kw_words
 
@@ -270,7 +274,7 @@ class Iss:
         if f["raw"]:
             regions["result"] = region(f["out_base"], p * f["out_ch"])
         else:
-            regions["output"] = region(f["out_base"], ((f["out_planes"] - 1) * images + 1) * p * f["out_stride"])
+            regions["output"] = region(f["out_base"], _view_words(f["out_planes"], f, p * f["out_stride"]))
         return regions
 
     def _check_hazard(self, pc, f):
@@ -320,7 +324,7 @@ class Iss:
                                               f"stride {f['stride']}, kernel {f['kernel']}, {size} {f[size]})")
         for name, base, h, w in (("input", f["in_base"], f["in_h"], f["in_w"]),
                                  ("output", f["out_base"], f["out_h"], f["out_w"])):
-            end = base + ((f["planes"] - 1) * (f["images_m1"] + 1) + 1) * h * w * f["cw"]
+            end = base + _view_words(f["planes"], f, h * w * f["cw"])
             if end > c.act_depth:
                 raise IssError(OUT_OF_RANGE, pc, f"POOL {name} region ends at {end}, past act_depth {c.act_depth}")
 

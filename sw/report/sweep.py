@@ -161,8 +161,7 @@ def sweep(model, board, geometries, bases, resources="model", cache=None, progre
     for (r, c, w), (m, n) in tqdm(points, desc="sweep", unit="config", disable=not progress,
                                   file=sys.stderr):
         try:
-            config = board.config.replace(rows=r, cols=c, word_bits=w, max_wbases=m, max_abases=n,
-                                          out_depth=max(board.config.out_depth, r))
+            config = board.config.at_geometry(r, c, w, max_wbases=m, max_abases=n)
         except ConfigError as error:
             rows.append({"geometry": f"{r}x{c}x{w}", "bases": f"{m}x{n}", "compiles": False, "fits": False,
                          "reason": f"config: {error}", "cycles": None, "frames_per_s": None,
