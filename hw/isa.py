@@ -79,6 +79,10 @@ ConvArgs = data.StructLayout({
     # (images_m1 + 1) x in_h (out_h) rows apart, so an instruction may run on one image's view of a
     # batch (`sw.compile --batch`); 0 for a map of one image, or one that the instruction runs over whole.
     "images_m1":   5,
+    # 1: the input is an image map of 8-bit pixels, one word a pixel, read as N pixel planes whose
+    # receptive fields the gather packs F = W // in_tail fields to a patch word (docs/isa.md "Packed
+    # image input"); in_tail is the image's channels, in_cw the patch words of one plane's field.
+    "packed":      1,
 })
 
 #: The second source of a two-source CONV: its input map, kernel and parameters; the output geometry,
