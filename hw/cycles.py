@@ -6,7 +6,7 @@ from .config import AccelConfig
 from .controller.plan import (CHECK_CYCLES, CONV_SETUP_STEPS, DECODE_CYCLES, POOL_DRAIN_CYCLES,
                               POOL_SETUP_STEPS, SHORTCUT_SETUP_STEPS, setup_cycles)
 
-__all__ = ["patch_words", "gather_tile_cycles", "SETUP_CYCLES", "SHORTCUT_SETUP_CYCLES", "SHORTCUT_CYCLES", "ARRIVAL_CYCLES", "ISSUE_START", "BANK_REUSE", "TILE_OVERHEAD", "END_CYCLES",
+__all__ = ["pass_words", "patch_words", "gather_tile_cycles", "gather_drain_cycles", "SETUP_CYCLES", "SHORTCUT_SETUP_CYCLES", "SHORTCUT_CYCLES", "ARRIVAL_CYCLES", "ISSUE_START", "BANK_REUSE", "TILE_OVERHEAD", "END_CYCLES",
            "POOL_OVERHEAD", "LOAD_CYCLES", "SYNC_CYCLES", "conv_cycles", "pool_cycles",
            "instruction_cycles", "conv_ideal_cycles", "conv_macs", "Timeline", "program_cycles"]
 
@@ -29,16 +29,29 @@ def _ceil(a, b):
     return -(-a // b)
 
 
+def pass_words(s):
+    """K-words of one pass of a source: kh * kw * in_cw, or a packed CONV's in_cw (docs/isa.md
+    "Packed image input")."""
+    return s["in_cw"] if s.get("packed") else s["kh"] * s["kw"] * s["in_cw"]
+
+
 def patch_words(f):
     """Patch words of one pixel: every activation basis' K-words, of both sources of a two-source CONV."""
     sources = [f] + ([f["shortcut"]] if f.get("shortcut") else [])
-    return sum(s["in_planes"] * s["kh"] * s["kw"] * s["in_cw"] for s in sources)
+    return sum(s["in_planes"] * pass_words(s) for s in sources)
 
 
 def gather_tile_cycles(config: AccelConfig, f):
     """Cycles the gather engine takes per pixel tile: one activation-buffer word a cycle for every
-    column's patch words, and one idle cycle."""
-    return config.cols * patch_words(f) + 1
+    column's patch words (a packed CONV's: one pixel word a kernel position), and one idle cycle."""
+    reads = f["kh"] * f["kw"] if f.get("packed") else patch_words(f)
+    return config.cols * reads + 1
+
+
+def gather_drain_cycles(f):
+    """Cycles from a packed CONV's tile's last read to its last patch write after the unpacked one's:
+    the packer writes the last column's `in_planes` words one a cycle."""
+    return f["in_planes"] if f.get("packed") else 0
 
 
 def conv_cycles(config: AccelConfig, f):
@@ -59,7 +72,7 @@ def conv_cycles(config: AccelConfig, f):
     sources = [f] + ([f["shortcut"]] if f.get("shortcut") else [])
     passes = []                                   # K-words of every pass of one output tile, in order
     for s in sources:
-        passes += [s["kh"] * s["kw"] * s["in_cw"]] * (s["wbases"] * s["in_planes"])
+        passes += [pass_words(s)] * (s["wbases"] * s["in_planes"])
     out_tiles = _ceil(f["out_ch"], R)
     gather = gather_tile_cycles(config, f)
     gather_end, issue_end = 0, []
@@ -78,7 +91,8 @@ def conv_cycles(config: AccelConfig, f):
         # follows the last beat at once.
         follow = 1 if len(tail) == 3 and tail[1] >= tail[0] + 2 else ISSUE_START
         # The bank shows full one cycle after the next tile's gather may start (its last word lands).
-        beat = max(gather_end + 1 + ISSUE_START, issue_end[-1] + follow if issue_end else ISSUE_START)
+        beat = max(gather_end + 1 + gather_drain_cycles(f) + ISSUE_START,
+                   issue_end[-1] + follow if issue_end else ISSUE_START)
         tail = []
         for _ in range(out_tiles):
             for p, kwords in enumerate(passes):

@@ -1,6 +1,8 @@
 """`GatherEngine`: a CONV's receptive fields, from the activation buffer into the patch banks."""
 
-from amaranth.hdl import Module, Mux, Signal, signed
+from types import SimpleNamespace
+
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -115,13 +117,16 @@ class GatherEngine(wiring.Component):
         s1_col = Signal(range(C))
         s1_pw = Signal(range(2 * cfg.patch_depth + 1))
         s1_pad_value = Signal()
+        s1_word = Signal(W)
+        m.d.comb += s1_word.eq(Mux(s1_pad, Mux(s1_pad_value, (1 << W) - 1, 0), self.act_data))
+        m.d.sync += s1_valid.eq(0)
+        drain = self._packer(m, s1_valid, s1_word, s1_col, bank_full)
         for c in range(C):
             m.d.comb += [
-                patch_w[c].addr.eq(s1_pw),
-                patch_w[c].data.eq(Mux(s1_pad, Mux(s1_pad_value, (1 << W) - 1, 0), self.act_data)),
-                patch_w[c].en.eq(s1_valid & (s1_col == c)),
+                patch_w[c].addr.eq(Mux(cv.packed, drain.addr, s1_pw)),
+                patch_w[c].data.eq(Mux(cv.packed, drain.word, s1_word)),
+                patch_w[c].en.eq(Mux(cv.packed, drain.busy & (drain.col == c), s1_valid & (s1_col == c))),
             ]
-        m.d.sync += s1_valid.eq(0)
 
         m.d.comb += [self.tiles.valid.eq(bank_full.bit_select(rd_bank, 1)), self.tiles.payload.eq(rd_bank)]
         with m.If(self.tiles.valid & self.tiles.ready):
@@ -131,6 +136,7 @@ class GatherEngine(wiring.Component):
                     m.d.sync += bank_full[b].eq(0)
 
         with m.If(self.start):
+            m.d.sync += [drain.fields.eq(0), drain.j.eq(0), drain.busy.eq(0)]
             starts = [cv.in_base - plan.pad_rows - plan.pad_cols, sc.in_base - plan.pad_rows2 - plan.pad_cols2]
             for k, (args, start_row) in enumerate(zip((cv, sc), starts)):
                 m.d.sync += [iy[k].eq(-args.pad), ix[k].eq(-args.pad), pix[k].eq(start_row), row[k].eq(start_row)]
@@ -191,9 +197,11 @@ class GatherEngine(wiring.Component):
                 inside = (iyk >= 0) & (iyk < in_h) & (ixk >= 0) & (ixk < in_w)
                 m.d.comb += [self.act_addr.eq((akx + cw)[:addr_bits]), self.act_en.eq(1)]
                 m.d.sync += [s1_valid.eq(1), s1_pad.eq(~inside), s1_pad_value.eq(pad_value), s1_col.eq(col),
-                             s1_pw.eq(pw), pw.eq(pw + 1)]
-                # Loops: cw innermost, then kx, ky, n, then the source, then the column.
-                with m.If(cw != cw_m1):
+                             s1_pw.eq(pw), pw.eq(pw + 1), drain.s1_bank.eq(bank),
+                             drain.s1_last.eq((kx == kw_m1) & (ky == kh_m1)), drain.s1_tile_last.eq(col == C - 1)]
+                # Loops: cw innermost, then kx, ky, n, then the source, then the column. A packed CONV
+                # reads each kernel position once (its planes are fields of one word).
+                with m.If(~cv.packed & (cw != cw_m1)):
                     m.d.sync += cw.eq(cw + 1)
                 with m.Else():
                     m.d.sync += cw.eq(0)
@@ -206,7 +214,7 @@ class GatherEngine(wiring.Component):
                                          akx.eq(aky + row_words), iyk.eq(iyk + 1)]
                         with m.Else():
                             m.d.sync += [ky.eq(0), iyk.eq(Mux(src, iy[1], iy[0]))]
-                            with m.If(n != np_m1):
+                            with m.If(~cv.packed & (n != np_m1)):
                                 m.d.sync += [n.eq(n + 1), an.eq(an + plane_words),
                                              aky.eq(an + plane_words), akx.eq(an + plane_words)]
                             with m.Elif(~src & plan.shortcut):
@@ -219,9 +227,78 @@ class GatherEngine(wiring.Component):
                                              col.eq(Mux(col == C - 1, 0, col + 1))]
                                 advance_pixel()
                                 with m.If(col == C - 1):      # all C columns gathered
+                                    # (A packed tile is full when its packer's last words are written.)
                                     m.d.sync += [p0.eq(p0 + C), more.eq(p0 + C < plan.npix),
-                                                 bank.eq(~bank), filled.eq(1)]
+                                                 bank.eq(~bank), filled.eq(~cv.packed)]
                                     m.next = "IDLE"
                                 with m.Else():
                                     start_pixel(0, (next_pix[0], next_iy[0], next_ix[0]))
         return m
+
+    def _packer(self, m, s1_valid, s1_word, s1_col, bank_full):
+        """A packed CONV's fields (docs/isa.md "Packed image input"): every pixel word read gives each
+        of the 8 planes its `c = in_tail` bits; each plane shifts them into its word register (left,
+        so the first field ends at the top); after `fpw` fields, or the column's last position, the
+        8 words go to a drain that writes plane n's word to patch word n * KW + j, one a cycle, the
+        next `in_planes` cycles. The fields of a word come at least fpw >= 8 reads apart, and a
+        column's first word at least kh * kw >= in_planes reads after the previous column's last
+        (both checked), so one drain suffices.
+
+        Returns the drain's outputs (`busy`, `col`, `addr`, `word`), the stage-1 signals the read
+        loop sets (`s1_last`, `s1_tile_last`, `s1_bank`), and `fields` and `j` (cleared at `start`)."""
+        cfg, cv, plan = self._config, self.conv, self.plan
+        W = cfg.word_bits
+        cmax = W // 8                                   # channels a pixel word holds
+        planes = 8
+        addr_shape = range(2 * cfg.patch_depth + 1)
+
+        d = SimpleNamespace(
+            s1_last=Signal(name="pk_s1_last"), s1_tile_last=Signal(name="pk_s1_tile_last"),
+            s1_bank=Signal(name="pk_s1_bank"),
+            fields=Signal(range(W + 1), name="pk_fields"),        # fields in the words being filled
+            j=Signal(range(cfg.patch_depth), name="pk_j"),        # the column's words emitted so far
+            busy=Signal(name="pk_drain_busy"), col=Signal(range(cfg.cols), name="pk_drain_col"),
+            addr=Signal(addr_shape, name="pk_drain_addr"), word=Signal(W, name="pk_drain_word"))
+        if cmax == 0:                                   # no packed CONV passes the checks
+            return d
+        words = [Signal(W, name=f"pk_word{n}") for n in range(planes)]
+        queue = [Signal(W, name=f"pk_queue{n}") for n in range(planes)]
+        left = Signal(range(planes), name="pk_left")
+        tile_last = Signal(name="pk_tile_last")
+        drain_bank = Signal(name="pk_drain_bank")
+        j = d.j
+        c = cv.in_tail
+        channel_mask = Cat(c > ch for ch in range(cmax))
+        filled = []
+        for n in range(planes):
+            field = Cat(s1_word[8 * ch + n] for ch in range(cmax)) & channel_mask
+            kept = Mux(d.fields == 0, 0, words[n])
+            shifted = 0
+            for k in range(1, cmax + 1):
+                shifted = shifted | Mux(c == k, kept << k, 0)
+            new = Signal(W, name=f"pk_new{n}")
+            m.d.comb += new.eq(shifted | field)
+            filled.append(new)
+        emit = Signal(name="pk_emit")
+        m.d.comb += emit.eq(s1_valid & cv.packed & ((d.fields + 1 == plan.fpw) | d.s1_last))
+
+        # The drain: one word a cycle, plane 0 first.
+        m.d.comb += d.word.eq(queue[0])
+        with m.If(d.busy):
+            m.d.sync += [queue[n].eq(queue[n + 1]) for n in range(planes - 1)]
+            m.d.sync += [d.addr.eq(d.addr + plan.kwords), left.eq(left - 1)]
+            with m.If(left == 0):
+                m.d.sync += d.busy.eq(0)
+                with m.If(tile_last):
+                    for b in range(2):
+                        with m.If(drain_bank == b):
+                            m.d.sync += bank_full[b].eq(1)
+        with m.If(s1_valid & cv.packed):
+            m.d.sync += [words[n].eq(filled[n]) for n in range(planes)]
+            m.d.sync += d.fields.eq(Mux(emit, 0, d.fields + 1))
+        with m.If(emit):
+            m.d.sync += [queue[n].eq(filled[n]) for n in range(planes)]
+            m.d.sync += [d.busy.eq(1), left.eq(plan.np_m1), d.col.eq(s1_col),
+                         d.addr.eq(Mux(d.s1_bank, cfg.patch_depth, 0) + j), tile_last.eq(d.s1_last & d.s1_tile_last),
+                         drain_bank.eq(d.s1_bank), j.eq(Mux(d.s1_last, 0, j + 1))]
+        return d

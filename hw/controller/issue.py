@@ -110,7 +110,8 @@ class IssueEngine(wiring.Component):
             j_last = j == kwords_m1
             last_source = src | ~plan.shortcut
             m.d.sync += [
-                b_ctl.nbits.eq(Mux(cwj == cw_m1, Mux(src, sc.in_tail, cv.in_tail), W)),
+                # A packed CONV's words are whole: bits above their fields are 0 against weight bits 1.
+                b_ctl.nbits.eq(Mux((cwj == cw_m1) & ~cv.packed, Mux(src, sc.in_tail, cv.in_tail), W)),
                 b_ctl.first.eq(j == 0),
                 b_ctl.last.eq(j_last),
                 b_ctl.info.k.eq(Mux(src, sc.k, cv.k)),

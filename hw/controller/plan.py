@@ -6,7 +6,7 @@ one shared multiplier) and counted by `hw.cycles`, so a new set-up step changes 
 model together.
 """
 
-from amaranth.hdl import unsigned
+from amaranth.hdl import Mux, unsigned
 from amaranth.lib import data
 
 from ..isa import ConvArgs, PoolArgs, ShortcutArgs
@@ -44,12 +44,16 @@ def _images(args, plan, cols, shortcut):
 # (args, plan, cols, shortcut args) -> value.
 CONV_SETUP_STEPS = (
     ("khw", "kh", "kw"),
-    ("kwords", "khw", "in_cw"),
+    # A packed CONV's in_cw is its patch words a plane (docs/isa.md "Packed image input").
+    ("kwords", lambda a, p, c, s: Mux(a.packed, 1, p.khw), "in_cw"),
     ("npix", "out_h", "out_w"),
     ("row_words", "in_w", "in_stride"),
     ("image_words", "row_words", "in_h"),
     ("plane_words", "image_words", _images),    # planes are `images` image maps apart
-    ("in_need", "plane_words", lambda a, p, c, s: a.in_planes - 1),      # + image_words in the range check
+    # + image_words in the range check. A packed CONV's image map has no planes: its in_need is the
+    # fields its in_cw patch words hold (in_cw * fpw), for the check that in_cw fits kh * kw.
+    ("in_need", lambda a, p, c, s: Mux(a.packed, a.in_cw, p.plane_words),
+     lambda a, p, c, s: Mux(a.packed, p.fpw, a.in_planes - 1)),
     ("patch_need", "kwords", "in_planes"),
     ("kvalid", "khw", "in_tail"),              # + (kwords - khw) * W in the K check
     ("otm", "out_tiles", "wbases"),
@@ -162,6 +166,8 @@ for _dest, _, _ in CONV_SETUP_STEPS + SHORTCUT_SETUP_STEPS + POOL_SETUP_STEPS:
 Plan = data.StructLayout({
     **_products,
     "out_tiles": ConvArgs["out_ch"].shape,
+    # A packed CONV's fields a patch word: W // in_tail (set at decode).
+    "fpw": ConvArgs["in_tail"].shape,
     "kwords_m1": PRODUCT_BITS,
     "cw_m1": field_shape((ConvArgs, "in_cw"), (PoolArgs, "cw")),
     "kw_m1": field_shape((ConvArgs, "kw"), (PoolArgs, "kernel")),

@@ -154,8 +154,14 @@ class Sequencer(wiring.Component):
         conv_bad = Cat(
             (cv.in_h == 0) | (cv.in_w == 0) | (cv.in_cw == 0) | (cv.in_planes == 0) | (cv.kh == 0),
             (cv.kw == 0) | (cv.stride == 0) | (cv.out_h == 0) | (cv.out_w == 0) | (cv.out_ch == 0),
-            (cv.wbases == 0) | (cv.in_stride < cv.in_cw) | (cv.in_tail == 0) | (cv.in_tail > W),
-            cv.k > cfg.max_k, cv.k != ((p.kwords - p.khw) << (W.bit_length() - 1)) + p.kvalid,
+            (cv.wbases == 0) | (cv.in_stride == 0) | (cv.in_tail == 0) | (cv.in_tail > W),
+            ~cv.packed & (cv.in_stride < cv.in_cw),
+            cv.k > cfg.max_k,
+            cv.k != Mux(cv.packed, p.kvalid, ((p.kwords - p.khw) << (W.bit_length() - 1)) + p.kvalid),
+            # A packed CONV (docs/isa.md "Packed image input"): its in_need is in_cw * fpw.
+            cv.packed & ((cv.in_tail > W // 8) | (cv.in_planes > 8) | (p.khw < cv.in_planes) | pending),
+            cv.packed & ((p.in_need < p.khw) | (p.in_need - p.fpw >= p.khw)),
+            cv.packed & (cv.in_cw > 1) & (p.khw + p.fpw - p.in_need < cv.in_planes),
             cv.wbases > cfg.max_wbases,
             p.span_h + cv.kh > cv.in_h + 2 * cv.pad, p.span_w + cv.kw > cv.in_w + 2 * cv.pad,
             ~cv.raw & ((cv.out_planes == 0) | (cv.out_planes > cfg.max_abases) | ((cv.out_ch_base % R) != 0)),
@@ -170,7 +176,8 @@ class Sequencer(wiring.Component):
         patch_words = Signal(PRODUCT_BITS + 1)
         m.d.comb += patch_words.eq(p.patch_need + Mux(pending, p.patch_need2, 0))
         conv_range = Cat(
-            cv.in_base + p.in_need + p.image_words > cfg.act_depth, patch_words > cfg.patch_depth,
+            cv.in_base + Mux(cv.packed, 0, p.in_need) + p.image_words > cfg.act_depth,
+            patch_words > cfg.patch_depth,
             cv.w_base + p.w_need > cfg.weight_depth, cv.s_base + p.s_need > cfg.scale_depth,
             cv.t_base + p.out_tiles * R > cfg.thr_depth,
             cv.raw & (cv.out_base + p.res_need > cfg.result_depth),
@@ -233,6 +240,13 @@ class Sequencer(wiring.Component):
             with m.State("DECODE"):
                 with m.Switch(ins.opcode):
                     with m.Case(Opcode.CONV):
+                        # A packed CONV's fields a patch word, W // in_tail (in_tail <= W // 8, checked).
+                        with m.Switch(cv.in_tail):
+                            for c in range(1, max(W // 8, 1) + 1):
+                                with m.Case(c):
+                                    m.d.sync += p.fpw.eq(W // c)
+                            with m.Default():
+                                m.d.sync += p.fpw.eq(1)
                         m.next = "CONV_SETUP"
                     with m.Case(Opcode.END, Opcode.LOAD, Opcode.SYNC, Opcode.POOL, Opcode.SHORTCUT):
                         with m.If(pending):

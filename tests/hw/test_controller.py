@@ -14,7 +14,7 @@ from hw.controller import (ActBufferArbiter, GatherEngine, IssueEngine, LoadEngi
                            WriterEngine)
 from hw.controller.plan import POOL_DRAIN_CYCLES, Plan
 from hw.cycles import LOAD_CYCLES, POOL_OVERHEAD, SETUP_CYCLES
-from hw.isa import ConvArgs, ErrorCode, Instruction, LoadArgs, MemoryTarget, Opcode, PoolArgs, encode
+from hw.isa import ConvArgs, ErrorCode, Instruction, LoadArgs, MemoryTarget, Opcode, PoolArgs, ShortcutArgs, encode
 from hw.layouts import CoreLayouts, pack_payload, unpack_payload
 
 CFG = AccelConfig(rows=2, cols=3, word_bits=8, max_wbases=2, max_abases=2, max_k=400, scale_depth=32,
@@ -212,6 +212,45 @@ def test_sequencer_saturates_its_products():
     assert not any(name == "conv_start" for _, name, *_ in events)
 
 
+PACKED_CFG = CFG.replace(word_bits=32)
+
+
+def test_sequencer_plans_a_packed_conv():
+    conv = packed_fields(PACKED_CFG, ch=3, h=6, w=5, k=3, stride=1, pad=1, pad_value=0)
+    events, error, plans = run_sequencer(PACKED_CFG, [encode(Opcode.CONV, **conv), encode(Opcode.END)])
+    assert error == ErrorCode.NONE
+    assert events[0] == (SETUP_CYCLES - 1, "conv_start")
+    expected = packed_plan(PACKED_CFG, conv)
+    assert {name: plans[0][name] for name in expected} == expected
+
+
+@pytest.mark.parametrize("changes, error", [
+    ({"in_tail": 5}, ErrorCode.BAD_FIELD),                          # 8 * 5 bits do not fit a word
+    ({"in_planes": 9}, ErrorCode.BAD_FIELD),
+    ({"kh": 2, "kw": 3, "k": 18}, ErrorCode.BAD_FIELD),             # 6 positions < 8 planes
+    ({"in_cw": 2}, ErrorCode.BAD_FIELD),                            # 9 fields need one word of 10, not 2
+    ({"kh": 4, "kw": 3, "k": 36}, ErrorCode.BAD_FIELD),             # 12 fields need 2 words, in_cw 1
+    ({"kh": 4, "kw": 3, "k": 36, "in_cw": 2}, ErrorCode.BAD_FIELD),  # the last word's 2 fields < 8 planes
+    ({"k": 28}, ErrorCode.BAD_FIELD),
+    ({"in_stride": 0}, ErrorCode.BAD_FIELD),
+    ({"in_base": PACKED_CFG.act_depth - 29}, ErrorCode.OUT_OF_RANGE),   # the image map is 30 words
+    ({"in_base": PACKED_CFG.act_depth - 30}, ErrorCode.NONE),
+])
+def test_sequencer_checks_a_packed_conv(changes, error):
+    conv = dict(packed_fields(PACKED_CFG, ch=3, h=6, w=5, k=3, stride=1, pad=1, pad_value=0), **changes)
+    _, got, _ = run_sequencer(PACKED_CFG, [encode(Opcode.CONV, **conv), encode(Opcode.END)])
+    assert got == error
+
+
+def test_sequencer_refuses_a_shortcut_before_a_packed_conv():
+    conv = packed_fields(PACKED_CFG, ch=3, h=6, w=5, k=3, stride=1, pad=1, pad_value=0)
+    shortcut = {name: conv[name] for name, _ in ShortcutArgs}
+    shortcut.update(in_cw=1, in_tail=8, k=72)          # a valid second source over an 8-channel map
+    _, error, _ = run_sequencer(PACKED_CFG, [encode(Opcode.SHORTCUT, **shortcut), encode(Opcode.CONV, **conv),
+                                             encode(Opcode.END)])
+    assert error == ErrorCode.BAD_FIELD
+
+
 # ---------------------------------------------------------------- Gather
 
 def gather_model(cfg, f, act):
@@ -261,26 +300,111 @@ def test_gather_fills_the_banks_with_receptive_fields(shape):
 
     async def bench(ctx):
         await start_engine(ctx, dut, dut.conv, ConvArgs, f, plan)
-        for _ in range(_ceil(plan["npix"], cfg.cols)):
-            await ctx.tick().until(dut.tiles.valid)
-            for _ in range(int(rng.integers(0, 30))):      # the issue engine is busy elsewhere
-                await ctx.tick()
-            bank = ctx.get(dut.tiles.payload)
-            tile = [[] for _ in range(cfg.cols)]
-            for i in range(words_per_pixel):
-                ctx.set(dut.patch_addr, bank * cfg.patch_depth + i)
-                ctx.set(dut.patch_en, 1)
-                await ctx.tick()
-                ctx.set(dut.patch_en, 0)
-                for c in range(cfg.cols):
-                    tile[c].append(ctx.get(dut.patch_data[c]))
-            got.extend(tile)
-            ctx.set(dut.tiles.ready, 1)
+        got.extend(await read_tiles(ctx, dut, cfg, _ceil(plan["npix"], cfg.cols), words_per_pixel, rng))
+
+    simulate(dut, bench, sync_read(dut.act_addr, dut.act_en, dut.act_data, lambda a: act[a]))
+    assert got[:plan["npix"]] == expected
+
+
+def packed_fields(cfg, *, ch, h, w, k, stride, pad, pad_value, planes=8, images=1):
+    """A packed CONV's fields (docs/isa.md "Packed image input"): one pixel word, in_cw = the patch words
+    of one plane's field, F = W // ch fields a word."""
+    fpw = cfg.word_bits // ch
+    f = conv_fields(cfg, ch=ch, h=h, w=w, planes=planes, k=k, stride=stride, pad=pad, o=3, pad_value=pad_value,
+                    images=images)
+    return dict(f, in_cw=_ceil(k * k, fpw), in_stride=1, in_tail=ch, packed=1)
+
+
+def packed_plan(cfg, f):
+    """conv_plan for a packed CONV: its K-words are in_cw, its in_need in_cw * F."""
+    kwords = f["in_cw"]
+    plan = conv_plan(cfg, dict(f, in_cw=1))
+    otm = plan["otm"]
+    return dict(plan, kwords=kwords, kwords_m1=kwords - 1, cw_m1=kwords - 1, patch_need=kwords * f["in_planes"],
+                w_need=kwords * otm, in_need=f["in_cw"] * (cfg.word_bits // f["in_tail"]),
+                fpw=cfg.word_bits // f["in_tail"])
+
+
+def packed_model(cfg, f, act):
+    """Each output pixel's patch words: plane n's fields (bit 8ch + n of each position's pixel word),
+    F to a word, the word's first field at its top."""
+    W, c = cfg.word_bits, f["in_tail"]
+    fpw = W // c
+    pad_word = (1 << W) - 1 if f["pad_value"] else 0
+    patches = []
+    for p in range(f["out_h"] * f["out_w"]):
+        oy, ox = divmod(p, f["out_w"])
+        pixels = []
+        for ky in range(f["kh"]):
+            for kx in range(f["kw"]):
+                y, x = oy * f["stride"] - f["pad"] + ky, ox * f["stride"] - f["pad"] + kx
+                inside = 0 <= y < f["in_h"] and 0 <= x < f["in_w"]
+                pixels.append(act[f["in_base"] + (y * f["in_w"] + x) * f["in_stride"]] if inside else pad_word)
+        words = []
+        for n in range(f["in_planes"]):
+            fields = [sum(((px >> (8 * ch + n)) & 1) << ch for ch in range(c)) for px in pixels]
+            for j in range(f["in_cw"]):
+                chunk = fields[j * fpw:(j + 1) * fpw]
+                t = len(chunk)
+                words.append(sum(v << ((t - 1 - q) * c) for q, v in enumerate(chunk)))
+        patches.append(words)
+    return patches
+
+
+async def read_tiles(ctx, dut, cfg, tiles, words_per_pixel, rng):
+    """The issue engine's side of the gather: each tile's words of every column once its bank shows
+    full (after a random wait, none when `rng` is None), then the bank freed; nothing more is gathered
+    afterwards."""
+    got = []
+    for _ in range(tiles):
+        await ctx.tick().until(dut.tiles.valid)
+        for _ in range(0 if rng is None else int(rng.integers(0, 30))):    # the issue engine is busy elsewhere
             await ctx.tick()
-            ctx.set(dut.tiles.ready, 0)
-        for _ in range(50):                                 # nothing more is gathered
-            assert not ctx.get(dut.tiles.valid)
+        bank = ctx.get(dut.tiles.payload)
+        tile = [[] for _ in range(cfg.cols)]
+        for i in range(words_per_pixel):
+            ctx.set(dut.patch_addr, bank * cfg.patch_depth + i)
+            ctx.set(dut.patch_en, 1)
             await ctx.tick()
+            ctx.set(dut.patch_en, 0)
+            for c in range(cfg.cols):
+                tile[c].append(ctx.get(dut.patch_data[c]))
+        got.extend(tile)
+        ctx.set(dut.tiles.ready, 1)
+        await ctx.tick()
+        ctx.set(dut.tiles.ready, 0)
+    for _ in range(50):
+        assert not ctx.get(dut.tiles.valid)
+        await ctx.tick()
+    return got
+
+
+@pytest.mark.parametrize("shape", [
+    # W, ch, h, w, k, stride, pad, pad_value, images, wait: F = W // ch fields a word; 7 x 7 x 3 in 5
+    # words (the last of 9 fields); a batch view; wait 0: the issue engine reads the bank the cycle it
+    # shows full
+    (32, 3, 6, 5, 3, 1, 1, 0, 1, True),
+    (32, 3, 9, 8, 7, 2, 3, 1, 1, False),
+    (32, 2, 5, 5, 3, 2, 1, 1, 2, False),
+    (32, 1, 6, 6, 3, 1, 0, 0, 1, False),
+    (16, 1, 5, 4, 3, 1, 1, 1, 1, False),
+    (16, 2, 4, 6, 4, 1, 2, 0, 1, True),          # 16 fields: two words of 8
+])
+def test_gather_packs_an_image_map(shape):
+    W, ch, h, w, k, stride, pad, pad_value, images, wait = shape
+    cfg = CFG.replace(word_bits=W, rows=2, cols=3)
+    f = packed_fields(cfg, ch=ch, h=h, w=w, k=k, stride=stride, pad=pad, pad_value=pad_value, images=images)
+    plan = packed_plan(cfg, f)
+    rng = np.random.default_rng(sum(shape))
+    act = [int(v) for v in rng.integers(0, 1 << W, cfg.act_depth)]
+    expected = packed_model(cfg, f, act)
+    dut = GatherEngine(cfg)
+    got = []
+
+    async def bench(ctx):
+        await start_engine(ctx, dut, dut.conv, ConvArgs, f, plan)
+        got.extend(await read_tiles(ctx, dut, cfg, _ceil(plan["npix"], cfg.cols), len(expected[0]),
+                                    rng if wait else None))
 
     simulate(dut, bench, sync_read(dut.act_addr, dut.act_en, dut.act_data, lambda a: act[a]))
     assert got[:plan["npix"]] == expected
