@@ -24,6 +24,10 @@ class GatherEngine(wiring.Component):
     (KW = kh * kw * in_cw, N2 and KW2 the same for the second source): a column's first read follows
     the previous column's last, and one idle cycle between tiles.
 
+    A packed CONV (docs/isa.md "Packed image input") reads each kernel position's pixel word once
+    (C * kh * kw + 1 cycles a tile) and packs the planes' fields into words (`_packer`); its tile is
+    full `in_planes` cycles after the unpacked one would be.
+
     Address registers are as wide as the activation buffer's address: they wrap modulo a power of two
     at least the depth, and only addresses inside the map (checked before the CONV runs) are read.
 

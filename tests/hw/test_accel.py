@@ -3,6 +3,8 @@
 The memory images are built here by a small encoder written straight from docs/isa.md, independent of
 the compiler, and the results are compared with sw.ref."""
 
+import zlib
+
 import numpy as np
 import pytest
 from amaranth.sim import Simulator
@@ -475,3 +477,101 @@ def test_cycle_model_matches_rtl_on_random_layers(seed, cfg):
     assert np.array_equal(np.array(got["reads"][0]).reshape(h * w, o), acc.reshape(o, h * w).T)
     assert cycles_per_pc(got["marks"], got["cycles"], len(program)) == \
         program_cycles(cfg, [decode(word) for word in program])
+
+
+PACKED_CFG = CFG.replace(word_bits=32)
+
+
+def packed_conv_image(cfg, pixels, w_bits, scales, thresholds, flip, *, stride, pad, pad_value, raw,
+                      out_base=0):
+    """Memory images and the packed CONV of a first layer over uint8 `pixels` (c, h, w), straight from
+    docs/isa.md "Packed image input": one word a pixel, F = W // c fields a patch word."""
+    R, W = cfg.rows, cfg.word_bits
+    ch, h, wd = pixels.shape
+    m_bases, o, _, kh, kw = w_bits.shape
+    fpw = W // ch
+    khw = kh * kw
+    in_cw = -(-khw // fpw)
+    out_h, out_w = (h + 2 * pad - kh) // stride + 1, (wd + 2 * pad - kw) // stride + 1
+    ot_count = -(-o // R)
+    weights = []
+    for ot in range(ot_count):
+        for m in range(m_bases):
+            for j in range(in_cw):
+                positions = range(j * fpw, min((j + 1) * fpw, khw))
+                t = len(positions)
+                lanes = []
+                for r in range(R):
+                    oc = ot * R + r
+                    word = ((1 << W) - 1) ^ ((1 << (t * ch)) - 1)        # above the fields: 1
+                    for q, i in enumerate(positions):
+                        for c in range(ch):
+                            if oc < o:
+                                word |= int(w_bits[m, oc, c, i // kw, i % kw]) << ((t - 1 - q) * ch + c)
+                    lanes.append(word)
+                weights.append(sum(v << (r * W) for r, v in enumerate(lanes)))
+    lay = CoreLayouts(cfg)
+    scale_entries = [pack_payload(lay.scale_entry, [int(scales[m, n, ot * R + r]) if ot * R + r < o else 0
+                                                    for r in range(R)])
+                     for ot in range(ot_count) for m in range(m_bases) for n in range(8)]
+    thr_entries = []
+    for oc in range(ot_count * R):
+        t = [int(v) for v in thresholds[oc]] if oc < o else [0] * thresholds.shape[1]
+        t += [0] * (cfg.max_abases - len(t))
+        thr_entries.append(pack_payload(lay.thr_entry, {"t": t, "flip": int(flip[oc]) if oc < o else 0}))
+    act = [sum(int(pixels[c, y, x]) << (8 * c) for c in range(ch)) for y in range(h) for x in range(wd)]
+    instr = encode(Opcode.CONV, in_base=0, in_h=h, in_w=wd, in_cw=in_cw, in_stride=1, in_tail=ch, in_planes=8,
+                   kh=kh, kw=kw, stride=stride, pad=pad, pad_value=int(pad_value > 0), out_h=out_h, out_w=out_w,
+                   out_ch=o, out_ch_base=0, out_stride=-(-o // W), out_planes=0 if raw else thresholds.shape[1],
+                   out_base=out_base, wbases=m_bases, w_base=0, s_base=0, t_base=0, raw=int(raw),
+                   k=khw * ch, images_m1=0, packed=1)
+    images = [(MemoryTarget.ACT, 0, act), (MemoryTarget.WEIGHT, 0, weights),
+              (MemoryTarget.SCALE, 0, scale_entries), (MemoryTarget.THRESHOLD, 0, thr_entries)]
+    return {"images": images, "instr": instr, "out_h": out_h, "out_w": out_w}
+
+
+@pytest.mark.parametrize("layer", [
+    # c, h, w, k, stride, pad, pad_value, M, O, raw: 7 x 7 x 3 in five words of F = 10 fields; c = 1:
+    # 32 fields a word; an image of all ones / all zeros (pixels 255 / 0)
+    (3, 6, 5, 3, 1, 1, -1, 1, 3, True),
+    (3, 9, 8, 7, 2, 3, 1, 2, 3, True),
+    (1, 5, 6, 3, 2, 1, 1, 1, 4, False),
+    (4, 4, 4, 2, 1, 0, -1, 2, 3, True),       # 2 x 4 kernel: 8 fields of 4 bits, one word
+    ("ones", 5, 5, 3, 1, 1, -1, 1, 3, True),
+    ("zeros", 5, 5, 3, 1, 1, 1, 1, 3, True),
+])
+def test_packed_conv_matches_ref_and_the_cycle_model(layer):
+    """A first layer reading its image map (docs/isa.md "Packed image input"): sums (or bit-planes)
+    equal sw.ref's over the 8 pixel planes, and the RTL's cycles the cycle model's."""
+    from hw.cycles import END_CYCLES, conv_cycles
+    from hw.isa import decode
+    c, h, w, k, stride, pad, pad_value, m, o, raw = layer
+    rng = np.random.default_rng(zlib.crc32(repr(layer).encode()))
+    fill = {"ones": 255, "zeros": 0}.get(c)
+    ch = 3 if fill is not None else c
+    pixels = (np.full((ch, h, w), fill, np.uint8) if fill is not None
+              else rng.integers(0, 256, (ch, h, w), dtype=np.uint8))
+    kh, kw = (2, 4) if c == 4 else (k, k)
+    wb = rng.integers(0, 2, (m, o, ch, kh, kw), dtype=np.uint8)
+    scales = rng.integers(-300, 300, (m, 8, o))
+    thresholds = rng.integers(-2000, 2000, (o, 2))
+    flip = rng.random(o) < 0.5
+    img = packed_conv_image(PACKED_CFG, pixels, wb, scales, thresholds, flip, stride=stride, pad=pad,
+                            pad_value=pad_value, raw=raw, out_base=0 if raw else 600)
+    out_h, out_w = img["out_h"], img["out_w"]
+    n_pix = out_h * out_w
+    planes = (pixels[None] >> np.arange(8, dtype=np.uint8)[:, None, None, None]) & 1     # (8, c, h, w)
+    acc = ref.multibasis_conv2d(ref.from_bits(planes)[:, None], ref.from_bits(wb), scales, stride=stride,
+                                padding=pad, pad_value=pad_value)[0]                        # (O, H', W')
+    read = (MemoryTarget.RESULT, 0, n_pix * o) if raw else (MemoryTarget.ACT, 600, 2 * n_pix)
+    got = simulate(PACKED_CFG, [img["instr"], encode(Opcode.END)], img["images"], [read])
+    assert got["error"] == 0
+    if raw:
+        assert np.array_equal(np.array(got["reads"][0]).reshape(n_pix, o), acc.reshape(o, n_pix).T)
+    else:
+        words = np.array(got["reads"][0], dtype=np.int64).reshape(2, out_h, out_w)
+        bits = ref.threshold(np.moveaxis(acc, 0, -1), thresholds, flip)
+        for t in range(2):
+            for oc in range(o):
+                assert np.array_equal((words[t] >> oc) & 1, (bits[t, :, :, oc] > 0).astype(np.int64)), (t, oc)
+    assert got["cycles"] == conv_cycles(PACKED_CFG, decode(img["instr"])[1]) + END_CYCLES
