@@ -21,6 +21,10 @@ has queued since the last SYNC is a HAZARD (the engine may still be writing it),
 the stream empty is a STALL (the hardware would wait forever). Both are ISS-only diagnostics of a
 program or host error; the controller's 3-bit error field never reports them.
 
+A CONV with `packed` reads an image map (one word a pixel, its channels' bytes) and gathers each
+pixel plane's receptive field as fields of `in_tail` bits packed into patch words (`pack_fields`, the
+layout of docs/isa.md "Packed image input"); every beat counts all W bits.
+
 Cycles follow the controller's cycle model (docs/isa.md "Cycle model", implemented once in
 `hw/cycles.py` with its named constants and held to the RTL by tests/hw/test_accel.py).
 """
@@ -33,12 +37,12 @@ import sw.ref as ref
 import hw.cycles as hw_cycles
 from hw.config import AccelConfig
 from hw.isa import LOAD_TARGETS, IsaError, MemoryTarget, Opcode, decode
-from sw.bundle import DEPTH_FIELDS, STREAM_MEMORIES, word_limbs, word_mask
+from sw.bundle import DEPTH_FIELDS, STREAM_MEMORIES, pack_words, word_limbs, word_mask
 from sw.runtime.host_port import MEMORY_NAMES
 
 __all__ = ["IssError", "ERROR_CODES", "ILLEGAL_OPCODE", "OUT_OF_RANGE", "BAD_FIELD", "PROGRAM_END", "STALL", "HAZARD",
            "END_CYCLES", "conv_cycles", "pool_cycles", "IssStatus", "Iss", "analytic_cycles",
-           "layer_report", "format_report"]
+           "layer_report", "format_report", "packed_layout", "pack_fields", "packed_conv_error"]
 
 ILLEGAL_OPCODE = 1
 OUT_OF_RANGE = 2
@@ -55,6 +59,62 @@ def _view_words(planes, f, map_words):
     """Words from a map view's first to past its last plane, the planes `images_m1 + 1` image maps of
     `map_words` apart (docs/isa.md "Feature maps")."""
     return ((planes - 1) * (f["images_m1"] + 1) + 1) * map_words
+
+
+def packed_layout(positions, channels, word_bits):
+    """The patch words of one plane of a packed CONV (docs/isa.md "Packed image input"): for each of
+    their `ceil(positions / F) * W` bits (F = W // channels fields a word), the index of the field bit
+    it holds in the (positions, channels) fields flattened position-major, or -1 for a bit above a
+    word's fields. Word j holds the t fields of positions j*F .. j*F+t-1, position j*F+q at bits
+    (t-1-q)*channels .., its channel ch at bit (t-1-q)*channels + ch."""
+    per = word_bits // channels
+    words = -(-positions // per)
+    index = np.full((words, word_bits), -1, dtype=np.int64)
+    for j in range(words):
+        t = min(per, positions - j * per)
+        for q in range(t):
+            first = (t - 1 - q) * channels
+            index[j, first:first + channels] = (j * per + q) * channels + np.arange(channels)
+    return index.reshape(-1)
+
+
+def pack_fields(fields, word_bits, fill=0):
+    """0/1 field bits (..., positions, channels) -> packed patch words (..., ceil(positions / F), limbs)
+    uint64 in `packed_layout`'s order, the bits above each word's fields set to `fill` (0 in the patch,
+    1 in the weights, so that their XNOR adds nothing)."""
+    fields = np.asarray(fields, dtype=np.uint8)
+    positions, channels = fields.shape[-2:]
+    index = packed_layout(positions, channels, word_bits)
+    flat = fields.reshape(fields.shape[:-2] + (positions * channels,))
+    bits = np.where(index >= 0, flat[..., np.maximum(index, 0)], np.uint8(fill))
+    return pack_words(bits, word_bits)
+
+
+def packed_conv_error(f, word_bits):
+    """The first BAD_FIELD condition of a packed CONV's fields (docs/isa.md "Packed image input") as a
+    message, or None; `in_tail` is 1..W already. The compiler asks it before it emits one."""
+    w = word_bits
+    khw, channels = f["kh"] * f["kw"], f["in_tail"]
+    per = w // channels
+    if f.get("shortcut"):
+        return "a packed CONV has no SHORTCUT before it"
+    if 8 * channels > w:
+        return f"packed CONV in_tail {channels}: a pixel of {channels} bytes exceeds W = {w} bits"
+    if f["in_planes"] > 8:
+        return f"packed CONV in_planes {f['in_planes']} exceeds the 8 bits of a pixel"
+    if khw < f["in_planes"]:
+        return f"packed CONV kh*kw = {khw} is less than in_planes {f['in_planes']}"
+    if f["in_cw"] * per < khw:
+        return f"packed CONV in_cw {f['in_cw']} ({per} fields a word) holds fewer than kh*kw = {khw} fields"
+    if (f["in_cw"] - 1) * per >= khw:
+        return f"packed CONV in_cw {f['in_cw']} ({per} fields a word) is more words than kh*kw = {khw} fields fill"
+    last = khw - (f["in_cw"] - 1) * per
+    if f["in_cw"] > 1 and last < f["in_planes"]:
+        # The gather writes a word's N planes in N cycles: its words come at least N reads apart.
+        return f"packed CONV's last patch word holds {last} fields, fewer than in_planes {f['in_planes']}"
+    if f["k"] != khw * channels:
+        return f"packed CONV k {f['k']} is not kh*kw*in_tail = {khw * channels}"
+    return None
 
 
 class IssError(RuntimeError):
@@ -211,19 +271,24 @@ class Iss:
 
         sources = [("CONV", f)] + ([("SHORTCUT", f["shortcut"])] if "shortcut" in f else [])
         for what, s in sources:
-            for name in ("in_h", "in_w", "in_cw", "in_planes", "kh", "kw", "stride", "wbases") + \
+            for name in ("in_h", "in_w", "in_cw", "in_stride", "in_planes", "kh", "kw", "stride", "wbases") + \
                     (("out_h", "out_w", "out_ch") if what == "CONV" else ()):
                 if s[name] == 0:
                     bad(f"{what} field {name} is 0")
-            if s["in_stride"] < s["in_cw"]:
-                bad(f"{what} in_stride {s['in_stride']} is less than in_cw {s['in_cw']}")
             if not 1 <= s["in_tail"] <= w:
                 bad(f"{what} in_tail {s['in_tail']} is not in 1..{w}")
+            if s.get("packed"):
+                error = packed_conv_error(f, w)
+                if error:
+                    bad(error)
+            else:
+                if s["in_stride"] < s["in_cw"]:
+                    bad(f"{what} in_stride {s['in_stride']} is less than in_cw {s['in_cw']}")
+                valid = s["kh"] * s["kw"] * ((s["in_cw"] - 1) * w + s["in_tail"])
+                if s["k"] != valid:
+                    bad(f"{what} k {s['k']} is not kh*kw*((in_cw-1)*W + in_tail) = {valid}")
             if s["k"] > c.max_k:
                 bad(f"{what} k {s['k']} exceeds max_k {c.max_k}")
-            valid = s["kh"] * s["kw"] * ((s["in_cw"] - 1) * w + s["in_tail"])
-            if s["k"] != valid:
-                bad(f"{what} k {s['k']} is not kh*kw*((in_cw-1)*W + in_tail) = {valid}")
             if s["wbases"] > c.max_wbases:
                 bad(f"{what} wbases {s['wbases']} exceeds max_wbases {c.max_wbases}")
             for out, k, size in (("out_h", "kh", "in_h"), ("out_w", "kw", "in_w")):
@@ -257,10 +322,12 @@ class Iss:
             return first, first + size
 
         def source_regions(s, prefix):
-            kw_words = s["kh"] * s["kw"] * s["in_cw"]
+            kw_words = hw_cycles.pass_words(s)
             m, n = s["wbases"], s["in_planes"]
             map_words = s["in_h"] * s["in_w"] * s["in_stride"]
-            return {f"{prefix}input": region(s["in_base"], _view_words(n, f, map_words)),
+            # A packed CONV's image map has no planes: images_m1 and in_planes do not move its words.
+            input_words = map_words if s.get("packed") else _view_words(n, f, map_words)
+            return {f"{prefix}input": region(s["in_base"], input_words),
                     f"{prefix}weight": region(s["w_base"], ot * m * kw_words),
                     f"{prefix}scale": region(s["s_base"], ot * m * n)}, n * kw_words
 
@@ -365,29 +432,18 @@ class Iss:
         limbs = self.limbs
         batch = self.batch
         p_count = f["out_h"] * f["out_w"]
-        in_cw = s["in_cw"]
-        kw_words = s["kh"] * s["kw"] * in_cw
+        kw_words = hw_cycles.pass_words(s)
         m_count, n_count = s["wbases"], s["in_planes"]
         ot_count = -(-f["out_ch"] // rows)
         o_pad = ot_count * rows
-        # Gather addresses, (P, KW) in K-word order (ky, kx, cw).
-        oy, ox = np.divmod(np.arange(p_count), f["out_w"])
-        ky, kx, cw = (a.reshape(-1) for a in np.meshgrid(np.arange(s["kh"]), np.arange(s["kw"]),
-                                                          np.arange(in_cw), indexing="ij"))
-        iy = oy[:, None] * s["stride"] + ky[None] - s["pad"]
-        ix = ox[:, None] * s["stride"] + kx[None] - s["pad"]
-        inside = (iy >= 0) & (iy < s["in_h"]) & (ix >= 0) & (ix < s["in_w"])
-        pixel = np.where(inside, iy * s["in_w"] + ix, 0)
-        plane = np.arange(n_count)[:, None, None] * (s["in_h"] * s["in_w"] * (f["images_m1"] + 1))
-        addr = s["in_base"] + (plane + pixel[None]) * s["in_stride"] + cw[None, None]
-        patch = self.act[:, addr]                                       # (B, N, P, KW, L)
-        pad_word = self.full_mask if s["pad_value"] else np.zeros(limbs, dtype=np.uint64)
-        patch[:, :, ~inside] = pad_word
-        # Per-beat masks: nbits = in_tail on a tap's last channel word, W otherwise.
-        masks = np.where((np.arange(kw_words) % in_cw == in_cw - 1)[:, None],
-                         word_mask(s["in_tail"], w_bits)[None], self.full_mask[None])  # (KW, L)
-        patch &= masks
-        a_words = patch.reshape(batch, n_count, p_count, kw_words * limbs)
+        if s.get("packed"):
+            a_words = self._gather_packed(s, f)
+            masks = np.broadcast_to(self.full_mask, (kw_words, limbs))
+            # Every beat counts all W bits (nbits = W): dot = 2 * popcount(XNOR over KW*W bits) - k.
+            beat_bits = kw_words * w_bits
+        else:
+            a_words, masks = self._gather(s, f)
+            beat_bits = s["k"]            # the beats' nbits add up to k (a BAD_FIELD check)
         wt = self.weight[s["w_base"]:s["w_base"] + ot_count * m_count * kw_words]
         wt = wt.reshape(ot_count, m_count, kw_words, rows, limbs) & masks[None, None, :, None, :]
         wt = wt.transpose(1, 0, 3, 2, 4).reshape(m_count, o_pad, kw_words * limbs)
@@ -397,8 +453,54 @@ class Iss:
         for n in range(n_count):
             a_n = a_words[:, n].reshape(batch * p_count, -1)
             for m in range(m_count):
-                dots = ref.binary_dot_packed(a_n, wt[m], s["k"])
+                # binary_dot_packed gives k' - 2 * popcount(XOR) over the words
+                dots = ref.binary_dot_packed(a_n, wt[m], 2 * beat_bits - s["k"])
                 acc += sc[m, n][None, :] * dots
+
+    def _windows(self, s, f):
+        """Output pixels' input positions: (iy, ix, inside), each (P, kh*kw) in (ky, kx) order."""
+        p_count = f["out_h"] * f["out_w"]
+        oy, ox = np.divmod(np.arange(p_count), f["out_w"])
+        ky, kx = (a.reshape(-1) for a in np.meshgrid(np.arange(s["kh"]), np.arange(s["kw"]), indexing="ij"))
+        iy = oy[:, None] * s["stride"] + ky[None] - s["pad"]
+        ix = ox[:, None] * s["stride"] + kx[None] - s["pad"]
+        inside = (iy >= 0) & (iy < s["in_h"]) & (ix >= 0) & (ix < s["in_w"])
+        return iy, ix, inside
+
+    def _gather(self, s, f):
+        """Every pixel's patch words of source `s`: (B, N, P, KW * limbs) in K-word order (ky, kx, cw),
+        and the beats' nbits masks (KW, limbs): in_tail on a tap's last channel word, W otherwise."""
+        limbs, w_bits = self.limbs, self.config.word_bits
+        in_cw = s["in_cw"]
+        iy, ix, inside = self._windows(s, f)
+        p_count, khw = iy.shape
+        iy, ix, inside = (np.repeat(a, in_cw, axis=1) for a in (iy, ix, inside))
+        cw = np.tile(np.arange(in_cw), khw)
+        pixel = np.where(inside, iy * s["in_w"] + ix, 0)
+        plane = np.arange(s["in_planes"])[:, None, None] * (s["in_h"] * s["in_w"] * (f["images_m1"] + 1))
+        addr = s["in_base"] + (plane + pixel[None]) * s["in_stride"] + cw[None, None]
+        patch = self.act[:, addr]                                       # (B, N, P, KW, L)
+        patch[:, :, ~inside] = self.full_mask if s["pad_value"] else np.zeros(limbs, dtype=np.uint64)
+        masks = np.where((np.arange(khw * in_cw) % in_cw == in_cw - 1)[:, None],
+                         word_mask(s["in_tail"], w_bits)[None], self.full_mask[None])
+        patch &= masks
+        return patch.reshape(self.batch, s["in_planes"], p_count, -1), masks
+
+    def _gather_packed(self, s, f):
+        """A packed CONV's patch words (docs/isa.md "Packed image input"): (B, N, P, in_cw * limbs).
+        Pixel (iy, ix) is one word of the image map; plane n of channel ch is its bit 8 * ch + n."""
+        iy, ix, inside = self._windows(s, f)
+        p_count = iy.shape[0]
+        addr = s["in_base"] + np.where(inside, iy * s["in_w"] + ix, 0) * s["in_stride"]
+        words = self.act[:, addr]                                       # (B, P, kh*kw, L)
+        ch = np.arange(s["in_tail"])
+        pixels = (words[..., ch // 8] >> (8 * (ch % 8)).astype(np.uint64)) & np.uint64(0xFF)   # (B, P, kh*kw, c)
+        planes = []
+        for n in range(s["in_planes"]):
+            fields = ((pixels >> np.uint64(n)) & np.uint64(1)).astype(np.uint8)
+            fields[:, ~inside] = s["pad_value"]
+            planes.append(pack_fields(fields, self.config.word_bits).reshape(self.batch, p_count, -1))
+        return np.stack(planes, axis=1)
 
     def _write_fields(self, bits, f):
         """Write bit `o + out_ch_base` of each pixel's output words for every plane (R-bit fields)."""

@@ -6,8 +6,9 @@ import pytest
 from hw.config import AccelConfig
 from hw.isa import Opcode, encode
 import hw.cycles
+import sw.ref as ref
 from sw.iss import (BAD_FIELD, END_CYCLES, ILLEGAL_OPCODE, OUT_OF_RANGE, PROGRAM_END, Iss, IssError,
-                    analytic_cycles, conv_cycles, pool_cycles)
+                    analytic_cycles, conv_cycles, pack_fields, pool_cycles)
 
 CONFIG = AccelConfig(rows=4, cols=3, word_bits=16, max_abases=3, act_depth=1024, result_depth=256,
                      instr_depth=8)
@@ -261,6 +262,206 @@ def test_errors_are_checked_before_any_memory_changes():
     with pytest.raises(IssError):
         iss.run()
     assert np.array_equal(iss.act, before)
+
+
+# Packed image input ---------------------------------------------------------------------------------
+
+def packed_config(word_bits):
+    return AccelConfig(rows=4, cols=3, word_bits=word_bits, act_depth=2048, result_depth=2048, instr_depth=8)
+
+
+def literal_packed_words(fields, word_bits, fill):
+    """docs/isa.md "Packed image input" one bit at a time: fields (positions, c) -> W-bit Python ints,
+    position j*F+q of word j (holding t fields) at bits (t-1-q)*c .., channel ch at + ch; the bits from
+    t*c up are `fill`."""
+    positions, c = fields.shape
+    per = word_bits // c
+    words = []
+    for j in range(-(-positions // per)):
+        t = min(per, positions - j * per)
+        word = 0
+        for q in range(t):
+            for ch in range(c):
+                word |= int(fields[j * per + q, ch]) << ((t - 1 - q) * c + ch)
+        if fill:
+            word |= ((1 << word_bits) - 1) & ~((1 << (t * c)) - 1)
+        words.append(word)
+    return words
+
+
+def write_ints(iss, memory, base, ints):
+    """Python-int words (..., entries) into a memory of W-bit words (limbs of 64 bits)."""
+    ints = np.asarray(ints, dtype=object)
+    limbs = np.zeros(ints.shape + (iss.limbs,), dtype=np.uint64)
+    for index in np.ndindex(ints.shape):
+        for limb in range(iss.limbs):
+            limbs[index + (limb,)] = (int(ints[index]) >> (64 * limb)) & ((1 << 64) - 1)
+    iss.write(memory, base, limbs)
+
+
+def packed_layer(config, images, kernel, stride, pad, pad_value, planes=8, out_ch=5, wbases=2, seed=0):
+    """A packed CONV over the first `planes` pixel planes of `images` (B, c, h, w) uint8, stored as one
+    image map per ISS image at 0: (iss, fields of a raw CONV, the sums sw.ref gives (B, out_ch, oh, ow))."""
+    rng = np.random.default_rng(seed)
+    w_bits, rows = config.word_bits, config.rows
+    batch, c, h, w = images.shape
+    weights = rng.choice(np.array([-1, 1], dtype=np.int8), (wbases, out_ch, c, kernel, kernel))
+    scales = rng.integers(-60, 61, (wbases, planes, out_ch))
+    want = ref.multibasis_conv2d(ref.pixel_planes(images)[:planes], weights, scales, stride, pad,
+                                 1 if pad_value else -1)
+    iss = Iss(config, batch=batch)
+    write_ints(iss, "act", 0, [[sum(int(images[b, ch, y, x]) << (8 * ch) for ch in range(c))
+                                for y in range(h) for x in range(w)] for b in range(batch)])
+    ot = -(-out_ch // rows)
+    entries = []
+    for t in range(ot):
+        for m in range(wbases):
+            lanes = []
+            for r in range(rows):
+                o = t * rows + r
+                bits = np.zeros((kernel * kernel, c), np.uint8) if o >= out_ch else \
+                    (weights[m, o] > 0).transpose(1, 2, 0).reshape(-1, c)
+                lanes.append(literal_packed_words(bits, w_bits, fill=1) if o < out_ch else
+                             [0] * -(-kernel * kernel // (w_bits // c)))
+            entries.extend(list(word) for word in zip(*lanes))          # (KW, R) per (t, m)
+    write_ints(iss, "weight", 0, entries)
+    scale_img = np.zeros((ot, wbases, planes, rows), np.int64)
+    for o in range(out_ch):
+        scale_img[o // rows, :, :, o % rows] = scales[:, :, o]
+    iss.write("scale", 0, scale_img.reshape(-1, rows))
+    oh, ow = (h + 2 * pad - kernel) // stride + 1, (w + 2 * pad - kernel) // stride + 1
+    f = conv_fields(in_base=0, in_h=h, in_w=w, in_cw=len(entries) // (ot * wbases), in_stride=1, in_tail=c,
+                    in_planes=planes, kh=kernel, kw=kernel, stride=stride, pad=pad, pad_value=pad_value, out_h=oh,
+                    out_w=ow, out_ch=out_ch, out_ch_base=0, out_stride=0, out_planes=0, out_base=0,
+                    wbases=wbases, w_base=0, s_base=0, t_base=0, raw=1, k=kernel * kernel * c, packed=1)
+    return iss, f, want
+
+
+def raw_sums(iss, f):
+    p = f["out_h"] * f["out_w"]
+    sums = iss.result[:, f["out_base"]:f["out_base"] + p * f["out_ch"]]
+    return sums.reshape(-1, f["out_h"], f["out_w"], f["out_ch"]).transpose(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("word_bits, channels, kernel, stride, pad, pad_value, planes, pixels", [
+    (32, 3, 3, 1, 1, 0, 8, "random"),           # 9 fields of 3 bits: one word of 27 bits
+    (32, 1, 3, 1, 1, 1, 8, "random"),
+    (32, 1, 5, 2, 2, 0, 8, "random"),           # 25 fields of 1 bit
+    (32, 4, 4, 2, 1, 0, 8, "random"),           # F = 8: two words of 8 fields
+    (32, 4, 3, 1, 1, 1, 1, "random"),           # two words (8 fields, then 1): one plane only
+    (8, 1, 4, 1, 1, 0, 8, "random"),            # F = 8 at W = 8: two words
+    (8, 1, 3, 1, 0, 1, 1, "random"),
+    (32, 3, 5, 2, 2, 1, 5, "random"),           # 75 bits over 3 words (10, 10, 5 fields): 5 planes
+    (32, 3, 5, 1, 2, 0, 3, "random"),
+    (32, 3, 7, 1, 3, 0, 8, "random"),           # 147 bits over 5 words (10, 10, 10, 10, 9 fields)
+    (32, 3, 3, 1, 1, 1, 8, "ones"),
+    (32, 3, 3, 1, 1, 0, 8, "zeros"),
+    (64, 8, 4, 1, 1, 1, 8, "random"),           # a pixel of 8 bytes fills a 64-bit word
+    (100, 12, 4, 2, 1, 0, 8, "random"),         # channels past the first limb
+])
+def test_packed_conv_is_the_pixel_planes_convolution(word_bits, channels, kernel, stride, pad, pad_value, planes,
+                                                     pixels):
+    rng = np.random.default_rng(word_bits + channels + kernel)
+    images = {"random": rng.integers(0, 256, (2, channels, 7, 6)), "ones": np.full((2, channels, 7, 6), 255),
+              "zeros": np.zeros((2, channels, 7, 6))}[pixels].astype(np.uint8)
+    config = packed_config(word_bits)
+    iss, f, want = packed_layer(config, images, kernel, stride, pad, pad_value, planes, seed=kernel)
+    status = run(iss, encode(Opcode.CONV, **f))
+    assert np.array_equal(raw_sums(iss, f), want)
+    assert status.trace[0][2] == hw.cycles.instruction_cycles(config, Opcode.CONV, f)
+
+
+def test_packed_conv_runs_on_views_of_a_batch():
+    """Three images stacked as rows of one image map, one CONV per image's view: the input view has
+    no planes (images_m1 moves only the output planes, 3 x out_h rows apart)."""
+    config = packed_config(32)
+    images = np.random.default_rng(5).integers(0, 256, (3, 3, 5, 4)).astype(np.uint8)
+    single, f, want = packed_layer(config, images, 3, 1, 1, 0, out_ch=6)
+    iss = Iss(config)
+    iss.act[0, :60] = single.act[:, :20].reshape(60, -1)                  # image b at rows 5b ..
+    iss.weight[:], iss.scale[:] = single.weight, single.scale
+    rng = np.random.default_rng(6)
+    thresholds = rng.integers(-400, 400, (6, 2))
+    flip = rng.random(6) < 0.4
+    iss.write("threshold", 0, np.concatenate([np.pad(thresholds, ((0, 2), (0, config.max_abases - 2))),
+                                               np.pad(flip, (0, 2))[:, None]], axis=1))
+    views = [encode(Opcode.CONV, **dict(f, in_base=b * 20, images_m1=2, raw=0, out_planes=2, out_stride=1,
+                                        out_base=100 + b * 20)) for b in range(3)]
+    run(iss, *views)
+    planes = ref.threshold(want.transpose(0, 2, 3, 1), thresholds, flip)        # (T, B, oh, ow, O)
+    bits = (planes > 0).astype(np.uint64) << np.arange(6, dtype=np.uint64)
+    expected = bits.sum(axis=-1).reshape(2, 3 * 20)                              # plane t: 3 images' rows
+    assert np.array_equal(iss.act[0, 100:220, 0], expected.reshape(-1))
+
+
+def test_pack_fields_is_the_documented_layout():
+    fields = np.array([[1], [0], [0], [0], [0], [0], [0], [1], [1]], np.uint8)       # 9 positions, c = 1
+    assert pack_fields(fields, 8)[..., 0].tolist() == [0b10000001, 0b00000001]
+    assert pack_fields(fields, 8, fill=1)[..., 0].tolist() == [0b10000001, 0b11111111]
+    rng = np.random.default_rng(0)
+    fields = rng.integers(0, 2, (25, 3)).astype(np.uint8)
+    assert pack_fields(fields, 32, fill=1)[..., 0].tolist() == literal_packed_words(fields, 32, fill=1)
+
+
+def packed_fields_of(**changes):
+    """A valid packed CONV on CONFIG (W = 16): 2 channels, 4x4 kernel: F = 8 fields, 2 words a plane."""
+    f = conv_fields(in_base=0, in_h=5, in_w=4, in_cw=2, in_stride=1, in_tail=2, in_planes=8, kh=4, kw=4,
+                    stride=1, pad=1, out_h=4, out_w=3, out_ch=6, out_ch_base=0, out_stride=1, out_planes=2,
+                    out_base=600, w_base=0, s_base=0, t_base=0, k=32, packed=1)
+    f.update(changes)
+    return f
+
+
+@pytest.mark.parametrize("changes", [
+    {},                                                 # in_stride below in_cw is no error for an image map
+    {"kh": 3, "k": 24, "in_planes": 4},                 # a last word of 4 fields for 4 planes
+    {"kh": 2, "kw": 4, "k": 16, "in_cw": 1},            # 8 fields in one word
+])
+def test_packed_conv_fields_are_legal(changes):
+    run(random_iss(2), encode(Opcode.CONV, **packed_fields_of(**changes)))
+
+
+@pytest.mark.parametrize("changes, detail", [
+    ({"in_tail": 3, "k": 48}, "packed CONV in_tail 3: a pixel of 3 bytes exceeds W = 16 bits"),
+    ({"in_planes": 9}, "packed CONV in_planes 9 exceeds the 8 bits of a pixel"),
+    ({"kh": 2, "kw": 3, "k": 12, "in_cw": 1}, "packed CONV kh*kw = 6 is less than in_planes 8"),
+    ({"in_cw": 1}, "packed CONV in_cw 1 (8 fields a word) holds fewer than kh*kw = 16 fields"),
+    ({"in_cw": 3}, "packed CONV in_cw 3 (8 fields a word) is more words than kh*kw = 16 fields fill"),
+    ({"kh": 3, "k": 24}, "packed CONV's last patch word holds 4 fields, fewer than in_planes 8"),
+    ({"k": 30}, "packed CONV k 30 is not kh*kw*in_tail = 32"),
+    ({"in_stride": 0}, "CONV field in_stride is 0"),
+])
+def test_packed_conv_bad_field(changes, detail):
+    error = error_of(encode(Opcode.CONV, **packed_fields_of(**changes)))
+    assert (error.code, error.name, error.detail) == (BAD_FIELD, "BAD_FIELD", detail)
+
+
+def test_packed_conv_after_a_shortcut_is_a_bad_field():
+    shortcut = {name: conv_fields()[name] for name in ("in_base", "in_h", "in_w", "in_cw", "in_stride", "in_tail",
+                                                       "in_planes", "kh", "kw", "stride", "pad", "pad_value",
+                                                       "wbases", "w_base", "s_base", "k")}
+    error = error_of(encode(Opcode.SHORTCUT, **shortcut), encode(Opcode.CONV, **packed_fields_of()))
+    assert (error.code, error.pc, error.detail) == (BAD_FIELD, 1, "a packed CONV has no SHORTCUT before it")
+
+
+@pytest.mark.parametrize("changes, detail", [
+    # the image map: in_h * in_w * in_stride words, whatever in_planes and images_m1 say
+    ({"in_base": 1024 - 20 + 1}, "CONV input region ends at 1025, past act_depth 1024"),
+    ({"in_base": 1024 - 40 + 1, "in_stride": 2}, "CONV input region ends at 1025, past act_depth 1024"),
+    ({"w_base": CONFIG.weight_depth - 2 * 2 * 2 + 1}, "CONV weight region ends at 2049, past weight_depth 2048"),
+    ({"s_base": CONFIG.scale_depth - 2 * 2 * 8 + 1}, "CONV scale region ends at 257, past scale_depth 256"),
+])
+def test_packed_conv_out_of_range(changes, detail):
+    error = error_of(encode(Opcode.CONV, **packed_fields_of(**changes)))
+    assert (error.code, error.pc, error.detail) == (OUT_OF_RANGE, 0, detail)
+
+
+def test_packed_conv_patch_out_of_range():
+    config = CONFIG.replace(patch_depth=15)                   # 8 planes x 2 words = 16
+    error = error_of(encode(Opcode.CONV, **packed_fields_of()), config=config)
+    assert (error.code, error.detail) == (OUT_OF_RANGE, "CONV patch region ends at 16, past patch_depth 15")
+    in_range = packed_fields_of(in_base=1024 - 20, images_m1=4, out_base=0)   # planes do not count
+    run(random_iss(3), encode(Opcode.CONV, **in_range))
 
 
 # Cycle model ----------------------------------------------------------------------------------------
