@@ -14,9 +14,11 @@ The per-inference figures run the board backend's own host code (the same frames
 against a counting stand-in for the board, for FINN's LFC (784-1024-1024-1024-10) and CNV topologies
 (benchmarks.cycles) on its 8 x 8, W = 32 array at 100 MHz: what is written once (program and memory
 images), what each inference sends and receives (input, START, STATUS, logits, and the streamed
-parameters of a program compiled with `--weights stream`), and the share of the link in an
-inference's time, with the compute time from the analytic cycles (equal to the RTL). Writes its section
-of docs/performance.md.
+parameters of a program compiled with `--weights stream`), the input's request bytes as the backend
+sends them (WRITE_NARROW frames of the packed image where the first layer reads it, WRITE frames of the
+unfolded input otherwise) beside the raw image, and the share of the link in an inference's time, with
+the compute time from the analytic cycles (equal to the RTL). Writes its section of
+docs/performance.md.
 """
 
 import argparse
@@ -26,11 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from hw.isa import MemoryTarget
-from hw.link import ARGS_BYTES, STATUS_BYTES, entry_bytes
+from hw.link import ARGS_BYTES, STATUS_BYTES, Command
 from sw.compile import compile_model
 from sw.compile.testing import linear, random_model
-from sw.runtime import open_backend, prepare_input
+from sw.runtime import open_backend
 from sw.runtime.link import REPLY_OVERHEAD, REQUEST_OVERHEAD
 
 from ._sections import update_section
@@ -40,20 +41,27 @@ from .report import PERFORMANCE
 BAUDS = (115_200, 3_000_000)
 FRAME_BYTES = 1024
 LFC_SPECS = [linear(1024), linear(1024), linear(1024), linear(10)]
+INPUT_COMMANDS = (Command.WRITE, Command.WRITE_NARROW)     # an inference writes only its input
 
 
 def inference_traffic(bundle, cycles):
-    """Line bytes (out, in) and requests of loading the bundle, and of one inference after it."""
+    """Line bytes (out, in) and requests of loading the bundle, and of one inference after it; and the
+    request bytes of that inference's input (its WRITE / WRITE_NARROW frames)."""
     from boards.runtime import BoardBackend
     from sim.benches.board_model import CountingBoard
     board = CountingBoard(bundle.config, cycles, FRAME_BYTES)
     image = np.zeros((1,) + tuple(bundle.input["shape"]), dtype=np.uint8)
+
+    def written():
+        return sum(board.sent.get(command, 0) for command in INPUT_COMMANDS)
+
     with BoardBackend(bundle, transport=board, baud=BAUDS[0]) as backend:
         backend.run(image)                                   # connect, load, one inference
         first = (board.bytes_out, board.bytes_in, board.requests)
+        before = written()
         backend.run(image)                                   # one more inference
     run = (board.bytes_out - first[0], board.bytes_in - first[1], board.requests - first[2])
-    return tuple(a - b for a, b in zip(first, run)), run
+    return tuple(a - b for a, b in zip(first, run)), run, written() - before
 
 
 def frame_figures(baud, board_cycles, clock_hz=100e6):
@@ -114,7 +122,7 @@ def main(argv=None):
     lines += ["", "One inference on the board (board backend's own frames, counted), FINN topologies on the "
                   "8 x 8, W = 32 array at 100 MHz (compute from the analytic cycles, equal to the RTL):", "",
               "| network | written once: bytes (at " + " / ".join(f"{b:,}" for b in BAUDS) + " baud) | "
-              "input per inference (raw image) | per inference: out / in (bytes), requests | compute | "
+              "input per inference: request bytes (raw image) | per inference: out / in (bytes), requests | compute | "
               + " | ".join(f"link at {b:,} baud (share of the inference)" for b in BAUDS) + " |",
               "| --- | ---: | ---: | ---: | ---: | " + " | ".join("---:" for _ in BAUDS) + " |"]
     networks = [("LFC", LFC_SPECS, (1, 28, 28), "resident"), ("CNV", CNV_SPECS, (3, 32, 32), "resident"),
@@ -125,8 +133,8 @@ def main(argv=None):
         bundle = compile_model(model, CONFIG, verify_images=0, weights=weights)
         image = np.zeros((1,) + shape, dtype=np.uint8)
         cycles = int(open_backend("iss", bundle).run(image).cycles[0])
-        load, run = inference_traffic(bundle, cycles)
-        inputs[name] = (prepare_input(bundle, image).shape[1] * entry_bytes(CONFIG)[MemoryTarget.ACT], image.size)
+        load, run, sent = inference_traffic(bundle, cycles)
+        inputs[name] = (sent, image.size, bundle.input.get("mode") == "packed")
         compute = cycles / CONFIG.clock_hz
         cells = []
         for baud in BAUDS:
@@ -135,17 +143,22 @@ def main(argv=None):
             cells.append(f"{link * 1e3:,.2f} ms ({link / (link + compute) * 100:.1f}%)" if weights != "stream" else
                          f"{link * 1e3:,.1f} ms (link-bound: {link / compute:,.0f}x compute)")
         once = " / ".join(f"{(load[0] + load[1]) * 10 / b:,.1f} s" for b in BAUDS)
-        lines.append(f"| {name} | {load[0]:,} ({once}) | {inputs[name][0]:,} ({inputs[name][1]:,}) | "
+        lines.append(f"| {name} | {load[0]:,} ({once}) | {sent:,} ({image.size:,}, {sent / image.size:.2f}x) | "
                      f"{run[0]:,} / {run[1]:,}, {run[2]} | {compute * 1e3:.3f} ms | " + " | ".join(cells) + " |")
-    cnv, lfc = inputs["CNV"], inputs["LFC"]
-    lines += ["", f"Per inference the host writes the unfolded input (the first layer's receptive fields as "
-                  f"bit-planes, docs/isa.md), sends START, polls STATUS (once here; on a board as often as the "
-                  f"run lasts, {REQUEST_OVERHEAD + REPLY_OVERHEAD + STATUS_BYTES} bytes a poll), and reads the "
-                  f"logits. The written-once bytes are the program and the parameter memories; a streamed "
-                  f"program sends its parameters with every inference. **The link dominates every inference**, "
-                  f"even at 3 Mbaud: CNV's unfolded input is {cnv[0]:,} bytes, {cnv[0] / cnv[1]:.1f}x its "
-                  f"{cnv[1]:,}-byte image, so unfolding on the board (sending raw pixels) would cut it that much; "
-                  f"LFC's is {lfc[0]:,} bytes for a {lfc[1]:,}-byte image. Streaming the parameters through the "
+
+    def input_note(name):
+        sent, raw, packed = inputs[name]
+        how = "the packed image" if packed else "unfolded"
+        return f"{name}'s input ({how}) is {sent:,} request bytes, {sent / raw:.2f}x its {raw:,}-byte image"
+
+    lines += ["", f"Per inference the host writes the input (docs/isa.md \"First layer\": the packed image, "
+                  f"`word_bytes` bytes a pixel in WRITE_NARROW frames, where the first layer reads it; otherwise "
+                  f"the unfolded input, the first layer's receptive fields as bit-planes, in WRITE frames), "
+                  f"sends START, polls STATUS (once here; on a board as often as the run lasts, "
+                  f"{REQUEST_OVERHEAD + REPLY_OVERHEAD + STATUS_BYTES} bytes a poll), and reads the logits. The "
+                  f"written-once bytes are the program and the parameter memories; a streamed program sends its "
+                  f"parameters with every inference. **The link dominates every inference**, even at 3 Mbaud: "
+                  f"{input_note('CNV')}; {input_note('LFC')}. Streaming the parameters through the "
                   f"UART makes the program wait at its SYNCs for the link (tests/sim/test_board_link.py sees "
                   f"the streamed run take longer than the ISS for that reason): streaming pays only from a "
                   f"faster source (external memory). A USB serial adapter adds its turnaround (1-16 ms) to each "

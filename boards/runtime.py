@@ -8,7 +8,9 @@ read_result, which this module implements with the framed host protocol (sw.runt
 docs/host-protocol.md). Opening the backend sends INFO, which checks that the board was built for the
 bundle's config; `backend.info` keeps the reply (`sw.runtime.link.BoardInfo`: frame size, fingerprint
 and the board's run clock, `info.seconds(cycles)` for times). The program and memory images are written
-before the first image runs.
+before the first image runs. A bundle whose first layer reads the packed image (`input["mode"]` "packed",
+docs/isa.md) has its input words written with WRITE_NARROW, `input["word_bytes"]` bytes a pixel word;
+other inputs are written as whole words.
 
 Options: `port` (serial device), `baud` (default 115200), `timeout` (seconds of latency allowed per
 request, default 0.5), `retries` (further attempts after a failed one, default 5), `quiet` (seconds of
@@ -52,6 +54,8 @@ class BoardBackend(MemoryBackend):
             self.transport.close()
             raise
         self._loaded = False
+        spec = self.bundle.input
+        self.input_bytes = spec.get("word_bytes") if spec.get("mode") == "packed" else None
 
     def load_bytes(self):
         """Payload bytes `load` writes (the program and the bundle's memory images)."""
@@ -71,7 +75,11 @@ class BoardBackend(MemoryBackend):
 
     # MemoryBackend primitives ----------------------------------------------------------------------------
     def write_memory(self, memory, base, values):
-        self.link.write(TARGETS[memory], base, entry_ints(self.config, memory, values))
+        entries = entry_ints(self.config, memory, values)
+        if memory == "act" and self.input_bytes is not None and base == self.bundle.input.get("act_base"):
+            self.link.write_narrow(TARGETS[memory], base, entries, self.input_bytes)   # the packed image
+        else:
+            self.link.write(TARGETS[memory], base, entries)
 
     def start_and_wait(self, stream=()):
         """START, push the load stream's segments (if the program has one), poll STATUS until done."""

@@ -10,7 +10,8 @@ CRC-16/CCITT-FALSE (polynomial 0x1021, initial value 0xFFFF, MSB first, no refle
 Python's `binascii.crc_hqx(data, 0xFFFF)`). A request's payload is buffered in a frame memory and
 checked (CRC, length, command, arguments) before anything reaches the accelerator, so a corrupted or
 truncated frame never touches its state. A request that repeats the sequence number of the last one
-executed is answered without being applied again (a retried START never starts twice).
+executed is answered without being applied again (a retried START never starts twice). WRITE_NARROW is
+WRITE with fewer bytes an entry (an image's pixels: `nbytes` bytes each, zero-extended to the ACT word).
 """
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal
@@ -23,15 +24,16 @@ from .isa import INSTRUCTION_BITS, ErrorCode, MemoryTarget
 from .layouts import CoreLayouts
 
 __all__ = ["Link", "LinkError", "Command", "Reply", "REQUEST_SYNC", "REPLY_SYNC", "PROTOCOL_VERSION", "CRC_INIT",
-           "CRC_POLY", "ARGS_BYTES", "STATUS_BYTES", "INFO_BYTES", "INFO_V1_BYTES", "READABLE", "entry_bytes", "memory_depths",
-           "crc16_next", "check_frame_bytes"]
+           "CRC_POLY", "ARGS_BYTES", "NARROW_ARGS_BYTES", "STATUS_BYTES", "INFO_BYTES", "INFO_V1_BYTES", "READABLE",
+           "entry_bytes", "memory_depths", "crc16_next", "check_frame_bytes"]
 
 REQUEST_SYNC = 0xA5
 REPLY_SYNC = 0x5A
-PROTOCOL_VERSION = 2    # 2: INFO ends with the run clock; a version 1 board's INFO has no clock
+PROTOCOL_VERSION = 3    # 3: WRITE_NARROW; 2: INFO ends with the run clock; a version 1 board's INFO has no clock
 CRC_INIT = 0xFFFF
 CRC_POLY = 0x1021
 ARGS_BYTES = 5          # WRITE / READ / STREAM: target (1), address (2), count (2)
+NARROW_ARGS_BYTES = 6   # WRITE_NARROW: target (1), address (2), count (2), bytes an entry (1)
 STATUS_BYTES = 8        # flags (1), error (1), pc (2), cycles (4)
 INFO_BYTES = 16         # version (1), flags (1), max payload (2), config fingerprint (8), run clock in Hz (4)
 INFO_V1_BYTES = 12      # a version 1 board's INFO: the same fields without the run clock
@@ -50,6 +52,7 @@ class Command(enum.Enum, shape=8):
     START = 0x04    # run the program from address 0
     STATUS = 0x05   # busy, done, error code, pc, cycles
     STREAM = 0x06   # push `count` entries into the accelerator's load stream (a running program)
+    WRITE_NARROW = 0x07     # WRITE of `count` ACT entries sent as `nbytes` bytes each, zero-extended
 
 
 class Reply(enum.Enum, shape=8):
@@ -60,7 +63,7 @@ class Reply(enum.Enum, shape=8):
     BAD_COMMAND = 0x03      # unknown command byte
     BAD_TARGET = 0x04       # a memory target the command cannot use
     OUT_OF_RANGE = 0x05     # addr + count past the memory's depth
-    BUSY = 0x06             # WRITE, READ or START while a program runs
+    BUSY = 0x06             # WRITE, WRITE_NARROW, READ or START while a program runs
     NOT_RUNNING = 0x07      # STREAM while no program runs
     NO_STREAM = 0x08        # STREAM on an accelerator without a load stream
     STREAM_ABORTED = 0x09   # the program ended before it took every streamed entry
@@ -105,7 +108,8 @@ def crc16_next(crc, byte):
 
 def check_frame_bytes(config, frame_bytes):
     """Refuse a frame size that cannot hold one entry of every memory, or more than 16 bits count."""
-    smallest = max(ARGS_BYTES + max(entry_bytes(config).values()), INFO_BYTES)
+    sizes = entry_bytes(config)
+    smallest = max(ARGS_BYTES + max(sizes.values()), NARROW_ARGS_BYTES + sizes[MemoryTarget.ACT], INFO_BYTES)
     if not isinstance(frame_bytes, int) or isinstance(frame_bytes, bool) or not smallest <= frame_bytes <= 0xFFFF:
         raise LinkError(f"Frame size must be an integer from {smallest} to 65535 bytes, not {frame_bytes!r}")
 
@@ -204,7 +208,7 @@ class Link(wiring.Component):
         length = Signal(16)
         hidx = Signal(2)
         pidx = Signal(16)
-        args = Signal(8 * ARGS_BYTES)
+        args = Signal(8 * NARROW_ARGS_BYTES)
         crc_lo = Signal(8)
         rx_crc = Signal(16, init=CRC_INIT)
         timer = Signal(range(self._timeout + 1))
@@ -214,27 +218,37 @@ class Link(wiring.Component):
         target = args[0:8]
         addr = args[8:24]
         count = args[24:40]
+        nbytes = args[40:48]            # WRITE_NARROW only
+        narrow = cmd == Command.WRITE_NARROW.value
 
-        # Per-target entry size, payload span and depth (constants selected by the target byte), and
-        # the checks on them, registered in two steps so that DISPATCH reads flip-flops, not a
-        # multiplier and comparators from `args`. The argument bytes are complete at least three
-        # cycles before DISPATCH (the two CRC bytes come after them), so both steps have settled.
+        # Per-target entry size (WRITE_NARROW: its `nbytes`), payload span and depth (constants
+        # selected by the target byte), and the checks on them, registered in two steps so that
+        # DISPATCH reads flip-flops, not a multiplier and comparators from `args`. The argument bytes
+        # are complete at least three cycles before DISPATCH (the two CRC bytes come after them), so
+        # both steps have settled. An `nbytes` over max_entry is refused, so its truncation in `size`
+        # does not matter.
         known_target = Signal()
-        eb = Signal(range(max_entry + 1))
+        size = Signal(range(max_entry + 1))
+        eb = Signal.like(size)
         span = Signal(32)
         depth = Signal(17)
-        m.d.sync += [known_target.eq(0), eb.eq(0), span.eq(0), depth.eq(0)]
+        m.d.sync += [known_target.eq(0), depth.eq(0)]
         with m.Switch(target):
-            for t, size in sizes.items():
+            for t, t_size in sizes.items():
                 with m.Case(t.value):
-                    m.d.sync += [known_target.eq(1), eb.eq(size), span.eq(count * size), depth.eq(depths[t])]
+                    m.d.comb += size.eq(t_size)
+                    m.d.sync += [known_target.eq(1), depth.eq(depths[t])]
+        with m.If(narrow):
+            m.d.comb += size.eq(nbytes)
+        m.d.sync += [eb.eq(size), span.eq(count * size)]
+        bad_nbytes = (nbytes == 0) | (nbytes > sizes[MemoryTarget.ACT])
         readable = Signal()
         m.d.comb += readable.eq((target == MemoryTarget.ACT.value) | (target == MemoryTarget.RESULT.value))
         in_range = Signal()
         m.d.sync += in_range.eq(addr + count <= depth)
 
         span_mismatch = Signal()        # the payload is not the arguments and `count` entries
-        m.d.sync += span_mismatch.eq(length != ARGS_BYTES + span)
+        m.d.sync += span_mismatch.eq(length != ARGS_BYTES + narrow + span)
 
         # ---------------------------------------------------------------- reply state
         reply_status = Signal(8)
@@ -265,7 +279,7 @@ class Link(wiring.Component):
 
         rx_byte = self.rx.payload
         info = int.from_bytes(self.info_payload(), "little")
-        state_changing = (cmd == Command.WRITE.value) | (cmd == Command.START.value) | \
+        state_changing = (cmd == Command.WRITE.value) | narrow | (cmd == Command.START.value) | \
             (cmd == Command.STREAM.value)
         duplicate = last_valid & (seq == last_seq) & state_changing
 
@@ -317,7 +331,7 @@ class Link(wiring.Component):
                 receive_timeout()
                 with m.If(self.rx.valid):
                     m.d.sync += [rx_crc.eq(crc16_next(rx_crc, rx_byte)), pidx.eq(pidx + 1), timer.eq(0)]
-                    for i in range(ARGS_BYTES):
+                    for i in range(NARROW_ARGS_BYTES):
                         with m.If(pidx == i):
                             m.d.sync += args[8 * i:8 * i + 8].eq(rx_byte)
                     with m.If(pidx == length - 1):
@@ -335,7 +349,7 @@ class Link(wiring.Component):
             with m.State("DISPATCH"):
                 # Checks in order: command, length, target, range; then duplicates, then busy.
                 m.d.sync += [cur_addr.eq(addr), left.eq(count), ebyte.eq(0), ebuf.eq(0),
-                             ridx.eq(ARGS_BYTES)]
+                             ridx.eq(ARGS_BYTES + narrow)]
 
                 def checked(checks, action):
                     """Answer with the first true check's reply; run `action` when none is true."""
@@ -378,6 +392,11 @@ class Link(wiring.Component):
                     with m.Case(Command.WRITE):
                         checked(bad_entries + [(~in_range, Reply.OUT_OF_RANGE), (duplicate, Reply.OK),
                                                (self.busy, Reply.BUSY)], apply)
+                    with m.Case(Command.WRITE_NARROW):
+                        checked([((length < NARROW_ARGS_BYTES) | (count == 0), Reply.BAD_LENGTH),
+                                 (target != MemoryTarget.ACT.value, Reply.BAD_TARGET),
+                                 (bad_nbytes | span_mismatch, Reply.BAD_LENGTH), (~in_range, Reply.OUT_OF_RANGE),
+                                 (duplicate, Reply.OK), (self.busy, Reply.BUSY)], apply)
                     with m.Case(Command.READ):
                         checked([((length != ARGS_BYTES) | (count == 0), Reply.BAD_LENGTH),
                                  (~readable, Reply.BAD_TARGET), (span > frame_bytes, Reply.BAD_LENGTH),
@@ -391,7 +410,8 @@ class Link(wiring.Component):
                     with m.Default():
                         reply(Reply.BAD_COMMAND)
 
-            # WRITE / STREAM: entries from the frame memory, one byte per two cycles, LSB first.
+            # WRITE / WRITE_NARROW / STREAM: entries from the frame memory, one byte per two cycles, LSB
+            # first, `eb` bytes an entry (ebuf starts at zero: a narrow entry is zero-extended).
             with m.State("APPLY_READ"):
                 m.next = "APPLY_TAKE"          # the read port's data follows `ridx` one cycle later
             with m.State("APPLY_TAKE"):

@@ -6,8 +6,9 @@ does not matter (benchmarks/link.py counts an inference's frames with it; tests/
 It answers every request as a board with an idle accelerator would: OK, replies of the right size
 (READ returns zero entries), a program that is done at the first STATUS after `cycles` cycles, INFO
 with the config's clock as its run clock (or `clock_hz`). It
-checks each request's sync byte and CRC, and counts bytes and requests both ways. The real board's
-behaviour (negative replies, duplicates, truncation) is hw/link.py's and is tested there.
+checks each request's sync byte and CRC, and counts bytes and requests both ways, and the request bytes
+of each command (`sent`: Command -> bytes). The real board's behaviour (negative replies, duplicates,
+truncation) is hw/link.py's and is tested there.
 """
 
 from hw.config import AccelConfig
@@ -32,6 +33,7 @@ class CountingBoard(Transport):
         self.frame_bytes = frame_bytes
         self.pending = b""
         self.bytes_out = self.bytes_in = self.requests = 0
+        self.sent = {}
 
     def write(self, data):
         if data[0] != REQUEST_SYNC or crc16(data[1:-2]) != int.from_bytes(data[-2:], "little"):
@@ -50,6 +52,7 @@ class CountingBoard(Transport):
         self.pending += encode_reply(command, seq, Reply.OK, reply)
         self.bytes_out += len(data)
         self.requests += 1
+        self.sent[command] = self.sent.get(command, 0) + len(data)
 
     def read(self, n, timeout):
         data, self.pending = self.pending[:n], self.pending[n:]

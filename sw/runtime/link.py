@@ -3,6 +3,7 @@
     link = Link(SerialTransport("/dev/ttyUSB1", 115200), config, baud=115200)
     link.connect()                                  # INFO: checks the board's config, starts a session
     link.write(MemoryTarget.ACT, 0, [0x1234, ...])  # host-port data integers (sw.runtime.host_port)
+    link.write_narrow(MemoryTarget.ACT, 0, pixels, 3)  # 3 bytes an entry, zero-extended by the board
     link.start(); status = link.wait(run_timeout=10)
     sums = link.read(MemoryTarget.RESULT, 0, 10)
 
@@ -20,17 +21,20 @@ import time
 from typing import NamedTuple
 
 from hw.isa import MemoryTarget
-from hw.link import (ARGS_BYTES, CRC_INIT, INFO_BYTES, INFO_V1_BYTES, PROTOCOL_VERSION, READABLE, REPLY_SYNC,
-                     REQUEST_SYNC, STATUS_BYTES, Command, Reply, check_frame_bytes, entry_bytes, memory_depths)
+from hw.link import (ARGS_BYTES, CRC_INIT, INFO_BYTES, INFO_V1_BYTES, NARROW_ARGS_BYTES, PROTOCOL_VERSION, READABLE,
+                     REPLY_SYNC, REQUEST_SYNC, STATUS_BYTES, Command, Reply, check_frame_bytes, entry_bytes,
+                     memory_depths)
 from sw.runtime import RuntimeApiError
 
 __all__ = ["LinkError", "Transport", "SerialTransport", "Link", "BoardInfo", "BoardStatus", "crc16", "parse_info",
-           "encode_request", "encode_reply", "REQUEST_OVERHEAD", "REPLY_OVERHEAD", "Command", "Reply"]
+           "encode_request", "encode_reply", "REQUEST_OVERHEAD", "REPLY_OVERHEAD", "NARROW_VERSION", "Command",
+           "Reply"]
 
 REQUEST_OVERHEAD = 7    # sync, command, seq, length (2), CRC (2)
 REPLY_OVERHEAD = 8      # sync, command, seq, status, length (2), CRC (2)
 _HEADER = 5             # reply bytes after the sync byte and before the payload
 _RETRYABLE = {Reply.BAD_CRC, Reply.BAD_LENGTH}
+NARROW_VERSION = 3      # the first protocol version with WRITE_NARROW
 
 
 class LinkError(RuntimeApiError):
@@ -75,8 +79,9 @@ class BoardInfo(NamedTuple):
         return None if self.clock_hz is None else cycles / self.clock_hz
 
 
-# INFO's length by protocol version: version 1 boards have no run clock; this host reads both.
-_INFO_LENGTHS = {1: INFO_V1_BYTES, PROTOCOL_VERSION: INFO_BYTES}
+# INFO's length by protocol version: version 1 boards have no run clock; this host reads every version
+# (version 2 boards have no WRITE_NARROW: `Link.write_narrow` sends them whole entries).
+_INFO_LENGTHS = {1: INFO_V1_BYTES, 2: INFO_BYTES, PROTOCOL_VERSION: INFO_BYTES}
 
 
 def parse_info(payload):
@@ -223,6 +228,26 @@ class Link:
         """Write host-port data integers `values` to memory `target` from entry `addr`."""
         self._entries(Command.WRITE, target, addr, values)
 
+    def write_narrow(self, target, addr, values, nbytes):
+        """Write `values` like `write`, each sent as its low `nbytes` bytes (WRITE_NARROW: the board
+        zero-extends them to the entry). Only ACT; every value must fit `nbytes` bytes. A board older
+        than protocol version 3 gets whole entries (WRITE) instead."""
+        target = MemoryTarget(target)
+        if target != MemoryTarget.ACT:
+            raise LinkError(f"Only ACT can be written narrow, not {target.name}")
+        size = self.sizes[target]
+        if not isinstance(nbytes, int) or isinstance(nbytes, bool) or not 1 <= nbytes <= size:
+            raise LinkError(f"A narrow write sends 1 to {size} bytes an entry, not {nbytes!r}")
+        values = [int(v) for v in values]
+        for i, value in enumerate(values):
+            if not 0 <= value < 1 << 8 * nbytes:
+                raise LinkError(f"Entry {i} ({value:#x}) does not fit {nbytes} bytes")
+        self._frame_limit()                             # refuses a link that is not connected
+        if self.info.version < NARROW_VERSION:
+            self._entries(Command.WRITE, target, addr, values)
+        else:
+            self._entries(Command.WRITE_NARROW, target, addr, values, nbytes=nbytes)
+
     def stream(self, target, values, timeout):
         """Push entries (in `target`'s entry format) into the running program's load stream. The board
         answers each frame once the program has taken all of its entries: `timeout` seconds at most."""
@@ -267,10 +292,11 @@ class Link:
                                 f"(pc {status.pc}, {status.cycles} cycles)")
 
     # ------------------------------------------------------------------------------------------- framing
-    def _frame_limit(self):
+    def _frame_limit(self, args=ARGS_BYTES):
+        """Entry bytes one frame holds after `args` argument bytes."""
         if self.frame_bytes is None:
             raise LinkError("The link is not connected: call connect() first")
-        return self.frame_bytes - ARGS_BYTES
+        return self.frame_bytes - args
 
     def _args(self, target, addr, count):
         return bytes([int(target.value)]) + addr.to_bytes(2, "little") + count.to_bytes(2, "little")
@@ -281,18 +307,21 @@ class Link:
             raise LinkError(f"Entries {addr} .. {addr + count - 1} are outside the {target.name} memory "
                             f"({self.depths[target]} entries)")
 
-    def _entries(self, command, target, addr, values, timeout=None):
+    def _entries(self, command, target, addr, values, timeout=None, nbytes=None):
+        """WRITE, STREAM, or WRITE_NARROW (`nbytes` bytes an entry) of `values`, split into frames."""
         target = MemoryTarget(target)
         values = [int(v) for v in values]
-        if command == Command.WRITE:
+        writes = command != Command.STREAM
+        if writes:
             self._check_range(target, addr, len(values))
-        size = self.sizes[target]
-        per_frame = self._frame_limit() // size
+        args, size, extra = ((ARGS_BYTES, self.sizes[target], b"") if nbytes is None else
+                             (NARROW_ARGS_BYTES, nbytes, bytes([nbytes])))
+        per_frame = self._frame_limit(args) // size
         for first in range(0, len(values), per_frame):
             chunk = values[first:first + per_frame]
             body = b"".join(v.to_bytes(size, "little") for v in chunk)
-            self.transact(command, self._args(target, addr + first if command == Command.WRITE else 0,
-                                              len(chunk)) + body, timeout=timeout)
+            self.transact(command, self._args(target, addr + first if writes else 0, len(chunk)) + extra + body,
+                          timeout=timeout)
 
     def transact(self, command, payload=b"", *, frame_limit=0, timeout=None):
         """Send one request and return its reply's payload, retrying as the module docstring says.

@@ -3,7 +3,9 @@ front of a real Accelerator: CRC, negative replies, duplicates, truncation; and 
 (sw.runtime.link) against scripted transports: retries, refusals, clear errors."""
 
 import binascii
+import itertools
 import os
+import random
 import select
 import subprocess
 import sys
@@ -17,7 +19,7 @@ from amaranth.sim import Simulator
 from hw.accel import Accelerator
 from hw.config import AccelConfig
 from hw.isa import MemoryTarget, Opcode, encode
-from hw.link import Command, Link, LinkError as GatewareLinkError, Reply, entry_bytes
+from hw.link import PROTOCOL_VERSION, Command, Link, LinkError as GatewareLinkError, Reply, entry_bytes
 from hw.board_top import BoardTop
 from sw.runtime.link import (REPLY_OVERHEAD, Link as HostLink, LinkError, Transport, crc16, encode_reply,
                              encode_request)
@@ -25,6 +27,7 @@ from sw.runtime.link import (REPLY_OVERHEAD, Link as HostLink, LinkError, Transp
 CFG = AccelConfig(rows=2, cols=2, word_bits=8, max_wbases=2, max_abases=2, max_k=64, scale_depth=16,
                   thr_depth=16, out_depth=8, act_depth=64, weight_depth=32, patch_depth=32, result_depth=16,
                   instr_depth=8, acc_bits=24)
+CFG32 = CFG.replace(word_bits=32, max_k=128, acc_bits=32)    # 4-byte ACT entries: WRITE_NARROW of 1 .. 4 bytes
 TIMEOUT = 60
 
 
@@ -85,8 +88,14 @@ def args(target, addr, count):
     return bytes([target.value]) + addr.to_bytes(2, "little") + count.to_bytes(2, "little")
 
 
-def simulate(bench):
-    dut = LinkedAccelerator(CFG)
+def narrow_request(seq, addr, values, nbytes, target=MemoryTarget.ACT):
+    """A WRITE_NARROW frame: target, addr, count, nbytes, then each value's low `nbytes` bytes."""
+    return encode_request(Command.WRITE_NARROW, seq, args(target, addr, len(values)) + bytes([nbytes])
+                          + b"".join(v.to_bytes(nbytes, "little") for v in values))
+
+
+def simulate(bench, config=CFG):
+    dut = LinkedAccelerator(config)
     starts = []
 
     async def count_starts(ctx):
@@ -114,15 +123,18 @@ def test_crc_is_ccitt_false():
         bytes.fromhex("a5 02 02 09 00 01 10 00 02 00 34 12 78 56 e8 f3")
     assert encode_reply(Command.WRITE, 2, Reply.OK) == bytes.fromhex("5a 02 02 00 00 00 e7 b8")
     assert encode_reply(Command.WRITE, 2, Reply.BAD_CRC) == bytes.fromhex("5a 02 02 01 00 00 d7 8f")
+    assert narrow_request(3, 16, [0x332211, 0x665544], 3) == \
+        bytes.fromhex("a5 07 03 0c 00 01 10 00 02 00 03 11 22 33 44 55 66 b2 27")
+    assert encode_reply(Command.WRITE_NARROW, 3, Reply.OK) == bytes.fromhex("5a 07 03 00 00 00 04 ed")
 
 
 def test_write_read_start_status_and_negative_replies():
     async def bench(ctx, dut, starts):
-        # INFO: version 2, no stream port, frame size, the config's fingerprint, the run clock.
+        # INFO: version 3, no stream port, frame size, the config's fingerprint, the run clock.
         await send(ctx, dut, encode_request(Command.INFO, 1))
         cmd, seq, status, payload = await receive(ctx, dut)
         assert (cmd, seq, status) == (Command.INFO.value, 1, Reply.OK)
-        assert payload == (bytes([2, 0]) + (64).to_bytes(2, "little") + bytes.fromhex(CFG.fingerprint())
+        assert payload == (bytes([3, 0]) + (64).to_bytes(2, "little") + bytes.fromhex(CFG.fingerprint())
                            + CFG.clock_hz.to_bytes(4, "little"))
 
         # WRITE three ACT words, READ them back.
@@ -247,6 +259,121 @@ def test_stream_aborted_when_the_program_ends():
     sim.run()
 
 
+def test_write_narrow_zero_extends_and_refuses_bad_frames():
+    """WRITE_NARROW in front of a real Accelerator (W = 32): random entries of 1 .. 4 bytes land
+    zero-extended over words of ones, the host's own split frames too; every bad frame changes nothing."""
+    rng = random.Random(7)
+    size = entry_bytes(CFG32)[MemoryTarget.ACT]
+    depth = CFG32.act_depth
+    expected = [(1 << 32) - 1] * depth
+
+    async def bench(ctx, dut, starts):
+        seqs = itertools.count(1)
+
+        async def exchange(frame):
+            await send(ctx, dut, frame)
+            return await receive(ctx, dut)
+
+        async def act_memory():
+            words = []
+            for first in range(0, depth, 16):                         # 16 entries fill a 64-byte reply
+                _, _, status, payload = await exchange(encode_request(Command.READ, next(seqs),
+                                                                      args(MemoryTarget.ACT, first, 16)))
+                assert status == Reply.OK
+                words += [int.from_bytes(payload[i:i + size], "little") for i in range(0, len(payload), size)]
+            return words
+
+        assert (await exchange(encode_request(Command.INFO, next(seqs))))[3][0] == PROTOCOL_VERSION == 3
+        for first in range(0, depth, 8):
+            body = b"".join(v.to_bytes(size, "little") for v in expected[first:first + 8])
+            reply = await exchange(encode_request(Command.WRITE, next(seqs), args(MemoryTarget.ACT, first, 8) + body))
+            assert reply[2] == Reply.OK
+        for nbytes in range(1, size + 1):
+            count = rng.randint(1, (64 - 6) // nbytes)
+            addr = rng.randrange(depth - count + 1)
+            values = [rng.getrandbits(8 * nbytes) | 1 << (8 * nbytes - 1) for _ in range(count)]
+            assert (await exchange(narrow_request(next(seqs), addr, values, nbytes)))[2] == Reply.OK
+            expected[addr:addr + count] = values
+        assert await act_memory() == expected
+
+        # The host's frames for 40 three-byte entries (split at 19 a frame), sent after INFO (a session).
+        values = [rng.getrandbits(24) for _ in range(40)]
+        transport = ScriptedTransport([lambda r: encode_reply(Command.INFO, r[2], Reply.OK, info_payload(config=CFG32))]
+                                      + [ok] * 3)
+        host = HostLink(transport, CFG32, baud=1e6, timeout=0.01)
+        host.connect()
+        host.write_narrow(MemoryTarget.ACT, 20, values, 3)
+        assert len(transport.sent) == 4
+        for frame in transport.sent:
+            assert (await exchange(frame))[2] == Reply.OK
+        expected[20:60] = values
+        # A repeat of the last executed request with other data: answered, not applied.
+        last = transport.sent[-1][2]
+        assert (await exchange(narrow_request(last, 20, [0x12345], 3)))[1:3] == (last, Reply.OK)
+        assert await act_memory() == expected
+
+        # Bad frames: each answered with its reason, none writes anything.
+        seq = 100
+        corrupt = bytearray(narrow_request(seq, 0, [0xABCDEF], 3))
+        corrupt[-4] ^= 0x08
+        too_many = narrow_request(seq, 0, [1, 2], 3)
+        cases = [
+            (corrupt, Reply.BAD_CRC),
+            (narrow_request(seq, 0, [0], 0), Reply.BAD_LENGTH),                       # nbytes 0
+            (narrow_request(seq, 0, [0x0102030405], 5), Reply.BAD_LENGTH),            # over the ACT entry
+            (narrow_request(seq, 0, [], 3), Reply.BAD_LENGTH),                        # count 0
+            (encode_request(Command.WRITE_NARROW, seq, too_many[5:-3]), Reply.BAD_LENGTH),   # a byte short
+            (encode_request(Command.WRITE_NARROW, seq, too_many[5:-2] + b"\x07"), Reply.BAD_LENGTH),  # one over
+            (encode_request(Command.WRITE_NARROW, seq, args(MemoryTarget.ACT, 0, 1)), Reply.BAD_LENGTH),  # no nbytes
+            (narrow_request(seq, 0, [0x0102], 2, target=MemoryTarget.WEIGHT), Reply.BAD_TARGET),
+            (narrow_request(seq, 0, [0x0102], 2, target=MemoryTarget.RESULT), Reply.BAD_TARGET),
+            (narrow_request(seq, depth - 1, [1, 2], 2), Reply.OUT_OF_RANGE),
+            (bytes([0xA5, Command.WRITE_NARROW.value, seq, 65, 0]), Reply.BAD_LENGTH),    # longer than the frame
+        ]
+        for frame, reason in cases:
+            reply = await exchange(frame)
+            assert reply is not None and reply[2] == reason, (bytes(frame).hex(), reply)
+        # A truncated frame gets no reply and does not disturb the next one.
+        await send(ctx, dut, narrow_request(seq, 0, [0xABCDEF], 3)[:-3])
+        assert await receive(ctx, dut, max_cycles=TIMEOUT + 10) is None
+        assert await act_memory() == expected
+        assert not starts
+
+    simulate(bench, CFG32)
+
+
+def test_write_narrow_is_busy_while_a_program_runs():
+    """The link alone: WRITE_NARROW while busy is refused and pushes nothing; once idle, its entries
+    reach the host port zero-extended, at consecutive addresses."""
+    link = Link(CFG32, frame_bytes=64, timeout_cycles=TIMEOUT)
+    pushed = []
+
+    async def bench(ctx):
+        frame = narrow_request(1, 9, [0xA1B2, 0x00C3, 0xFFFF], 2)
+        ctx.set(link.busy, 1)
+        await send(ctx, link, frame)
+        assert (await receive(ctx, link))[1:3] == (1, Reply.BUSY)
+        assert pushed == []
+        ctx.set(link.busy, 0)
+        await send(ctx, link, frame)                                # a refused request is not a repeat
+        assert (await receive(ctx, link))[1:3] == (1, Reply.OK)
+        assert pushed == [(MemoryTarget.ACT, 9, 0xA1B2), (MemoryTarget.ACT, 10, 0x00C3), (MemoryTarget.ACT, 11, 0xFFFF)]
+
+    async def host_port(ctx):
+        ctx.set(link.host_write.ready, 1)
+        async for _, _, valid, mem, addr, data in ctx.tick().sample(
+                link.host_write.valid, link.host_write.payload.mem, link.host_write.payload.addr,
+                link.host_write.payload.data):
+            if valid:
+                pushed.append((mem, addr, data))
+
+    sim = Simulator(link)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.add_process(host_port)
+    sim.run()
+
+
 def test_board_top_through_its_uart():
     """BoardSim in Amaranth's simulator: bits on `rx`, bits back on `tx` (4 clocks a bit); the
     `rejected` LED follows a corrupted request and clears after a good one."""
@@ -277,7 +404,7 @@ def test_board_top_through_its_uart():
 
         await send_line(encode_request(Command.INFO, 1))
         # STREAM: yes; the run clock is BoardSim's clock.
-        info = (bytes([2, 1]) + (1024).to_bytes(2, "little") + bytes.fromhex(CFG.fingerprint())
+        info = (bytes([3, 1]) + (1024).to_bytes(2, "little") + bytes.fromhex(CFG.fingerprint())
                 + CFG.clock_hz.to_bytes(4, "little"))
         assert await receive_line(8 + 16) == encode_reply(Command.INFO, 1, Reply.OK, info)
         frame = bytearray(encode_request(Command.STATUS, 2))
@@ -331,13 +458,22 @@ class ScriptedTransport(Transport):
         return self.clock
 
 
-def info_payload(version=2, clock_hz=40_000_000):
-    payload = bytes([version, 0]) + (64).to_bytes(2, "little") + bytes.fromhex(CFG.fingerprint())
+def info_payload(version=PROTOCOL_VERSION, clock_hz=40_000_000, config=CFG):
+    payload = bytes([version, 0]) + (64).to_bytes(2, "little") + bytes.fromhex(config.fingerprint())
     return payload + clock_hz.to_bytes(4, "little") if version >= 2 else payload
 
 
 def info_reply(request):
     return encode_reply(Command.INFO, request[2], Reply.OK, info_payload())
+
+
+def connected(config, version=PROTOCOL_VERSION, replies=8):
+    """A host link to a scripted board of this config and protocol version that answers OK."""
+    info = lambda r: encode_reply(Command.INFO, r[2], Reply.OK, info_payload(version, config=config))
+    transport = ScriptedTransport([info] + [ok] * replies)
+    link = HostLink(transport, config, baud=1e6, timeout=0.01)
+    link.connect()
+    return link, transport
 
 
 def ok(request, payload=b""):
@@ -382,17 +518,22 @@ def test_host_errors_are_one_clear_line():
 
 
 def test_host_reads_the_run_clock_from_info():
-    """INFO version 2 ends with the board's run clock; a version 1 board (no clock) is still read."""
+    """INFO from version 2 on ends with the board's run clock; version 2 and version 1 boards (no clock)
+    are still read."""
     link = HostLink(ScriptedTransport([info_reply]), CFG, baud=1e6, timeout=0.01)
     info = link.connect()
-    assert (info.version, info.clock_hz, info.frame_bytes, info.fingerprint) == (2, 40_000_000, 64, CFG.fingerprint())
+    assert (info.version, info.clock_hz, info.frame_bytes, info.fingerprint) == (3, 40_000_000, 64, CFG.fingerprint())
     assert info.seconds(4_000) == 1e-4
+    info = connected(CFG, version=2)[0].info
+    assert (info.version, info.clock_hz) == (2, 40_000_000)
     old = lambda r: encode_reply(Command.INFO, r[2], Reply.OK, info_payload(version=1))
     info = HostLink(ScriptedTransport([old]), CFG, baud=1e6, timeout=0.01).connect()
     assert (info.version, info.clock_hz, info.seconds(4_000)) == (1, None, None)
     for payload, message in [
-            (bytes([3]) + info_payload()[1:], r"^The board speaks host protocol version 3; this host speaks versions 1, 2$"),
-            (info_payload()[:-1], r"^The board's version 2 INFO reply has 15 bytes, not 16$"),
+            (bytes([4]) + info_payload()[1:],
+             r"^The board speaks host protocol version 4; this host speaks versions 1, 2, 3$"),
+            (info_payload()[:-1], r"^The board's version 3 INFO reply has 15 bytes, not 16$"),
+            (info_payload(version=2)[:-1], r"^The board's version 2 INFO reply has 15 bytes, not 16$"),
             (info_payload(version=1) + b"\x00", r"^The board's version 1 INFO reply has 13 bytes, not 12$")]:
         reply = lambda r, payload=payload: encode_reply(Command.INFO, r[2], Reply.OK, payload)
         with pytest.raises(LinkError, match=message):
@@ -415,6 +556,86 @@ def test_host_splits_writes_into_frames():
     frames = transport.sent[1:]
     assert [len(f) for f in frames] == [7 + 5 + 59, 7 + 5 + 1]
     assert frames[1][5:10] == bytes([MemoryTarget.ACT.value, 59, 0, 1, 0]) and frames[1][10] == 59
+
+
+def test_host_write_narrow_frames():
+    """write_narrow: WRITE_NARROW frames of `nbytes` bytes an entry, (64 - 6) // 3 = 19 entries a frame."""
+    link, transport = connected(CFG32)
+    values = [(0x10101 * i) & 0xFFFFFF for i in range(40)]
+    link.write_narrow(MemoryTarget.ACT, 5, values, 3)
+    assert transport.sent[1:] == [narrow_request(2, 5, values[:19], 3), narrow_request(3, 24, values[19:38], 3),
+                                  narrow_request(4, 43, values[38:], 3)]
+    assert link.payload_out == 3 * 6 + 40 * 3
+    link.write_narrow(MemoryTarget.ACT, 0, [0xAB], 4)           # the whole entry is allowed too
+    assert transport.sent[-1] == narrow_request(5, 0, [0xAB], 4)
+
+
+def test_host_write_narrow_falls_back_to_write_on_a_version_2_board():
+    link, transport = connected(CFG32, version=2)
+    values = list(range(1, 21))
+    link.write_narrow(MemoryTarget.ACT, 5, values, 1)
+    whole = lambda seq, addr, chunk: encode_request(Command.WRITE, seq, args(MemoryTarget.ACT, addr, len(chunk))
+                                                    + b"".join(v.to_bytes(4, "little") for v in chunk))
+    assert transport.sent[1:] == [whole(2, 5, values[:14]), whole(3, 19, values[14:])]     # (64 - 5) // 4 = 14
+
+
+def test_host_write_narrow_refuses_bad_arguments_before_sending():
+    link, transport = connected(CFG32)
+    act = MemoryTarget.ACT
+    for (target, addr, values, nbytes), message in [
+            ((MemoryTarget.WEIGHT, 0, [1], 1), r"^Only ACT can be written narrow, not WEIGHT$"),
+            ((act, 0, [1], 0), r"^A narrow write sends 1 to 4 bytes an entry, not 0$"),
+            ((act, 0, [1], 5), r"^A narrow write sends 1 to 4 bytes an entry, not 5$"),
+            ((act, 0, [1], True), r"^A narrow write sends 1 to 4 bytes an entry, not True$"),
+            ((act, 0, [1, 0x1000000], 3), r"^Entry 1 \(0x1000000\) does not fit 3 bytes$"),
+            ((act, 0, [-1], 3), r"^Entry 0 \(-0x1\) does not fit 3 bytes$"),
+            ((act, 62, [1, 2, 3], 3), r"^Entries 62 \.\. 64 are outside the ACT memory \(64 entries\)$")]:
+        with pytest.raises(LinkError, match=message):
+            link.write_narrow(target, addr, values, nbytes)
+    assert len(transport.sent) == 1                              # INFO only
+    with pytest.raises(LinkError, match="The link is not connected: call connect\\(\\) first"):
+        HostLink(ScriptedTransport([]), CFG32, baud=1e6).write_narrow(MemoryTarget.ACT, 0, [1], 1)
+
+
+def test_board_backend_writes_a_packed_input_narrow(monkeypatch):
+    """The board backend writes a packed image input (input mode "packed") with WRITE_NARROW of
+    `word_bytes` bytes an entry, at the input's base; any other input, and other writes, whole."""
+    import dataclasses
+    import sw.runtime
+    from boards.runtime import BoardBackend
+    from sim.benches.board_model import CountingBoard
+    from sw.compile import compile_model
+    from sw.compile.testing import linear, random_model
+    config = CFG32.replace(max_k=256, act_depth=256, weight_depth=64, scale_depth=64, thr_depth=64)
+    unfolded = compile_model(random_model([linear(6), linear(3)], (1, 4, 4), config, seed=1), config)
+    packed = dataclasses.replace(unfolded, input=dict(unfolded.input, mode="packed", word_bytes=3))
+    pixels = [0x332211, 0x665544, 0x0000FF]
+    words = np.array([[p] for p in pixels], dtype=np.uint64)
+    monkeypatch.setattr(sw.runtime, "run_inputs", lambda bundle, images: (words[None], 1))
+
+    class Recording(CountingBoard):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.frames = []
+
+        def write(self, data):
+            self.frames.append(bytes(data))
+            super().write(data)
+
+    base = unfolded.input["act_base"]
+    whole = lambda seq: encode_request(Command.WRITE, seq, args(MemoryTarget.ACT, base, 3)
+                                       + b"".join(p.to_bytes(4, "little") for p in pixels))
+    for bundle, expected in [(packed, lambda seq: narrow_request(seq, base, pixels, 3)), (unfolded, whole)]:
+        board = Recording(config, cycles=10)
+        with BoardBackend(bundle, transport=board, baud=1e6) as backend:
+            backend.load()
+            loaded = len(board.frames)
+            backend.run(np.zeros((1, 1, 4, 4), dtype=np.uint8))
+            backend.write_memory("act", base + 8, words)        # not the input: whole words
+        inputs = [f for f in board.frames[loaded:] if f[1] in (Command.WRITE.value, Command.WRITE_NARROW.value)]
+        assert len(inputs) == 2
+        assert inputs[0] == expected(inputs[0][2])
+        assert inputs[1][1] == Command.WRITE.value
 
 
 # ---------------------------------------------------------------------------------------------- sw.run
