@@ -15,17 +15,24 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hw.config import AccelConfig
+from hw.cycles import pass_words
 from hw.isa import FIELD_LIMITS, IsaError, Opcode, encode
 from sw.bundle import DEPTH_FIELDS, STREAM_MEMORIES, Bundle, Segment, pack_words, unpack_words, word_limbs
 from sw.model_format import ModelFormatError, deploy_forward, load_model
+from sw.iss import pack_fields, packed_conv_error, packed_layout
 from sw.runtime.host_port import TARGETS
 
-__all__ = ["CompileError", "ProgramState", "PASSES", "WEIGHT_MODES", "compile_model", "compile_file",
-           "CheckConfig", "MergeBranches", "Lower", "CheckFit", "Allocate", "Emit", "Verify"]
+__all__ = ["CompileError", "InternalCompileError", "ProgramState", "PASSES", "WEIGHT_MODES", "INPUT_MODES",
+           "compile_model", "compile_file", "CheckConfig", "MergeBranches", "Lower", "CheckFit", "Allocate", "Emit",
+           "Verify"]
 
 
 class CompileError(ValueError):
     """The model cannot run on the config: names the layer, the limit and the excess."""
+
+
+class InternalCompileError(CompileError):
+    """A checking pass found the compiler's own output wrong (a bug, never a property of the model)."""
 
 
 #: Where weights, scales and thresholds live while the program runs:
@@ -34,6 +41,11 @@ class CompileError(ValueError):
 #:              layer's loads overlapping the current layer's compute;
 #:   auto     : resident when everything fits, else stream.
 WEIGHT_MODES = ("resident", "stream", "auto")
+#: How the first layer reads the image (docs/compiler.md "First layer: packed image input"):
+#:   packed : the host writes the image, one word a pixel; the first CONV gathers its receptive fields;
+#:   unfold : the host unfolds the image into the first layer's receptive fields (plane groups apply);
+#:   auto   : packed where the first layer allows it and plane groups would not be chosen, else unfold.
+INPUT_MODES = ("auto", "packed", "unfold")
 _PARAMETER_MEMORIES = STREAM_MEMORIES
 
 
@@ -45,7 +57,7 @@ def _sources(op):
 def _source_need(config, op, s):
     """Weight and scale entries source `s` of CONV `op` reads."""
     ot = -(-op["o"] // config.rows)
-    return {"weight": ot * s["m"] * s["kh"] * s["kw"] * s["in_cw"], "scale": ot * s["m"] * s["n"]}
+    return {"weight": ot * s["m"] * pass_words(s), "scale": ot * s["m"] * s["n"]}
 
 
 def _parameter_need(config, op):
@@ -59,7 +71,7 @@ def _parameter_need(config, op):
 @dataclass
 class ProgramState:
     """What the passes share. `ops` are the lowered CONV/POOL operations (dicts) in execution order,
-    `maps` the feature maps between them (index -1: the host-unfolded input)."""
+    `maps` the feature maps between them (index -1: the input, the image map or the host-unfolded one)."""
 
     model: object
     config: AccelConfig
@@ -76,6 +88,7 @@ class ProgramState:
     seed: int = 0
     weights: str = "auto"                          # resident | stream | auto (docs/compiler.md)
     plane_groups: bool = True                      # may the first layer group pixel planes
+    input_mode: str = "auto"                       # auto | packed | unfold (INPUT_MODES)
     streamed: bool = False                         # CheckFit's decision
     stream: list = field(default_factory=list)     # the load stream's segments, in LOAD order
     batch: int = 1                                 # images per run, spread over the array's columns
@@ -139,8 +152,8 @@ class MergeBranches:
         if not -1 <= source < index:
             raise CompileError(f"{name}: {what} reads layer {source}, which is not an earlier layer")
         if source == -1 and index > 0:
-            raise CompileError(f"{name}: {what} reads the image; only layer 0 reads it (the host unfolds "
-                               f"the image for the first layer)")
+            raise CompileError(f"{name}: {what} reads the image; only layer 0 reads it (its first CONV reads "
+                               f"the image map or the host's unfold of it)")
 
     def apply(self, state):
         c = state.config
@@ -163,7 +176,7 @@ class MergeBranches:
                 key = (branch["source"],) + tuple(repr(branch.get(k)) for k in self._GEOMETRY)
                 groups.setdefault(key, []).append((j, branch))
             if index == 0 and len(groups) > 1:
-                # The host unfolds the image for one kernel: the first layer has no second geometry.
+                # The first CONV reads the image with one kernel: the first layer has no second geometry.
                 j, branch = list(groups.values())[1][0]
                 key = next(k for k in self._GEOMETRY if branch.get(k) != branches[0].get(k))
                 raise CompileError(f"{name}: branch {j} differs from branch 0 in {key} ({branch.get(key)!r} vs "
@@ -264,8 +277,8 @@ class Lower:
             b = layer["branch"]
             m, n, o = b["wbases"], b["abases"], layer["out"]
             wts = (b["weights"] > 0).astype(np.uint8)
+            packed = False
             if index == 0:
-                # Host unfold: the image becomes a map of the first layer's output pixels, K0 channels.
                 if kind == "conv":
                     kh, kw = b["kernel"]
                     stride, padding, pad_value, groups = b["stride"], b["padding"], b["pad_value"], b["groups"]
@@ -278,22 +291,39 @@ class Lower:
                 ow = (w + 2 * padding - kw) // stride + 1
                 k0 = ch * kh * kw
                 out_planes = 0 if last else int(layer["thresholds"].shape[1])
-                size = 1 if not state.plane_groups else plane_group_size(c, b["scales"], k0, oh, ow, o,
-                                                                          out_planes, last)
-                groups_of_planes = pixel_plane_groups(size)
-                kg = k0 * ((1 << size) - 1)
-                cw = -(-kg // w_bits)
-                src = {"planes": len(groups_of_planes), "channels": kg, "cw": cw, "h": oh, "w": ow}
-                state.input = {"shape": [ch, h, w], "kernel": [kh, kw], "stride": stride, "padding": padding,
-                               "pad_value": pad_value, "out_h": oh, "out_w": ow, "planes": 8, "k": k0,
-                               "groups": groups_of_planes, "group_k": kg, "words_per_pixel": cw,
-                               "input_words": len(groups_of_planes) * oh * ow * cw}
+                why = self._unpackable(c, kind, ch, kh, kw)
+                if state.input_mode == "packed" and why:
+                    raise CompileError(f"{name}: the first layer cannot read the packed image: {why}; the "
+                                       f"host unfold (input \"unfold\") can")
+                size = 1 if not state.plane_groups or state.input_mode == "packed" else \
+                    plane_group_size(c, b["scales"], k0, oh, ow, o, out_planes, last)
+                # auto: packed unless the planes group (fewer passes than 8 planes of either input).
+                packed = state.input_mode == "packed" or (state.input_mode == "auto" and not why and size == 1)
+                state.input = {"mode": "packed" if packed else "unfold", "shape": [ch, h, w], "kernel": [kh, kw],
+                               "stride": stride, "padding": padding, "pad_value": pad_value, "out_h": oh,
+                               "out_w": ow, "planes": 8, "k": k0}
+                if packed:
+                    # The image map: one word a pixel, its channels' bytes (docs/isa.md "Packed image input").
+                    src = {"planes": 1, "channels": ch, "cw": 1, "h": h, "w": w}
+                    state.input.update(groups=pixel_plane_groups(1), group_k=k0, words_per_pixel=1, word_bytes=ch,
+                                       input_words=h * w)
+                    w5 = wts.transpose(0, 1, 3, 4, 2)
+                    geo = {"kh": kh, "kw": kw, "stride": stride, "pad": padding,
+                           "pad_value": 1 if pad_value > 0 else 0, "groups": 1}
+                else:
+                    # Host unfold: the image becomes a map of the first layer's output pixels, K0 channels.
+                    groups_of_planes = pixel_plane_groups(size)
+                    kg = k0 * ((1 << size) - 1)
+                    cw = -(-kg // w_bits)
+                    src = {"planes": len(groups_of_planes), "channels": kg, "cw": cw, "h": oh, "w": ow}
+                    state.input.update(groups=groups_of_planes, group_k=kg, words_per_pixel=cw,
+                                       input_words=len(groups_of_planes) * oh * ow * cw)
+                    # (c, ky, kx) order, as sw.ref.im2col; repeated once per block of a plane group's vector.
+                    w5 = np.tile(wts.reshape(m, o, 1, 1, k0), (1, 1, 1, 1, (1 << size) - 1))
+                    b = dict(b, scales=b["scales"][:, [first for first, _ in groups_of_planes]])
+                    n = len(groups_of_planes)
+                    geo = {"kh": 1, "kw": 1, "stride": 1, "pad": 0, "pad_value": 0, "groups": 1}
                 state.maps[-1] = src
-                # (c, ky, kx) order, as sw.ref.im2col; repeated once per block of a plane group's vector.
-                w5 = np.tile(wts.reshape(m, o, 1, 1, k0), (1, 1, 1, 1, (1 << size) - 1))
-                b = dict(b, scales=b["scales"][:, [first for first, _ in groups_of_planes]])
-                n = len(groups_of_planes)
-                geo = {"kh": 1, "kw": 1, "stride": 1, "pad": 0, "pad_value": 0, "groups": 1}
                 out_h, out_w = oh, ow
             else:
                 src = outputs[layer["source"]]
@@ -372,8 +402,10 @@ class Lower:
                       "in_cw": in_cw, "in_word_offset": g * group_words if groups > 1 else 0,
                       "in_tail": cg - (in_cw - 1) * w_bits, "k": geo["kh"] * geo["kw"] * cg,
                       "out_h": out_h, "out_w": out_w,
-                      "weights": _relay_weights(w5[:, sl], in_cw, w_bits),
+                      "weights": None if packed else _relay_weights(w5[:, sl], in_cw, w_bits),
                       "scales": np.ascontiguousarray(b["scales"][:, :, sl])}
+                if packed:
+                    op.update(self._packed_source(name, w5[:, sl], w_bits))
                 # The model's binary MACs (the first layer's plane groups repeat planes: not more work).
                 op["macs"] = m * og * out_h * out_w * (8 * k0 if index == 0 else n * op["k"])
                 if shortcut is not None:
@@ -384,10 +416,13 @@ class Lower:
                 if not last:
                     op["thresholds"] = layer["thresholds"][sl]
                     op["flip"] = layer["flip"][sl]
-                # Check: the re-laid words unpack to the model's weights in the lowered K order.
-                back = unpack_words(op["weights"], w_bits).reshape(m, og, geo["kh"] * geo["kw"], in_cw * w_bits)
-                if not np.array_equal(back[..., :cg], w5[:, sl].reshape(m, og, -1, cg)) or back[..., cg:].any():
-                    raise CompileError(f"{name}: internal error: re-laid weights differ from the model's")
+                if not packed:
+                    # Check: the re-laid words unpack to the model's weights in the lowered K order.
+                    back = unpack_words(op["weights"], w_bits).reshape(m, og, geo["kh"] * geo["kw"],
+                                                                       in_cw * w_bits)
+                    if not np.array_equal(back[..., :cg], w5[:, sl].reshape(m, og, -1, cg)) or back[..., cg:].any():
+                        raise InternalCompileError(f"{name}: internal error: re-laid weights differ from the "
+                                                   f"model's")
                 layer_ops.append(op)
             if out_map is not None and "layout" in out_map:
                 if index in twins:
@@ -402,6 +437,42 @@ class Lower:
         state.ops = ops
         state.checked.append("lower: re-laid weights unpack to the model's weights")
         return state
+
+    @staticmethod
+    def _unpackable(c, kind, channels, kh, kw):
+        """Why the first layer cannot read the packed image (docs/isa.md "Packed image input"), or an
+        empty string."""
+        w_bits = c.word_bits
+        if kind != "conv":
+            return "a fully connected first layer reads the whole image at once"
+        if 8 * channels > w_bits:
+            return f"a pixel of {channels} channels is {8 * channels} bits, more than a word of {w_bits}"
+        if kh * kw < 8:
+            return f"its {kh}x{kw} kernel has fewer than 8 positions (one a pixel plane)"
+        per = w_bits // channels
+        fields = {"kh": kh, "kw": kw, "in_tail": channels, "in_planes": 8, "in_cw": -(-kh * kw // per),
+                  "k": kh * kw * channels}
+        error = packed_conv_error(fields, w_bits)
+        if error:
+            return f"its CONV would be illegal ({error})"
+        if 8 * fields["in_cw"] > c.patch_depth:
+            return f"its patch words (8 planes x {fields['in_cw']}) exceed patch_depth = {c.patch_depth}"
+        return ""
+
+    @staticmethod
+    def _packed_source(name, w5, w_bits):
+        """A packed first CONV's weights (M, O, kh, kw, C) bits -> its fields: the patch words of each
+        (basis, channel) in the image input's packed order, the bits above each word's fields 1 (their
+        XNOR with the patch's 0 adds nothing); checked against `packed_layout`."""
+        m, o, kh, kw, channels = w5.shape
+        fields = w5.reshape(m, o, kh * kw, channels)
+        weights = pack_fields(fields, w_bits, fill=1)
+        index = packed_layout(kh * kw, channels, w_bits)
+        back = unpack_words(weights, w_bits)
+        flat = fields.reshape(m, o, -1)
+        if not np.array_equal(back[..., index >= 0], flat[..., index[index >= 0]]) or not back[..., index < 0].all():
+            raise InternalCompileError(f"{name}: internal error: packed weights differ from the model's")
+        return {"in_cw": weights.shape[2], "weights": weights, "packed": 1}
 
     @staticmethod
     def _group_layouts(state):
@@ -499,7 +570,8 @@ class Lower:
         weights = _relay_weights(wts, in_cw, w_bits)
         back = unpack_words(weights, w_bits).reshape(m, o, kh * kw, in_cw * w_bits)
         if not np.array_equal(back[..., :cg], wts.reshape(m, o, -1, cg)) or back[..., cg:].any():
-            raise CompileError(f"{name}: internal error: re-laid shortcut weights differ from the model's")
+            raise InternalCompileError(f"{name}: internal error: re-laid shortcut weights differ from the "
+                                       f"model's")
         return {"in": src, "source": b["source"], "kh": kh, "kw": kw, "stride": b["stride"], "pad": b["padding"],
                 "pad_value": 1 if b["pad_value"] > 0 else 0, "m": m, "n": src["planes"], "in_cw": in_cw,
                 "in_tail": cg - (in_cw - 1) * w_bits, "k": kh * kw * cg, "weights": weights,
@@ -526,7 +598,7 @@ class Batch:
     maps), a kernel over each image's whole map (vertical stride = its height: one output pixel per
     image), a pool whose windows tile each image. Any other operation runs once per image on a view of
     the stack (its base moved to the image's first row, its planes B x H rows apart: the instruction's
-    `images_m1` field)."""
+    `images_m1` field), a packed first layer's convolution among them (its image map has no planes)."""
 
     name = "batch"
 
@@ -618,7 +690,7 @@ class CheckFit:
                     _exceeds(name, f"K (bits of one dot product){of}", s["k"], "max_k", c.max_k)
                 if s["scales"].size and (s["scales"].min() < c.scale_min or s["scales"].max() > c.scale_max):
                     raise CompileError(f"{name}: a scale{of} does not fit {c.scale_bits}-bit signed fixed point")
-                patch.append((s["n"], s["kh"] * s["kw"] * s["in_cw"]))
+                patch.append((s["n"], pass_words(s)))
             if op["out"] is not None and op["out"]["planes"] > c.max_abases:
                 _exceeds(name, "output bit-planes", op["out"]["planes"], "max_abases", c.max_abases)
             words = sum(n * kw_words for n, kw_words in patch)
@@ -667,7 +739,7 @@ def _map_words(spec):
 
 def map_lifetimes(ops):
     """[(map, first op, last op)] in order of definition: a map lives from the op that writes it (-1 for
-    the host-unfolded input) to the last op that reads it (its writer's last op if nothing reads it)."""
+    the input map) to the last op that reads it (its writer's last op if nothing reads it)."""
     lives = {}
     for index, op in enumerate(ops):
         for spec in [op["in"]] + ([op["shortcut"]["in"]] if op.get("shortcut") else []):
@@ -890,7 +962,7 @@ class Emit:
         wimgs, simgs = [], []
         for s in _sources(op):
             m, n = s["m"], s["n"]
-            kw_words = s["kh"] * s["kw"] * s["in_cw"]
+            kw_words = pass_words(s)
             # Weight entries (ot, m, j) with R lanes; lanes past the group's channels are 0.
             wpad = np.zeros((m, ot * rows, kw_words, limbs), dtype=np.uint64)
             wpad[:, :o] = s["weights"]
@@ -948,16 +1020,16 @@ class Verify:
             got = read_map(iss.act, entry["output"], c.word_bits)
             want = trace[entry["index"]]                # (T, B, C, h, w) or (T, B, O)
             if not np.array_equal(got.reshape(want.shape), want):
-                raise CompileError(f"{entry['name']}: internal error: the ISS's output planes differ from "
-                                   f"deploy_forward's")
+                raise InternalCompileError(f"{entry['name']}: internal error: the ISS's output planes differ "
+                                           f"from deploy_forward's")
 
         try:
             iss.run(on_step=compare)
         except IssError as error:
-            raise CompileError(f"program: internal error: the ISS stopped with {error}") from None
+            raise InternalCompileError(f"program: internal error: the ISS stopped with {error}") from None
         got = read_logits(bundle, iss.result)
         if not np.array_equal(got, logits):
-            raise CompileError("program: internal error: the ISS's logits differ from deploy_forward's")
+            raise InternalCompileError("program: internal error: the ISS's logits differ from deploy_forward's")
         state.checked.append(f"verify: ISS == deploy_forward at every layer on {len(images)} random images")
         return state
 
@@ -1010,26 +1082,44 @@ def _run_passes(state, progress):
     return state
 
 
+def _fallback(state):
+    """(plane_groups, input_mode) of the program to try when `state`'s did not compile, or None.
+
+    Grouped pixel planes repeat the first layer's weights; without them the network may fit. A packed
+    first layer runs once per image of a batch and may take more weight words than the unfold, so with
+    `input="auto"` the host unfold may fit where it does not (and if not, the refusal is the unfold's)."""
+    if not state.input:
+        return None
+    if state.input["mode"] == "unfold" and len(state.input["groups"]) != 8:
+        return False, state.input_mode
+    if state.input["mode"] == "packed" and state.input_mode == "auto":
+        return False, "unfold"
+    return None
+
+
 def compile_model(model, config=None, verify_images=2, seed=0, progress=None, weights="auto", plane_groups=True,
-                  batch=1):
+                  batch=1, input="auto"):
     """Run `PASSES` on a BnnModel; returns the Bundle. `progress(pass_name)` is called before each;
     `weights` is one of WEIGHT_MODES; `plane_groups=False` keeps the first layer's 8 pixel planes apart;
-    `batch` images run together, spread over the array's columns (the `Batch` pass)."""
+    `batch` images run together, spread over the array's columns (the `Batch` pass); `input` is one of
+    INPUT_MODES, how the first layer reads the image (packed: a CompileError says why it cannot)."""
     config = AccelConfig() if config is None else config
-
-    def fresh(plane_groups):
-        return ProgramState(model, config, verify_images=verify_images, seed=seed, weights=weights,
-                            plane_groups=plane_groups, batch=batch)
-
-    state = fresh(plane_groups)
-    try:
-        _run_passes(state, progress)
-    except CompileError:
-        if len(state.input.get("groups", ())) in (0, 8):
+    if input not in INPUT_MODES:
+        raise CompileError(f"program: input must be one of {', '.join(INPUT_MODES)}, not {input!r}")
+    attempt = (plane_groups, input)
+    while True:
+        state = ProgramState(model, config, verify_images=verify_images, seed=seed, weights=weights,
+                             plane_groups=attempt[0], input_mode=attempt[1], batch=batch)
+        try:
+            _run_passes(state, progress)
+            break
+        except InternalCompileError:
             raise
-        # Grouped pixel planes repeat the first layer's weights; without them the network may fit
-        # (and if not, the refusal is the plain program's).
-        state = _run_passes(fresh(False), None)
+        except CompileError:
+            attempt = _fallback(state)
+            if attempt is None:
+                raise
+            progress = None             # the passes are reported for the first program only
     bundle = state_to_bundle(state).validate()
     bundle.model["checked"] = state.checked
     return bundle

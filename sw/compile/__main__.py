@@ -28,6 +28,11 @@ def parser():
     p.add_argument("--batch", type=int, default=1,
                    help="images a run takes, stacked so that layers with fewer output pixels than the array "
                         "has columns fill them (default 1; the array's columns are a good choice)")
+    p.add_argument("--input", choices=("auto", "packed", "unfold"), default="auto",
+                   help="how the first layer reads the image: packed, the host writes the image (one word a pixel) "
+                        "and the first convolution gathers its receptive fields; unfold, the host unfolds the "
+                        "image into them; auto (default): packed where the first layer allows it and pixel plane "
+                        "groups are not faster (docs/compiler.md \"First layer\")")
     p.add_argument("--quiet", action="store_true", help="print only the output path")
     return p
 
@@ -43,6 +48,16 @@ def board_config(name):
         return boards.get_board(name).config
     except KeyError as error:
         raise BoardError(error.args[0]) from None
+
+
+def _input_line(spec):
+    """One line on how the first layer reads the image."""
+    shape = "x".join(str(n) for n in spec["shape"])
+    if spec["mode"] == "packed":
+        return (f"input packed: the {shape} image map, one word a pixel ({spec['input_words']} words), read by "
+                f"the first CONV")
+    return (f"input unfolded by the host: {spec['input_words']} words for the {shape} image "
+            f"({len(spec['groups'])} activation bases)")
 
 
 def main(argv=None):
@@ -68,7 +83,7 @@ def main(argv=None):
         passes = []
         bundle = compile_model(model, config, verify_images=max(0, args.verify_images), seed=args.seed,
                                progress=None if args.quiet else passes.append, weights=args.weights,
-                               batch=args.batch)
+                               batch=args.batch, input=args.input)
         save_bundle(args.out, bundle)
     except (BoardError, ConfigError, ModelFormatError, CompileError) as error:
         return fail(str(error))
@@ -80,6 +95,7 @@ def main(argv=None):
             print(f"checked: {line}")
         print(f"config {config.fingerprint()}: {config.rows}x{config.cols} array, W = {config.word_bits}, "
               f"{len(bundle.instructions)} instructions")
+        print(_input_line(bundle.input))
         if bundle.stream:
             entries = sum(len(segment.values) for segment in bundle.stream)
             print(f"parameters streamed: {len(bundle.stream)} LOADs, {entries} entries per inference")

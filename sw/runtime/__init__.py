@@ -20,7 +20,8 @@ Hardware-like backends (Verilator, board) can subclass `MemoryBackend`, which im
 four primitives: `write_memory(memory, base, values)` (the bundle's segment format),
 `start_and_wait(stream) -> (cycles, error_code)` (start, and feed the accelerator's `load_in` port with
 the entries of `stream`, the bundle's load-stream Segments, while the program runs: host_port.stream_ints
-encodes them), `read_result(base, count) -> int64 array`, and optionally `instruction_cycles()`. The input preparation (the host unfold) is `prepare_input(bundle, images)`.
+encodes them), `read_result(base, count) -> int64 array`, and optionally `instruction_cycles()`. The input
+preparation (the image map of a packed first layer, or the host unfold) is `prepare_input(bundle, images)`.
 """
 
 from typing import NamedTuple
@@ -28,7 +29,7 @@ from typing import NamedTuple
 import numpy as np
 
 import sw.ref as ref
-from sw.bundle import Bundle, BundleError, load_bundle, pack_words
+from sw.bundle import Bundle, BundleError, load_bundle, pack_words, word_limbs
 
 __all__ = ["RuntimeApiError", "RunResult", "Backend", "MemoryBackend", "IssBackend", "BACKENDS", "PROVIDERS",
            "register_backend", "open_backend", "prepare_input", "check_images", "pack_batch", "read_logits",
@@ -64,17 +65,22 @@ def check_images(bundle, images):
 
 
 def prepare_input(bundle, images):
-    """The host unfold of the first layer (docs/isa.md "First layer"): uint8 images -> activation words
-    (B, words, limbs) uint64 to write at `bundle.input["act_base"]`.
+    """The first layer's input words of each image (docs/isa.md "First layer"): uint8 images ->
+    activation words (B, words, limbs) uint64 to write at `bundle.input["act_base"]`.
 
-    Pixel plane b (bit b of the pixel) of output pixel (y, x) is the receptive field in sw.ref.im2col's
-    (channel, ky, kx) order, K0 bits. Activation basis g of the first CONV carries the planes of
-    `input["groups"][g]` = [first, count]: plane first + i repeated 2^i times, then (for a short last
-    group) blocks of ones and zeros in turn up to `group_k` bits, which add nothing to the dot product
-    (docs/compiler.md "First layer: plane groups"). Packed W bits a word, `words_per_pixel` words per
-    pixel: word ((g * out_h + y) * out_w + x) * words_per_pixel + j.
+    A packed input (`input["mode"]` "packed") is the image map: word y * w + x holds pixel (y, x),
+    channel ch's byte at bits 8 * ch .. 8 * ch + 7 (`input["word_bytes"]` bytes a word).
+
+    The host unfold: pixel plane b (bit b of the pixel) of output pixel (y, x) is the receptive field in
+    sw.ref.im2col's (channel, ky, kx) order, K0 bits. Activation basis g of the first CONV carries the
+    planes of `input["groups"][g]` = [first, count]: plane first + i repeated 2^i times, then (for a
+    short last group) blocks of ones and zeros in turn up to `group_k` bits, which add nothing to the dot
+    product (docs/compiler.md "First layer: plane groups"). Packed W bits a word, `words_per_pixel` words
+    per pixel: word ((g * out_h + y) * out_w + x) * words_per_pixel + j.
     """
     images = check_images(bundle, images)
+    if _packed(bundle):
+        return _image_words(images, bundle.config.word_bits)
     spec = bundle.input
     kh, kw = spec["kernel"]
     pad_bit = 1 if spec["pad_value"] > 0 else 0
@@ -98,6 +104,23 @@ def prepare_input(bundle, images):
     return np.ascontiguousarray(words.reshape(batch, per_image, words.shape[-1]))
 
 
+def _packed(bundle):
+    """Does the bundle's first layer read the packed image (else the host unfolds it)?"""
+    return bundle.input.get("mode", "unfold") == "packed"
+
+
+def _image_words(images, word_bits):
+    """uint8 images (B, C, H, W) -> their image maps (B, H * W, limbs) uint64: one word a pixel, channel
+    ch's byte at bits 8 * ch .. (limb ch // 8)."""
+    batch, channels, h, w = images.shape
+    limbs = word_limbs(word_bits)
+    pixels = images.transpose(0, 2, 3, 1).reshape(batch, h * w, channels).astype(np.uint64)
+    words = np.zeros((batch, h * w, limbs), dtype=np.uint64)
+    for ch in range(channels):
+        words[..., ch // 8] |= pixels[..., ch] << np.uint64(8 * (ch % 8))
+    return words
+
+
 def bundle_batch(bundle):
     """Images one run of the bundle's program takes (`compile_model(..., batch=B)`)."""
     return int(bundle.input.get("batch", 1))
@@ -105,15 +128,16 @@ def bundle_batch(bundle):
 
 def pack_batch(bundle, words):
     """Per-image input words (images, words, limbs) -> per-run words (runs, batch x words, limbs): the
-    batch's unfolded maps stacked plane by plane (docs/compiler.md "Batching"): activation basis g holds
-    image 0's rows, then image 1's, ... The image count must be a multiple of the batch."""
+    batch's maps stacked plane by plane (docs/compiler.md "Batching"): activation basis g of an unfolded
+    input holds image 0's rows, then image 1's, ...; a packed input's image map (no planes) holds the
+    images' rows in turn. The image count must be a multiple of the batch."""
     batch = bundle_batch(bundle)
     if batch == 1:
         return words
     count, per_image, limbs = words.shape
     if count % batch:
         raise RuntimeApiError(f"{count} images are not whole batches of {batch}")
-    groups = len(bundle.input.get("groups", [[b, 1] for b in range(8)]))
+    groups = 1 if _packed(bundle) else len(bundle.input.get("groups", [[b, 1] for b in range(8)]))
     words = words.reshape(count // batch, batch, groups, per_image // groups, limbs).swapaxes(1, 2)
     return np.ascontiguousarray(words.reshape(count // batch, batch * per_image, limbs))
 
@@ -137,7 +161,7 @@ def whole_batches(bundle, images):
 
 def run_inputs(bundle, images):
     """(activation words of each run (runs, words, limbs), how many images are real): the images checked,
-    padded to whole batches, unfolded and stacked."""
+    padded to whole batches, prepared (packed or unfolded) and stacked."""
     images, real = whole_batches(bundle, check_images(bundle, images))
     return pack_batch(bundle, prepare_input(bundle, images)), real
 

@@ -11,7 +11,8 @@ from sw.compile import CompileError, compile_model
 from sw.compile.testing import conv, linear, maxpool, random_model, shortcut
 from sw.iss import END_CYCLES
 from sw.model_format import deploy_forward
-from sw.runtime import open_backend
+from hw.isa import Opcode, decode
+from sw.runtime import open_backend, run_inputs
 
 BIG = dict(scale_depth=2048, thr_depth=2048, weight_depth=8192, act_depth=16384, patch_depth=1024)
 
@@ -70,25 +71,23 @@ def test_layer_metadata_counts_macs_and_ideal_cycles():
     assert conv0["ideal_cycles"] == -(-conv0["macs"] // (4 * 4 * 32))
     # The first layer's K (9) is far below W and R: three plane groups (1+2+4 repeats of K0, the
     # last group of two planes filled with cancelling blocks) make 3 passes of 2 words, not 8 of 1.
-    assert bundle.input == {"shape": [1, 8, 8], "kernel": [3, 3], "stride": 1, "padding": 1, "pad_value": -1,
-                            "out_h": 8, "out_w": 8, "planes": 8, "k": 9, "groups": [[0, 3], [3, 3], [6, 2]],
+    assert bundle.input == {"mode": "unfold", "shape": [1, 8, 8], "kernel": [3, 3], "stride": 1, "padding": 1,
+                            "pad_value": -1, "out_h": 8, "out_w": 8, "planes": 8, "k": 9, "groups": [[0, 3], [3, 3], [6, 2]],
                             "group_k": 63, "words_per_pixel": 2, "input_words": 3 * 64 * 2, "act_base": 0}
     assert bundle.output == {"result_base": 0, "classes": 10}
 
 
 # Refusals ------------------------------------------------------------------------------------------
 
-def _refusal(specs, shape=(1, 8, 8), config=None, model_config=None, **changes):
+def _refusal(specs, shape=(1, 8, 8), config=None, model_config=None, options=None, **changes):
     config = config or AccelConfig()
     model = random_model(specs, shape, model_config or config)
     with pytest.raises(CompileError) as info:
-        compile_model(model, config.replace(**changes) if changes else config)
+        compile_model(model, config.replace(**changes) if changes else config, **(options or {}))
     return str(info.value)
 
 
 @pytest.mark.parametrize("specs, changes, message", [
-    ([conv(64, 3, padding=1), conv(64, 3, padding=1), linear(10)], {"act_depth": 380},
-     "layer 0 (conv): activation words of the input map = 512 exceeds act_depth = 380 by 132"),
     ([linear(300), linear(10)], {"weight_depth": 100},
      "layer 0 (linear): weight-buffer entries used up to this layer = 150 exceeds weight_depth = 100 by 50; "
      "streamed layer by layer, layer 0 (linear) would need 150 weight-buffer entries, over half of "
@@ -111,6 +110,21 @@ def _refusal(specs, shape=(1, 8, 8), config=None, model_config=None, **changes):
 ])
 def test_refuses_a_network_that_does_not_fit(specs, changes, message):
     assert _refusal(specs, **changes) == message
+
+
+def test_refuses_activation_words_of_either_input():
+    specs = [conv(64, 3, padding=1), conv(64, 3, padding=1), linear(10)]
+    assert _refusal(specs, act_depth=380, options={"input": "unfold"}) == \
+        "layer 0 (conv): activation words of the input map = 512 exceeds act_depth = 380 by 132"
+    assert _refusal(specs, act_depth=150, options={"input": "packed"}) == \
+        "layer 0 (conv): activation words of its output map and the maps still live (128 + 64) = 192 exceeds " \
+        "act_depth = 150 by 42"
+    # auto: the refusal is the host unfold's, the last program tried
+    assert _refusal(specs, act_depth=150) == \
+        "layer 0 (conv): activation words of the input map = 512 exceeds act_depth = 150 by 362"
+    # where the grouped planes' unfolded input does not fit, the 64-word image map does
+    model = random_model(specs, (1, 8, 8), AccelConfig())
+    assert compile_model(model, AccelConfig(act_depth=380)).input["mode"] == "packed"
 
 
 def test_refuses_bases_past_the_config():
@@ -167,8 +181,8 @@ def test_refuses_unsupported_layers():
     model.layers[1]["branches"][1].update(source=-1, abases=8)
     with pytest.raises(CompileError) as info:
         compile_model(model, config)
-    assert str(info.value) == "layer 1 (conv): branch 1 reads the image; only layer 0 reads it (the host " \
-                              "unfolds the image for the first layer)"
+    assert str(info.value) == "layer 1 (conv): branch 1 reads the image; only layer 0 reads it (its first " \
+                              "CONV reads the image map or the host's unfold of it)"
     # three sources summed into one layer
     model = random_model([conv(8, 3, padding=1), conv(8, 3, padding=1), conv(8, 3, padding=1),
                           conv(8, 3, padding=1, branches=3), linear(10)], (1, 6, 6), config)
@@ -200,8 +214,8 @@ def test_refuses_unsupported_layers():
     model = random_model([conv(8, 3, padding=1), conv(8, 3, padding=1, source=-1), linear(10)], (1, 6, 6), config)
     with pytest.raises(CompileError) as info:
         compile_model(model, config)
-    assert str(info.value) == "layer 1 (conv): branch 0 reads the image; only layer 0 reads it (the host " \
-                              "unfolds the image for the first layer)"
+    assert str(info.value) == "layer 1 (conv): branch 0 reads the image; only layer 0 reads it (its first " \
+                              "CONV reads the image map or the host's unfold of it)"
     # branches of different geometry
     model = random_model([conv(8, 3, padding=1, branches=2), linear(10)], (1, 6, 6), config)
     model.layers[0]["branches"][1]["stride"] = 2
@@ -471,3 +485,147 @@ def test_batch_must_be_a_positive_integer():
     for bad in (0, -2, 1.5, True):
         with pytest.raises(CompileError, match=f"the batch must be a positive integer, not {bad!r}"):
             compile_model(model, BATCH_CONFIG, batch=bad)
+
+
+# First layer: packed image input --------------------------------------------------------------------
+
+PACKED_CONFIG = AccelConfig(**BIG)
+PACKED_NETWORKS = {
+    # 3 channels, a 3x3 kernel: 9 fields of 3 bits in one patch word; a per-image 3x3 layer and a pool after
+    "rgb": ((3, 10, 10), [conv(8, 3, padding=1), conv(12, 3, stride=2, padding=1, planes=2, wbases=2), maxpool(2),
+                          linear(10)]),
+    # 1 channel, 5x5, stride 2, +1 padding, two weight bases and two output planes
+    "gray": ((1, 9, 9), [conv(6, 5, stride=2, padding=2, pad_value=1, wbases=2, planes=2), linear(7)]),
+    # 7x7 over 3 channels: 49 fields in 5 patch words (10 a word), the last layer over 1x1 maps
+    "wide-kernel": ((3, 9, 9), [conv(6, 7, padding=3), conv(5, 9), linear(4)]),
+    # a kernel over the whole image: one output pixel an image, stacked over a batch
+    "whole-image": ((4, 4, 4), [conv(9, 4, planes=2), linear(5)]),
+}
+
+
+def precise_pixel_scales(model):
+    """The first layer's pixel-plane scales made no longer powers of two apart (as the default
+    `precise` export gives them), so that no plane groups apply."""
+    for branch in model.layers[0]["branches"]:
+        branch["scales"][:, 0] += 1
+    return model
+
+
+@pytest.mark.parametrize("name", sorted(PACKED_NETWORKS))
+@pytest.mark.parametrize("batch", [1, 2, 3])
+def test_packed_first_layer_equals_deploy_forward(name, batch):
+    """The first CONV reads the image map itself (docs/isa.md "Packed image input"): every layer on the
+    ISS equals deploy_forward, one image a run and a batch of them."""
+    shape, specs = PACKED_NETWORKS[name]
+    model = precise_pixel_scales(random_model(specs, shape, PACKED_CONFIG, seed=batch))
+    bundle = compile_model(model, PACKED_CONFIG, batch=batch, verify_images=batch + 1)
+    verified = -(-(batch + 1) // batch) * batch                                   # whole batches
+    assert f"verify: ISS == deploy_forward at every layer on {verified} random images" in bundle.model["checked"]
+    c, h, w = shape
+    spec = bundle.input
+    assert (spec["mode"], spec["word_bytes"], spec["input_words"], spec["shape"]) == ("packed", c, h * w, list(shape))
+    opcode, first = decode(bundle.instructions[0])
+    assert opcode == Opcode.CONV and first["packed"] == 1
+    kernel = specs[0]["kernel"]
+    assert (first["kh"], first["kw"], first["in_tail"], first["in_planes"], first["k"], first["in_stride"]) == \
+        (kernel, kernel, c, 8, kernel * kernel * c, 1)
+    assert first["in_cw"] == -(-kernel * kernel // (PACKED_CONFIG.word_bits // c))
+    images = np.random.default_rng(7).integers(0, 256, (2 * batch + 1,) + shape, dtype=np.uint8)
+    words, real = run_inputs(bundle, images)
+    assert words.shape == (-(-len(images) // batch), batch * h * w, 1) and real == len(images)
+    result = open_backend("iss", bundle, batch=2).run(images)
+    assert np.array_equal(result.logits, deploy_forward(model, images))
+    edges = np.array([np.zeros(shape), np.full(shape, 255)], dtype=np.uint8)      # every plane -1, every plane +1
+    assert np.array_equal(open_backend("iss", bundle).run(edges).logits, deploy_forward(model, edges))
+
+
+def test_packed_weights_set_the_bits_above_the_fields():
+    """Each packed weight word holds t fields of c bits from the top field down and 1 above t * c
+    (docs/isa.md "Packed image input"); the verify pass refuses a program whose fill bits are 0."""
+    model = precise_pixel_scales(random_model([conv(4, 7, padding=3), linear(3)], (3, 6, 6), PACKED_CONFIG))
+    bundle = compile_model(model, PACKED_CONFIG)
+    assert bundle.input["mode"] == "packed"
+    weights = next(seg.values for seg in bundle.segments if seg.memory == "weight")
+    w = (model.layers[0]["branches"][0]["weights"][0] > 0).astype(int)            # (O, c, 7, 7)
+    for o in range(4):
+        for j, t in enumerate((10, 10, 10, 10, 9)):                                # 49 positions, 10 a word
+            want = sum(int(w[o, ch, (j * 10 + q) // 7, (j * 10 + q) % 7]) << ((t - 1 - q) * 3 + ch)
+                       for q in range(t) for ch in range(3)) | (((1 << 32) - 1) & ~((1 << (3 * t)) - 1))
+            assert int(weights[j, o, 0]) == want, (o, j)
+    import sw.compile as compiler
+    original = compiler.pack_fields
+    try:
+        compiler.pack_fields = lambda fields, word_bits, fill=0: original(fields, word_bits, 0)
+        with pytest.raises(CompileError, match="internal error"):
+            compile_model(model, PACKED_CONFIG)
+    finally:
+        compiler.pack_fields = original
+
+
+@pytest.mark.parametrize("specs, shape, config, options, mode", [
+    ([conv(8, 3, padding=1), linear(10)], (3, 8, 8), AccelConfig(), {}, "packed"),          # precise scales
+    ([conv(8, 3, padding=1), linear(10)], (1, 8, 8), AccelConfig(), {}, "packed"),
+    ([conv(8, 3, padding=1), linear(10)], (3, 8, 8), AccelConfig(), {"input": "unfold"}, "unfold"),
+    ([linear(12), linear(10)], (1, 8, 8), AccelConfig(), {}, "unfold"),                    # fully connected
+    ([conv(8, 3, padding=1), linear(10)], (5, 6, 6), AccelConfig(), {}, "unfold"),          # 8 * 5 > W = 32
+    ([conv(8, 3, padding=1), linear(10)], (3, 6, 6), AccelConfig(word_bits=16), {}, "unfold"),  # 8 * 3 > 16
+    ([conv(8, 2), linear(10)], (1, 6, 6), AccelConfig(), {}, "unfold"),                     # 4 positions < 8
+    # W = 16, 2 channels: 8 fields a word, a 3x3 kernel leaves one field in the second word (< 8 planes)
+    ([conv(8, 3, padding=1), linear(10)], (2, 6, 6), AccelConfig(word_bits=16), {}, "unfold"),
+    ([conv(8, 4, padding=1), linear(10)], (2, 6, 6), AccelConfig(word_bits=16), {}, "packed"),
+])
+def test_auto_input_chooses_packed_where_it_applies(specs, shape, config, options, mode):
+    model = precise_pixel_scales(random_model(specs, shape, config))
+    bundle = compile_model(model, config, **options)
+    assert bundle.input["mode"] == mode
+    images = np.random.default_rng(3).integers(0, 256, (3,) + shape, dtype=np.uint8)
+    assert np.array_equal(open_backend("iss", bundle).run(images).logits, deploy_forward(model, images))
+
+
+def test_auto_input_keeps_the_unfold_where_plane_groups_apply():
+    """The generator's pixel scales are powers of two apart: auto groups the planes of the host unfold
+    (fewer passes); without plane groups it reads the packed image."""
+    model = random_model([conv(8, 3, padding=1), linear(10)], (3, 8, 8), AccelConfig())
+    grouped = compile_model(model, AccelConfig())
+    assert grouped.input["mode"] == "unfold" and len(grouped.input["groups"]) < 8
+    assert compile_model(model, AccelConfig(), plane_groups=False).input["mode"] == "packed"
+    assert compile_model(model, AccelConfig(), input="packed").input["mode"] == "packed"
+
+
+def test_auto_input_falls_back_to_the_unfold_that_fits():
+    """A packed first layer runs once per image of a batch (its kernel would cross images); where those
+    instructions do not fit, auto compiles the host unfold (one pointwise CONV over the stack)."""
+    model = precise_pixel_scales(random_model([conv(8, 3, padding=1), conv(6, 8), linear(4)], (3, 8, 8),
+                                              AccelConfig()))
+    config = AccelConfig(instr_depth=5)
+    with pytest.raises(CompileError, match="instructions \\(with END\\) = 6 exceeds instr_depth = 5"):
+        compile_model(model, config, batch=3, input="packed")
+    bundle = compile_model(model, config, batch=3)
+    assert bundle.input["mode"] == "unfold" and len(bundle.instructions) == 4
+
+
+@pytest.mark.parametrize("specs, shape, config, why", [
+    ([linear(12), linear(10)], (1, 8, 8), AccelConfig(),
+     "layer 0 (linear): the first layer cannot read the packed image: a fully connected first layer reads "
+     "the whole image at once"),
+    ([conv(8, 3), linear(10)], (5, 6, 6), AccelConfig(),
+     "layer 0 (conv): the first layer cannot read the packed image: a pixel of 5 channels is 40 bits, more "
+     "than a word of 32"),
+    ([conv(8, 2), linear(10)], (1, 6, 6), AccelConfig(),
+     "layer 0 (conv): the first layer cannot read the packed image: its 2x2 kernel has fewer than 8 "
+     "positions (one a pixel plane)"),
+    ([conv(8, 3), linear(10)], (2, 6, 6), AccelConfig(word_bits=16),
+     "layer 0 (conv): the first layer cannot read the packed image: its CONV would be illegal (packed CONV's "
+     "last patch word holds 1 of kh*kw = 9 fields, fewer than in_planes 8)"),
+    ([conv(8, 8), linear(10)], (1, 10, 10), AccelConfig(word_bits=8, patch_depth=40),
+     "layer 0 (conv): the first layer cannot read the packed image: its patch words (8 planes x 8) exceed "
+     "patch_depth = 40"),
+])
+def test_packed_input_refusals_name_why(specs, shape, config, why):
+    assert _refusal(specs, shape, config, options={"input": "packed"}) == f'{why}; the host unfold (input "unfold") can'
+
+
+def test_input_must_be_a_mode():
+    model = random_model([conv(8, 3), linear(10)], (1, 6, 6), AccelConfig())
+    with pytest.raises(CompileError, match="program: input must be one of auto, packed, unfold, not 'raw'"):
+        compile_model(model, AccelConfig(), input="raw")

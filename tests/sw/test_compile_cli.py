@@ -32,16 +32,41 @@ def test_compile_with_a_config_file(tmp_path, model_file, capsys):
     assert lines[1] == "checked: lower: re-laid weights unpack to the model's weights"
     assert lines[2] == "checked: verify: ISS == deploy_forward at every layer on 2 random images"
     assert lines[3] == f"config {config.fingerprint()}: 8x2 array, W = 32, 4 instructions"
-    assert lines[4] == "parameters resident: written once before the first start"
-    assert lines[5].split() == ["layer", "binary", "MACs", "ideal", "cycles", "util"]
-    assert [line.split()[:2] for line in lines[6:10]] == [["layer", "0"], ["layer", "1"], ["layer", "2"], ["total", "38144"]]
+    # the generator's pixel scales are powers of two apart: plane groups, so auto keeps the host unfold
+    assert lines[4] == "input unfolded by the host: 640 words for the 1x8x8 image (2 activation bases)"
+    assert lines[5] == "parameters resident: written once before the first start"
+    assert lines[6].split() == ["layer", "binary", "MACs", "ideal", "cycles", "util"]
+    assert [line.split()[:2] for line in lines[7:11]] == [["layer", "0"], ["layer", "1"], ["layer", "2"], ["total", "38144"]]
     assert lines[-1] == f"bundle written to {out}"
     assert load_bundle(out).config == config
     assert main([str(model_file), "--config", str(tmp_path / "c.json"), "--out", str(out), "--weights", "stream"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[3] == f"config {config.fingerprint()}: 8x2 array, W = 32, 11 instructions"
-    assert lines[4] == "parameters streamed: 5 LOADs, 49 entries per inference"
+    assert lines[5] == "parameters streamed: 5 LOADs, 49 entries per inference"
     assert len(load_bundle(out).stream) == 5
+
+
+def test_input_option(tmp_path, model_file, capsys):
+    """--input packed: the first CONV reads the image map; unfold: the host unfolds it; a first layer
+    that cannot read the packed image is one error line."""
+    out = tmp_path / "p.bundle"
+    assert main([str(model_file), "--out", str(out), "--input", "packed"]) == 0
+    assert "input packed: the 1x8x8 image map, one word a pixel (64 words), read by the first CONV" in \
+        capsys.readouterr().out.splitlines()
+    assert (load_bundle(out).input["mode"], load_bundle(out).input["input_words"]) == ("packed", 64)
+    assert main([str(model_file), "--out", str(out), "--input", "unfold", "--quiet"]) == 0
+    assert load_bundle(out).input["mode"] == "unfold"
+    mlp = tmp_path / "mlp.bnn"
+    save_model(mlp, random_model([linear(12), linear(10)], (1, 8, 8), AccelConfig()))
+    capsys.readouterr()
+    assert main([str(mlp), "--out", str(out), "--input", "packed"]) == 1
+    assert capsys.readouterr().err == ("python -m sw.compile: error: layer 0 (linear): the first layer cannot read "
+                                       "the packed image: a fully connected first layer reads the whole image at "
+                                       "once; the host unfold (input \"unfold\") can\n")
+    with pytest.raises(SystemExit) as info:
+        main([str(model_file), "--out", str(out), "--input", "raw"])
+    assert info.value.code == 2
+    assert "argument --input: invalid choice: 'raw'" in capsys.readouterr().err
 
 
 def test_compile_for_a_board(tmp_path, model_file, capsys):

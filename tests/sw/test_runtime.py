@@ -14,8 +14,8 @@ from sw.compile import compile_model
 from sw.compile.testing import conv, linear, maxpool, random_model
 from sw.iss import Iss
 from sw.model_format import deploy_forward
-from sw.runtime import (BACKENDS, PROVIDERS, Backend, MemoryBackend, RuntimeApiError, open_backend,
-                        prepare_input, register_backend)
+from sw.runtime import (BACKENDS, PROVIDERS, Backend, MemoryBackend, RuntimeApiError, open_backend, pack_batch,
+                        prepare_input, register_backend, run_inputs)
 
 CONFIG = AccelConfig()
 
@@ -151,6 +151,49 @@ def test_prepare_input_is_the_first_layer_unfold(compiled):
         assert np.array_equal(got, np.concatenate(blocks, axis=-1)), (first, count)
         got_sum = got_sum + (1 << first) * dot(np.tile(w, kg // 18), got).astype(np.int64)
     assert np.array_equal(got_sum, want)
+
+
+WIDE = AccelConfig(rows=4, cols=5, word_bits=100, max_k=8192, acc_bits=40, act_depth=8192)
+
+
+@pytest.mark.parametrize("config, shape, kernel", [
+    (CONFIG, (3, 6, 5), 3),
+    (CONFIG, (1, 5, 7), 5),
+    (WIDE, (12, 5, 5), 4),               # channels 8 .. 11 in a word's second limb
+])
+def test_prepare_input_of_a_packed_bundle_is_the_image_map(config, shape, kernel):
+    """A first layer reading the packed image: one word a pixel, channel ch's byte at bits 8ch .. 8ch+7."""
+    model = random_model([conv(4, kernel, padding=1), linear(3)], shape, config, seed=1)
+    bundle = compile_model(model, config, input="packed")
+    c, h, w = shape
+    assert (bundle.input["mode"], bundle.input["word_bytes"], bundle.input["input_words"]) == ("packed", c, h * w)
+    images = np.random.default_rng(5).integers(0, 256, (2,) + shape, dtype=np.uint8)
+    words = prepare_input(bundle, images)
+    assert words.shape == (2, h * w, -(-config.word_bits // 64)) and words.dtype == np.uint64
+    for b in range(2):
+        for y in range(h):
+            for x in range(w):
+                got = sum(int(limb) << (64 * i) for i, limb in enumerate(words[b, y * w + x]))
+                assert got == sum(int(images[b, ch, y, x]) << (8 * ch) for ch in range(c)), (b, y, x)
+    assert np.array_equal(open_backend("iss", bundle).run(images).logits, deploy_forward(model, images))
+
+
+def test_packed_batches_stack_the_images_as_rows(monkeypatch):
+    """A packed bundle's run takes its batch's image maps one after another (the map has no planes);
+    the last run is padded with blank images; a memory-mapped backend runs it like the ISS."""
+    model = random_model([conv(6, 3, padding=1), maxpool(2), linear(5)], (3, 6, 6), CONFIG, seed=2)
+    bundle = compile_model(model, CONFIG, input="packed", batch=3)
+    images = np.random.default_rng(6).integers(0, 256, (7, 3, 6, 6), dtype=np.uint8)
+    words, real = run_inputs(bundle, images)
+    single = prepare_input(bundle, images)
+    assert real == 7 and words.shape == (3, 3 * 36, 1)
+    for i in range(7):
+        assert np.array_equal(words[i // 3, (i % 3) * 36:(i % 3 + 1) * 36], single[i])
+    assert not words[2, 36:].any()
+    assert np.array_equal(pack_batch(bundle, single[:6]), words[:2])
+    monkeypatch.setitem(BACKENDS, "per-image-iss", PerImageIss)
+    with open_backend("per-image-iss", bundle) as backend:
+        assert np.array_equal(backend.run(images).logits, deploy_forward(model, images))
 
 
 class PerImageIss(MemoryBackend):
