@@ -111,7 +111,8 @@ def packed_conv_error(f, word_bits):
     last = khw - (f["in_cw"] - 1) * per
     if f["in_cw"] > 1 and last < f["in_planes"]:
         # The gather writes a word's N planes in N cycles: its words come at least N reads apart.
-        return f"packed CONV's last patch word holds {last} fields, fewer than in_planes {f['in_planes']}"
+        return (f"packed CONV's last patch word holds {last} of kh*kw = {khw} fields, fewer than in_planes "
+                f"{f['in_planes']}")
     if f["k"] != khw * channels:
         return f"packed CONV k {f['k']} is not kh*kw*in_tail = {khw * channels}"
     return None

@@ -427,7 +427,7 @@ def test_packed_conv_fields_are_legal(changes):
     ({"kh": 2, "kw": 3, "k": 12, "in_cw": 1}, "packed CONV kh*kw = 6 is less than in_planes 8"),
     ({"in_cw": 1}, "packed CONV in_cw 1 (8 fields a word) holds fewer than kh*kw = 16 fields"),
     ({"in_cw": 3}, "packed CONV in_cw 3 (8 fields a word) is more words than kh*kw = 16 fields fill"),
-    ({"kh": 3, "k": 24}, "packed CONV's last patch word holds 4 fields, fewer than in_planes 8"),
+    ({"kh": 3, "k": 24}, "packed CONV's last patch word holds 4 of kh*kw = 12 fields, fewer than in_planes 8"),
     ({"k": 30}, "packed CONV k 30 is not kh*kw*in_tail = 32"),
     ({"in_stride": 0}, "CONV field in_stride is 0"),
 ])
