@@ -2,7 +2,7 @@
 
 from types import SimpleNamespace
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed
+from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -242,7 +242,7 @@ class GatherEngine(wiring.Component):
     def _packer(self, m, s1_valid, s1_word, s1_col, bank_full):
         """A packed CONV's fields (docs/isa.md "Packed image input"): every pixel word read gives each
         of the 8 planes its `c = in_tail` bits; each plane shifts them into its word register (left,
-        so the first field ends at the top); after `fpw` fields, or the column's last position, the
+        so the first field ends at the top; a word register is empty, 0, after its word left); after `fpw` fields, or the column's last position, the
         8 words go to a drain that writes plane n's word to patch word n * KW + j, one a cycle, the
         next `in_planes` cycles. The fields of a word come at least fpw >= 8 reads apart, and a
         column's first word at least kh * kw >= in_planes reads after the previous column's last
@@ -266,43 +266,45 @@ class GatherEngine(wiring.Component):
         if cmax == 0:                                   # no packed CONV passes the checks
             return d
         words = [Signal(W, name=f"pk_word{n}") for n in range(planes)]
-        queue = [Signal(W, name=f"pk_queue{n}") for n in range(planes)]
-        left = Signal(range(planes), name="pk_left")
+        queue = Array(Signal(W, name=f"pk_queue{n}") for n in range(planes))
+        index = Signal(range(planes), name="pk_index")      # the plane the drain writes
         tile_last = Signal(name="pk_tile_last")
         drain_bank = Signal(name="pk_drain_bank")
         j = d.j
-        c = cv.in_tail
-        channel_mask = Cat(c > ch for ch in range(cmax))
-        filled = []
-        for n in range(planes):
-            field = Cat(s1_word[8 * ch + n] for ch in range(cmax)) & channel_mask
-            kept = Mux(d.fields == 0, 0, words[n])
-            shifted = 0
-            for k in range(1, cmax + 1):
-                shifted = shifted | Mux(c == k, kept << k, 0)
-            new = Signal(W, name=f"pk_new{n}")
-            m.d.comb += new.eq(shifted | field)
-            filled.append(new)
+        # Shifting by c = in_tail is one of cmax cases: each bit is a 4:1 multiplexer (c <= W // 8).
+        shift_case = Signal(range(cmax), name="pk_shift_case")
+        m.d.comb += shift_case.eq(cv.in_tail - 1)
         emit = Signal(name="pk_emit")
         m.d.comb += emit.eq(s1_valid & cv.packed & ((d.fields + 1 == plan.fpw) | d.s1_last))
+        filled = []
+        for n in range(planes):
+            field = Cat(s1_word[8 * ch + n] for ch in range(cmax))      # plane n of each channel
+            shifted = Array(Cat(field[:k], words[n][:W - k]) for k in range(1, cmax + 1))
+            new = Signal(W, name=f"pk_new{n}")
+            m.d.comb += new.eq(shifted[shift_case])
+            filled.append(new)
 
         # The drain: one word a cycle, plane 0 first.
-        m.d.comb += d.word.eq(queue[0])
+        m.d.comb += d.word.eq(queue[index])
         with m.If(d.busy):
-            m.d.sync += [queue[n].eq(queue[n + 1]) for n in range(planes - 1)]
-            m.d.sync += [d.addr.eq(d.addr + plan.kwords), left.eq(left - 1)]
-            with m.If(left == 0):
+            m.d.sync += [d.addr.eq(d.addr + plan.kwords), index.eq(index + 1)]
+            with m.If(index == plan.np_m1):
                 m.d.sync += d.busy.eq(0)
                 with m.If(tile_last):
                     for b in range(2):
                         with m.If(drain_bank == b):
                             m.d.sync += bank_full[b].eq(1)
-        with m.If(s1_valid & cv.packed):
+        # A word's registers start empty (0) after it is emitted (a reset that needs no enable, so
+        # it maps onto the flip-flops' own synchronous reset).
+        with m.If(emit | self.start):
+            m.d.sync += [words[n].eq(0) for n in range(planes)]
+        with m.Elif(s1_valid & cv.packed):
             m.d.sync += [words[n].eq(filled[n]) for n in range(planes)]
+        with m.If(s1_valid & cv.packed):
             m.d.sync += d.fields.eq(Mux(emit, 0, d.fields + 1))
         with m.If(emit):
             m.d.sync += [queue[n].eq(filled[n]) for n in range(planes)]
-            m.d.sync += [d.busy.eq(1), left.eq(plan.np_m1), d.col.eq(s1_col),
+            m.d.sync += [d.busy.eq(1), index.eq(0), d.col.eq(s1_col),
                          d.addr.eq(Mux(d.s1_bank, cfg.patch_depth, 0) + j), tile_last.eq(d.s1_last & d.s1_tile_last),
                          drain_bank.eq(d.s1_bank), j.eq(Mux(d.s1_last, 0, j + 1))]
         return d
