@@ -1107,6 +1107,7 @@ def compile_model(model, config=None, verify_images=2, seed=0, progress=None, we
     if input not in INPUT_MODES:
         raise CompileError(f"program: input must be one of {', '.join(INPUT_MODES)}, not {input!r}")
     attempt = (plane_groups, input)
+    packed_error = None
     while True:
         state = ProgramState(model, config, verify_images=verify_images, seed=seed, weights=weights,
                              plane_groups=attempt[0], input_mode=attempt[1], batch=batch)
@@ -1115,10 +1116,14 @@ def compile_model(model, config=None, verify_images=2, seed=0, progress=None, we
             break
         except InternalCompileError:
             raise
-        except CompileError:
+        except CompileError as error:
+            if state.input and state.input.get("mode") == "packed":
+                packed_error = error
             attempt = _fallback(state)
             if attempt is None:
-                raise
+                # A packed first layer needs the fewest activation words: what stops it is the limit;
+                # otherwise the last (smallest) program's.
+                raise packed_error or error from None
             progress = None             # the passes are reported for the first program only
     bundle = state_to_bundle(state).validate()
     bundle.model["checked"] = state.checked

@@ -119,9 +119,10 @@ def test_refuses_activation_words_of_either_input():
     assert _refusal(specs, act_depth=150, options={"input": "packed"}) == \
         "layer 0 (conv): activation words of its output map and the maps still live (128 + 64) = 192 exceeds " \
         "act_depth = 150 by 42"
-    # auto: the refusal is the host unfold's, the last program tried
+    # auto: the refusal is the packed program's (the fewest activation words), not the unfold's tried after it
     assert _refusal(specs, act_depth=150) == \
-        "layer 0 (conv): activation words of the input map = 512 exceeds act_depth = 150 by 362"
+        "layer 0 (conv): activation words of its output map and the maps still live (128 + 64) = 192 exceeds " \
+        "act_depth = 150 by 42"
     # where the grouped planes' unfolded input does not fit, the 64-word image map does
     model = random_model(specs, (1, 8, 8), AccelConfig())
     assert compile_model(model, AccelConfig(act_depth=380)).input["mode"] == "packed"

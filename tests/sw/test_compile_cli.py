@@ -89,7 +89,8 @@ def test_compile_for_a_board(tmp_path, model_file, capsys):
      "max_k, max_wbases, out_depth, patch_depth, result_depth, rows, scale_bits, scale_depth, scale_frac, "
      "thr_depth, weight_depth, word_bits"),
     (["MODEL", "--config", "SMALL", "--out", "p.bundle"],
-     "layer 0 (conv): activation words of the input map = 512 exceeds act_depth = 100 by 412"),
+     "layer 0 (conv): activation words of its output map and the maps still live (64 + 64) = 128 exceeds "
+     "act_depth = 100 by 28"),
     (["MODEL", "--out", "nodir/p.bundle"], "Cannot write nodir/p.bundle: No such file or directory"),
     (["MODEL", "--batch", "0", "--out", "p.bundle"], "program: the batch must be a positive integer, not 0"),
 ])
