@@ -98,7 +98,8 @@ def main(argv=None):
         f"At {CONFIG.clock_hz / 1e6:.0f} MHz: {fps:,.0f} images/s.",
         f"The first layer folds its 8 pixel planes into {len(bundle.input['groups'])} activation bases "
         f"(docs/compiler.md \"First layer: plane groups\"; the generator's pixel scales are exact powers of "
-        f"two, as `--pixel-scales pow2` exports them); with the planes apart (the default `precise` export) "
+        f"two, as `--pixel-scales pow2` exports them); with the planes apart (the default `precise` export), "
+        f"reading the packed image (docs/isa.md \"Packed image input\"), "
         f"the first layer takes {plain_first:,} cycles and the network {plain_total:,} "
         f"({100 * total_ideal / plain_total:.1f}% utilization).",
         f"Targets: at least 90% utilization on every convolution at least as large as the array, "
