@@ -83,6 +83,10 @@ ConvArgs = data.StructLayout({
     # receptive fields the gather packs F = W // in_tail fields to a patch word (docs/isa.md "Packed
     # image input"); in_tail is the image's channels, in_cw the patch words of one plane's field.
     "packed":      1,
+    # 1: the CONV runs over all images_m1 + 1 images of a stacked map at once (in_base and out_base at
+    # image 0), each image's windows inside that image: output pixel p = (image * out_h + oy) * out_w
+    # + ox fills the columns across images (docs/isa.md "Feature maps in the activation buffer").
+    "all_images":  1,
 })
 
 #: The second source of a two-source CONV: its input map, kernel and parameters; the output geometry,

@@ -937,7 +937,7 @@ class Emit:
             "out_planes": 0 if out is None else out["planes"], "out_base": op["out_base"] + out_off,
             "wbases": op["m"], "w_base": op["w_base"], "s_base": op["s_base"], "t_base": op["t_base"],
             "raw": int(op["raw"]), "k": op["k"], "images_m1": op.get("images", 1) - 1,
-            "packed": int(op.get("packed", 0))}
+            "packed": int(op.get("packed", 0)), "all_images": int(op.get("all_images", 0))}
         return self._encode(op["name"], Opcode.CONV, fields)
 
     def _shortcut(self, op, image=0):

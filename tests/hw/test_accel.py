@@ -77,7 +77,7 @@ def conv_image(cfg, x_bits, w_bits, scales, thresholds, flip, *, stride, pad, pa
                    pad_value=int(pad_value > 0), out_h=out_h, out_w=out_w, out_ch=o, out_ch_base=0,
                    out_stride=out_stride, out_planes=0 if raw else thresholds.shape[1],
                    out_base=out_base, wbases=m_bases, w_base=w_base, s_base=s_base, t_base=t_base,
-                   raw=int(raw), k=kh * kw * ch, images_m1=0, packed=0)
+                   raw=int(raw), k=kh * kw * ch, images_m1=0, packed=0, all_images=0)
     return {
         "act": words_of_map(x_bits, in_cw, W), "weight": weights, "scale": scale_entries,
         "thr": thr_entries, "instr": instr, "out_h": out_h, "out_w": out_w, "out_stride": out_stride,
@@ -524,7 +524,7 @@ def packed_conv_image(cfg, pixels, w_bits, scales, thresholds, flip, *, stride, 
                    kh=kh, kw=kw, stride=stride, pad=pad, pad_value=int(pad_value > 0), out_h=out_h, out_w=out_w,
                    out_ch=o, out_ch_base=0, out_stride=-(-o // W), out_planes=0 if raw else thresholds.shape[1],
                    out_base=out_base, wbases=m_bases, w_base=0, s_base=0, t_base=0, raw=int(raw),
-                   k=khw * ch, images_m1=0, packed=1)
+                   k=khw * ch, images_m1=0, packed=1, all_images=0)
     images = [(MemoryTarget.ACT, 0, act), (MemoryTarget.WEIGHT, 0, weights),
               (MemoryTarget.SCALE, 0, scale_entries), (MemoryTarget.THRESHOLD, 0, thr_entries)]
     return {"images": images, "instr": instr, "out_h": out_h, "out_w": out_w}

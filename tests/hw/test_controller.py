@@ -36,7 +36,8 @@ def conv_fields(cfg, *, ch, h, w, planes, k, stride, pad, o, wbases=1, raw=False
                 in_planes=planes, kh=k, kw=k, stride=stride, pad=pad, pad_value=pad_value, out_h=out_h,
                 out_w=out_w, out_ch=o, out_ch_base=out_ch_base, out_stride=_ceil(out_ch_base + o, W),
                 out_planes=0 if raw else out_planes, out_base=out_base, wbases=wbases, w_base=w_base,
-                s_base=s_base, t_base=t_base, raw=int(raw), k=k * k * ch, images_m1=images - 1, packed=0)
+                s_base=s_base, t_base=t_base, raw=int(raw), k=k * k * ch, images_m1=images - 1, packed=0,
+                all_images=0)
 
 
 def conv_plan(cfg, f):

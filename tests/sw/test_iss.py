@@ -17,7 +17,7 @@ CONFIG = AccelConfig(rows=4, cols=3, word_bits=16, max_abases=3, act_depth=1024,
 def conv_fields(**changes):
     fields = dict(in_base=0, in_h=5, in_w=4, in_cw=2, in_stride=3, in_tail=5, in_planes=2, kh=3, kw=2,
                   stride=2, pad=1, pad_value=1, out_h=3, out_w=3, out_ch=6, out_ch_base=4, out_stride=2,
-                  out_planes=2, out_base=300, wbases=2, w_base=3, s_base=5, t_base=7, raw=0, k=0, images_m1=0, packed=0)
+                  out_planes=2, out_base=300, wbases=2, w_base=3, s_base=5, t_base=7, raw=0, k=0, images_m1=0, packed=0, all_images=0)
     fields.update(changes)
     if "k" not in changes:
         fields["k"] = fields["kh"] * fields["kw"] * ((fields["in_cw"] - 1) * CONFIG.word_bits + fields["in_tail"])
