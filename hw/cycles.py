@@ -6,7 +6,7 @@ from .config import AccelConfig
 from .controller.plan import (CHECK_CYCLES, CONV_SETUP_STEPS, DECODE_CYCLES, POOL_DRAIN_CYCLES,
                               POOL_SETUP_STEPS, SHORTCUT_SETUP_STEPS, setup_cycles)
 
-__all__ = ["pass_words", "patch_words", "gather_tile_cycles", "gather_drain_cycles", "SETUP_CYCLES", "SHORTCUT_SETUP_CYCLES", "SHORTCUT_CYCLES", "ARRIVAL_CYCLES", "ISSUE_START", "BANK_REUSE", "TILE_OVERHEAD", "END_CYCLES",
+__all__ = ["pass_words", "patch_words", "gather_tile_cycles", "gather_drain_cycles", "conv_images", "pixel_tiles", "SETUP_CYCLES", "SHORTCUT_SETUP_CYCLES", "SHORTCUT_CYCLES", "ARRIVAL_CYCLES", "ISSUE_START", "BANK_REUSE", "TILE_OVERHEAD", "END_CYCLES",
            "POOL_OVERHEAD", "LOAD_CYCLES", "SYNC_CYCLES", "conv_cycles", "pool_cycles",
            "instruction_cycles", "conv_ideal_cycles", "conv_macs", "Timeline", "program_cycles"]
 
@@ -48,6 +48,16 @@ def gather_tile_cycles(config: AccelConfig, f):
     return config.cols * reads + 1
 
 
+def conv_images(f):
+    """Images one CONV computes: I for a CONV over all images of a batch (`all_images`), else 1."""
+    return f.get("images_m1", 0) + 1 if f.get("all_images") else 1
+
+
+def pixel_tiles(config: AccelConfig, f):
+    """Pixel tiles of a CONV: its output pixels (of every image it covers) over the C columns."""
+    return _ceil(conv_images(f) * f["out_h"] * f["out_w"], config.cols)
+
+
 def gather_drain_cycles(f):
     """Cycles from a packed CONV's tile's last read to its last patch write after the unpacked one's:
     the packer writes the last column's `in_planes` words one a cycle."""
@@ -83,7 +93,7 @@ def conv_cycles(config: AccelConfig, f):
     take = 0                                      # the first cycle the writer may take a row
     written = [-1, -1]                            # the last write cycle of each tile, in order
     tail = []                                     # the core's take times of a tile's last three beats
-    for tile in range(_ceil(f["out_h"] * f["out_w"], C)):
+    for tile in range(pixel_tiles(config, f)):
         start = gather_end if tile < 2 else max(gather_end, reuse[tile - 2])
         gather_end = start + gather
         # The issue engine reads two beats ahead of the core: when the tile's second-to-last beat
@@ -134,7 +144,8 @@ def pool_cycles(config: AccelConfig, f):
 def conv_macs(f):
     """Binary multiply-accumulates of a CONV: pixels x channels x K x basis pairs, of both sources."""
     sources = [f] + ([f["shortcut"]] if f.get("shortcut") else [])
-    return f["out_h"] * f["out_w"] * f["out_ch"] * sum(s["k"] * s["wbases"] * s["in_planes"] for s in sources)
+    return (conv_images(f) * f["out_h"] * f["out_w"] * f["out_ch"]
+            * sum(s["k"] * s["wbases"] * s["in_planes"] for s in sources))
 
 
 def conv_ideal_cycles(config: AccelConfig, f):

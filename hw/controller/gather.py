@@ -101,7 +101,9 @@ class GatherEngine(wiring.Component):
         iyk = Signal(coord)                   # iy + ky
         ixk = Signal(coord)                   # ix + kx
         pw = Signal(range(2 * cfg.patch_depth + 1))
-        p0 = Signal(range((1 << (ConvArgs["out_h"].width + ConvArgs["out_w"].width)) + C))
+        p0 = Signal(range((1 << (ConvArgs["out_h"].width + ConvArgs["out_w"].width + ConvArgs["images_m1"].width))
+                          + C))
+        img = [Signal(addr_bits, name=f"img{k}") for k in range(2)]   # the image's row -pad, column -pad
         more = Signal()                       # p0 < npix, registered with every change of p0
         bank = Signal()                       # bank the gather fills
         rd_bank = Signal()                    # bank the issue engine reads
@@ -143,34 +145,42 @@ class GatherEngine(wiring.Component):
             m.d.sync += [drain.fields.eq(0), drain.j.eq(0), drain.busy.eq(0)]
             starts = [cv.in_base - plan.pad_rows - plan.pad_cols, sc.in_base - plan.pad_rows2 - plan.pad_cols2]
             for k, (args, start_row) in enumerate(zip((cv, sc), starts)):
-                m.d.sync += [iy[k].eq(-args.pad), ix[k].eq(-args.pad), pix[k].eq(start_row), row[k].eq(start_row)]
+                m.d.sync += [iy[k].eq(-args.pad), ix[k].eq(-args.pad), pix[k].eq(start_row), row[k].eq(start_row),
+                             img[k].eq(start_row)]
             m.d.sync += [oy.eq(0), ox.eq(0), p0.eq(0), more.eq(plan.npix != 0), bank.eq(0), rd_bank.eq(0),
                          bank_full.eq(0), src.eq(0)]
 
-        # The next pixel (one to the right, or the next output row's first) in each source.
-        steps = [(cv, plan.step_x, plan.step_y), (sc, plan.step_x2, plan.step_y2)]
+        # The next pixel (one to the right, the next output row's first, or, over all images, the next
+        # image's first) in each source.
+        steps = [(cv, plan.step_x, plan.step_y, plan.image_words), (sc, plan.step_x2, plan.step_y2, plan.image_words2)]
         row_end = ox == plan.ow_m1
+        image_end = cv.all_images & row_end & (oy == plan.oh_m1)
         next_pix = [Signal(addr_bits, name=f"next_pix{k}") for k in range(2)]
         next_row = [Signal(addr_bits, name=f"next_row{k}") for k in range(2)]
+        next_img = [Signal(addr_bits, name=f"next_img{k}") for k in range(2)]
         next_ix = [Signal(coord, name=f"next_ix{k}") for k in range(2)]
         next_iy = [Signal(coord, name=f"next_iy{k}") for k in range(2)]
-        for k, (args, step_x, step_y) in enumerate(steps):
+        for k, (args, step_x, step_y, image_words) in enumerate(steps):
             m.d.comb += [
-                next_row[k].eq(Mux(row_end, row[k] + step_y, row[k])),
-                next_pix[k].eq(Mux(row_end, row[k] + step_y, pix[k] + step_x)),
+                next_img[k].eq(Mux(image_end, img[k] + image_words, img[k])),
+                next_row[k].eq(Mux(image_end, img[k] + image_words, Mux(row_end, row[k] + step_y, row[k]))),
+                next_pix[k].eq(Mux(image_end, img[k] + image_words,
+                                   Mux(row_end, row[k] + step_y, pix[k] + step_x))),
                 next_ix[k].eq(Mux(row_end, -args.pad, ix[k] + args.stride)),
-                next_iy[k].eq(Mux(row_end, iy[k] + args.stride, iy[k])),
+                next_iy[k].eq(Mux(image_end, -args.pad, Mux(row_end, iy[k] + args.stride, iy[k]))),
             ]
 
         def advance_pixel():
-            """Move the current pixel one to the right, wrapping to the next output row."""
-            with m.If(row_end):
+            """Move the current pixel one to the right, wrapping to the next output row (and image)."""
+            with m.If(image_end):
+                m.d.sync += [ox.eq(0), oy.eq(0)]
+            with m.Elif(row_end):
                 m.d.sync += [ox.eq(0), oy.eq(oy + 1)]
             with m.Else():
                 m.d.sync += ox.eq(ox + 1)
             for k in range(2):
                 m.d.sync += [ix[k].eq(next_ix[k]), iy[k].eq(next_iy[k]), pix[k].eq(next_pix[k]),
-                             row[k].eq(next_row[k])]
+                             row[k].eq(next_row[k]), img[k].eq(next_img[k])]
 
         def start_pixel(k, pixel=None):
             """Point the running addresses at a pixel's first (n, ky, kx) in source k: the current

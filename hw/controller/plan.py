@@ -39,6 +39,12 @@ def _images(args, plan, cols, shortcut):
     return args.images_m1 + 1
 
 
+def _output_images(args, plan, cols, shortcut):
+    """Image maps between output planes: I for a view of a batch; 1 for a CONV over all its images,
+    whose output image map (npix pixels) is already the whole stack."""
+    return Mux(args.all_images, 1, args.images_m1 + 1)
+
+
 # (destination, operand a, operand b). An operand is an instruction field or an earlier destination
 # by name (`sc.` names a field of the SHORTCUT before the CONV), or a function
 # (args, plan, cols, shortcut args) -> value.
@@ -46,7 +52,8 @@ CONV_SETUP_STEPS = (
     ("khw", "kh", "kw"),
     # A packed CONV's in_cw is its patch words a plane (docs/isa.md "Packed image input").
     ("kwords", lambda a, p, c, s: Mux(a.packed, 1, p.khw), "in_cw"),
-    ("npix", "out_h", "out_w"),
+    # Output pixels: of every image for a CONV over all images (a 10 x 5-bit product of its own).
+    ("npix", lambda a, p, c, s: Mux(a.all_images, a.out_h * (a.images_m1 + 1), a.out_h), "out_w"),
     ("row_words", "in_w", "in_stride"),
     ("image_words", "row_words", "in_h"),
     ("plane_words", "image_words", _images),    # planes are `images` image maps apart
@@ -61,7 +68,7 @@ CONV_SETUP_STEPS = (
     ("s_need", "otm", "in_planes"),
     ("res_need", "npix", "out_ch"),
     ("out_image_words", "npix", "out_stride"),
-    ("out_plane_words", "out_image_words", _images),
+    ("out_plane_words", "out_image_words", _output_images),
     ("out_need", "out_plane_words", lambda a, p, c, s: a.out_planes - 1),    # + out_image_words
     ("step_x", "stride", "in_stride"),
     ("step_y", "row_words", "stride"),
@@ -174,7 +181,7 @@ Plan = data.StructLayout({
     "kh_m1": field_shape((ConvArgs, "kh"), (PoolArgs, "kernel")),
     "np_m1": field_shape((ConvArgs, "in_planes"), (PoolArgs, "planes")),
     "ow_m1": field_shape((ConvArgs, "out_w"), (PoolArgs, "out_w")),
-    "oh_m1": field_shape((PoolArgs, "out_h"),),
+    "oh_m1": field_shape((ConvArgs, "out_h"), (PoolArgs, "out_h")),
     "wb_m1": field_shape((ConvArgs, "wbases"),),
     "op_m1": field_shape((ConvArgs, "out_planes"),),
     "ot_m1": ConvArgs["out_ch"].shape,

@@ -176,13 +176,16 @@ class Sequencer(wiring.Component):
         patch_words = Signal(PRODUCT_BITS + 1)
         m.d.comb += patch_words.eq(p.patch_need + Mux(pending, p.patch_need2, 0))
         conv_range = Cat(
-            cv.in_base + Mux(cv.packed, 0, p.in_need) + p.image_words > cfg.act_depth,
+            # (all_images: the last plane's I image maps.)
+            cv.in_base + Mux(cv.packed, 0, p.in_need) + Mux(cv.all_images, p.plane_words, p.image_words)
+            > cfg.act_depth,
             patch_words > cfg.patch_depth,
             cv.w_base + p.w_need > cfg.weight_depth, cv.s_base + p.s_need > cfg.scale_depth,
             cv.t_base + p.out_tiles * R > cfg.thr_depth,
             cv.raw & (cv.out_base + p.res_need > cfg.result_depth),
             ~cv.raw & (cv.out_base + p.out_need + p.out_image_words > cfg.act_depth),
-            pending & (sc.in_base + p.in_need2 + p.image_words2 > cfg.act_depth),
+            pending & (sc.in_base + p.in_need2 + Mux(cv.all_images, p.plane_words2, p.image_words2)
+                       > cfg.act_depth),
             pending & (sc.w_base + p.w_need2 > cfg.weight_depth),
             pending & (sc.s_base + p.s_need2 > cfg.scale_depth))
         pool_bad = Cat(
@@ -297,7 +300,8 @@ class Sequencer(wiring.Component):
                 # The checks' adders and comparators end in registers; the next state acts on them.
                 m.d.sync += [bad_r.eq(conv_bad), range_r.eq(conv_range), p.kwords_m1.eq(p.kwords - 1),
                              p.cw_m1.eq(cv.in_cw - 1), p.kw_m1.eq(cv.kw - 1), p.kh_m1.eq(cv.kh - 1),
-                             p.np_m1.eq(cv.in_planes - 1), p.ow_m1.eq(cv.out_w - 1), p.wb_m1.eq(cv.wbases - 1),
+                             p.np_m1.eq(cv.in_planes - 1), p.ow_m1.eq(cv.out_w - 1), p.oh_m1.eq(cv.out_h - 1),
+                             p.wb_m1.eq(cv.wbases - 1),
                              p.op_m1.eq(cv.out_planes - 1), p.ot_m1.eq(p.out_tiles - 1),
                              p.shortcut.eq(pending), p.kwords2_m1.eq(p.kwords2 - 1), p.cw2_m1.eq(sc.in_cw - 1),
                              p.kw2_m1.eq(sc.kw - 1), p.kh2_m1.eq(sc.kh - 1), p.np2_m1.eq(sc.in_planes - 1),

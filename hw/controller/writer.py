@@ -64,7 +64,9 @@ class WriterEngine(wiring.Component):
         col = Signal(range(C + 1))
         plane = Signal(ConvArgs["out_planes"].width)
         o0 = Signal(ConvArgs["out_ch"].width + 1)            # first channel of the tile being written
-        p0 = Signal(range((1 << (ConvArgs["out_h"].width + ConvArgs["out_w"].width)) + C))   # first pixel
+        # The first pixel of the tile (of every image, for a CONV over all images).
+        p0 = Signal(range((1 << (ConvArgs["out_h"].width + ConvArgs["out_w"].width + ConvArgs["images_m1"].width))
+                          + C))
         res_tile = Signal.like(self.res_addr)                # out_base + p0 * out_ch
         res_addr = Signal.like(self.res_addr)
         out_tile = Signal.like(self.act_addr)                # out_base + p0 * out_stride

@@ -29,8 +29,7 @@ class ReportError(ValueError):
 def gather_cycles(config, f):
     """Cycles the gather engine spends reading the activation buffer for one CONV (docs/isa.md: one
     word a cycle, `C * (N * KW + N2 * KW2) + 1` per pixel tile): the 'memory' side of the roofline."""
-    tiles = -(-(f["out_h"] * f["out_w"]) // config.cols)
-    return tiles * hw.cycles.gather_tile_cycles(config, f)
+    return hw.cycles.pixel_tiles(config, f) * hw.cycles.gather_tile_cycles(config, f)
 
 
 def _conv_fields(bundle, pcs):

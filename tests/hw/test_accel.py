@@ -575,3 +575,70 @@ def test_packed_conv_matches_ref_and_the_cycle_model(layer):
             for oc in range(o):
                 assert np.array_equal((words[t] >> oc) & 1, (bits[t, :, :, oc] > 0).astype(np.int64)), (t, oc)
     assert got["cycles"] == conv_cycles(PACKED_CFG, decode(img["instr"])[1]) + END_CYCLES
+
+
+def _stacked_words(per_image, in_cw, width):
+    """The act words of a map holding `per_image` bit maps (N, ch, h, w) stacked as rows."""
+    return words_of_map(np.concatenate(per_image, axis=2), in_cw, width)
+
+
+@pytest.mark.parametrize("case", [
+    # images, h, w, k, pad, raw, shortcut: per-image maps smaller than the C = 3 columns, and not a
+    # multiple of them, so tiles hold pixels of two images
+    (3, 2, 2, 3, 1, True, False),
+    (2, 3, 2, 3, 1, False, False),
+    (3, 2, 3, 1, 0, True, True),
+    (1, 2, 2, 3, 1, True, False),
+])
+def test_conv_over_all_images_of_a_batch(case):
+    """One CONV with all_images over a stacked map equals each image's layer (sw.ref): raw sums in
+    image order, bit-planes at each image's rows; with a SHORTCUT over its own stacked map; cycles
+    equal the cycle model's."""
+    from hw.cycles import program_cycles
+    from hw.isa import ShortcutArgs, decode
+    images, h, w, k, pad, raw, shortcut = case
+    rng = np.random.default_rng(sum(case))
+    n, m, o, ch = 2, 2, 3, 11
+    layers = [random_layer(rng, n_planes=n, ch=ch, h=h, w=w, m_bases=m, o=o, k=k, t_planes=2) for _ in range(images)]
+    x0, wb, sc, th, fl = layers[0]
+    img = conv_image(CFG, x0, wb, sc, th, fl, stride=1, pad=pad, pad_value=-1, raw=raw, out_base=0 if raw else 600)
+    fields = dict(decode(img["instr"])[1], images_m1=images - 1, all_images=1)
+    acts = [(MemoryTarget.ACT, 0, _stacked_words([x for x, *_ in layers], -(-ch // CFG.word_bits), CFG.word_bits))]
+    weights, scales = list(img["weight"]), list(img["scale"])
+    accs = [ref.multibasis_conv2d(ref.from_bits(x)[:, None], ref.from_bits(wb), sc, padding=pad, pad_value=-1)[0]
+            for x, *_ in layers]
+    program = [encode(Opcode.CONV, **fields)]
+    if shortcut:
+        ch2, k2, stride2 = 8, 3, 2
+        h2, w2 = (h - 1) * stride2 + k2 - 2, (w - 1) * stride2 + k2 - 2
+        x2s = [rng.integers(0, 2, (1, ch2, h2, w2), dtype=np.uint8) for _ in range(images)]
+        w2b = rng.integers(0, 2, (1, o, ch2, k2, k2), dtype=np.uint8)
+        s2 = rng.integers(-300, 300, (1, 1, o))
+        second = conv_image(CFG, x2s[0], w2b, s2, th, fl, stride=stride2, pad=1, pad_value=1, raw=raw, in_base=500,
+                            w_base=len(weights), s_base=len(scales))
+        sfields = decode(second["instr"])[1]
+        program.insert(0, encode(Opcode.SHORTCUT, **{name: sfields[name] for name, _ in ShortcutArgs}))
+        acts.append((MemoryTarget.ACT, 500, _stacked_words(x2s, 1, CFG.word_bits)))
+        weights += second["weight"]
+        scales += second["scale"]
+        accs = [a + ref.multibasis_conv2d(ref.from_bits(x2)[:, None], ref.from_bits(w2b), s2, stride=stride2,
+                                          padding=1, pad_value=1)[0] for a, x2 in zip(accs, x2s)]
+    program.append(encode(Opcode.END))
+    oh, ow = img["out_h"], img["out_w"]
+    p1 = oh * ow
+    read = (MemoryTarget.RESULT, 0, images * p1 * o) if raw else (MemoryTarget.ACT, 600, 2 * images * p1)
+    got = simulate(CFG, program, acts + [(MemoryTarget.WEIGHT, 0, weights), (MemoryTarget.SCALE, 0, scales),
+                                         (MemoryTarget.THRESHOLD, 0, img["thr"])], [read])
+    assert got["error"] == 0
+    if raw:
+        want = np.concatenate([a.reshape(o, p1).T for a in accs])                 # (images * P1, O)
+        assert np.array_equal(np.array(got["reads"][0]).reshape(images * p1, o), want)
+    else:
+        words = np.array(got["reads"][0], dtype=np.int64).reshape(2, images, oh, ow)
+        for b, a in enumerate(accs):
+            bits = ref.threshold(np.moveaxis(a, 0, -1), th, fl)
+            for t in range(2):
+                for oc in range(o):
+                    assert np.array_equal((words[t, b] >> oc) & 1, (bits[t, :, :, oc] > 0).astype(np.int64))
+    assert cycles_per_pc(got["marks"], got["cycles"], len(program)) == \
+        program_cycles(CFG, [decode(word) for word in program])

@@ -28,7 +28,7 @@ def _ceil(a, b):
 
 
 def conv_fields(cfg, *, ch, h, w, planes, k, stride, pad, o, wbases=1, raw=False, out_planes=1, pad_value=0,
-                in_base=5, out_base=600, out_ch_base=0, w_base=3, s_base=2, t_base=4, images=1):
+                in_base=5, out_base=600, out_ch_base=0, w_base=3, s_base=2, t_base=4, images=1, all_images=0):
     W = cfg.word_bits
     in_cw = _ceil(ch, W)
     out_h, out_w = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
@@ -37,7 +37,7 @@ def conv_fields(cfg, *, ch, h, w, planes, k, stride, pad, o, wbases=1, raw=False
                 out_w=out_w, out_ch=o, out_ch_base=out_ch_base, out_stride=_ceil(out_ch_base + o, W),
                 out_planes=0 if raw else out_planes, out_base=out_base, wbases=wbases, w_base=w_base,
                 s_base=s_base, t_base=t_base, raw=int(raw), k=k * k * ch, images_m1=images - 1, packed=0,
-                all_images=0)
+                all_images=all_images)
 
 
 def conv_plan(cfg, f):
@@ -46,14 +46,14 @@ def conv_plan(cfg, f):
     out_tiles = _ceil(f["out_ch"], R)
     khw = f["kh"] * f["kw"]
     kwords = khw * f["in_cw"]
-    npix = f["out_h"] * f["out_w"]
-    row_words = f["in_w"] * f["in_stride"]
     images = f["images_m1"] + 1                   # planes are `images` image maps apart
+    npix = f["out_h"] * f["out_w"] * (images if f["all_images"] else 1)      # every image's pixels
+    row_words = f["in_w"] * f["in_stride"]
     image_words = row_words * f["in_h"]
     plane_words = image_words * images
     otm = out_tiles * f["wbases"]
     out_image_words = npix * f["out_stride"]
-    out_plane_words = out_image_words * images
+    out_plane_words = out_image_words * (1 if f["all_images"] else images)
     return dict(
         khw=khw, kwords=kwords, npix=npix, row_words=row_words, image_words=image_words, plane_words=plane_words,
         in_need=plane_words * (f["in_planes"] - 1), patch_need=kwords * f["in_planes"], kvalid=khw * f["in_tail"],
@@ -65,7 +65,7 @@ def conv_plan(cfg, f):
         pad_rows=row_words * f["pad"], pad_cols=f["pad"] * f["in_stride"],
         tile_res_step=C * f["out_ch"], tile_out_step=C * f["out_stride"], out_tiles=out_tiles,
         kwords_m1=kwords - 1, cw_m1=f["in_cw"] - 1, kw_m1=f["kw"] - 1, kh_m1=f["kh"] - 1,
-        np_m1=f["in_planes"] - 1, ow_m1=f["out_w"] - 1, wb_m1=f["wbases"] - 1,
+        np_m1=f["in_planes"] - 1, ow_m1=f["out_w"] - 1, oh_m1=f["out_h"] - 1, wb_m1=f["wbases"] - 1,
         op_m1=(f["out_planes"] - 1) % 16, ot_m1=out_tiles - 1)
 
 
@@ -169,11 +169,12 @@ def run_sequencer(cfg, program, *, loads_ready=lambda cycle: True, engine_cycles
     return result["out"]
 
 
-@pytest.mark.parametrize("images", [1, 3])
-def test_sequencer_derives_the_plan_and_starts_the_engines_on_time(images):
-    # images 3: one image's view of a batch of 3 stacked maps (planes 3 image maps apart)
+@pytest.mark.parametrize("images, all_images", [(1, 0), (3, 0), (3, 1)])
+def test_sequencer_derives_the_plan_and_starts_the_engines_on_time(images, all_images):
+    # images 3: one image's view of a batch of 3 stacked maps (planes 3 image maps apart), or (all_images)
+    # the CONV over the whole batch
     conv = conv_fields(CFG, ch=11, h=5, w=4, planes=2, k=3, stride=2, pad=1, o=5, wbases=2, out_planes=2,
-                       images=images)
+                       images=images, all_images=all_images)
     conv["in_stride"] += 1                      # a group's slice of a wider map
     pool = pool_fields(h=6, w=6, cw=2, planes=2, kernel=2, stride=2, images=images)
     program = [encode(Opcode.CONV, **conv), encode(Opcode.POOL, **pool), encode(Opcode.END)]
@@ -261,7 +262,9 @@ def gather_model(cfg, f, act):
     pad_word = (1 << W) - 1 if f["pad_value"] else 0
     fields = []
     for p in range(plan["npix"]):
+        image, p = divmod(p, f["out_h"] * f["out_w"])          # all_images: the image's own pixel
         oy, ox = divmod(p, f["out_w"])
+        base = f["in_base"] + image * plan["image_words"]
         words = []
         for n in range(f["in_planes"]):
             for ky in range(f["kh"]):
@@ -269,7 +272,7 @@ def gather_model(cfg, f, act):
                     y, x = oy * f["stride"] - f["pad"] + ky, ox * f["stride"] - f["pad"] + kx
                     for cw in range(f["in_cw"]):
                         if 0 <= y < f["in_h"] and 0 <= x < f["in_w"]:
-                            words.append(act[f["in_base"] + n * plan["plane_words"] + y * plan["row_words"]
+                            words.append(act[base + n * plan["plane_words"] + y * plan["row_words"]
                                              + x * f["in_stride"] + cw])
                         else:
                             words.append(pad_word)
@@ -278,19 +281,22 @@ def gather_model(cfg, f, act):
 
 
 @pytest.mark.parametrize("shape", [
-    # ch, h, w, planes, k, stride, pad, pad_value, images: npix not a multiple of C, K not a multiple
-    # of W; images > 1: one image's view of a batch (planes `images` maps apart)
-    (11, 5, 4, 2, 3, 2, 1, 1, 1),
-    (8, 4, 4, 1, 3, 1, 1, 0, 1),
-    (20, 3, 5, 3, 1, 1, 0, 0, 1),
-    (3, 7, 7, 1, 3, 2, 2, 1, 1),
-    (11, 5, 4, 3, 3, 1, 1, 0, 3),
+    # ch, h, w, planes, k, stride, pad, pad_value, images, all_images: npix not a multiple of C, K not a
+    # multiple of W; images > 1: one image's view of a batch (planes `images` maps apart), or the CONV
+    # over every image (a tile holding two images' pixels)
+    (11, 5, 4, 2, 3, 2, 1, 1, 1, 0),
+    (8, 4, 4, 1, 3, 1, 1, 0, 1, 0),
+    (20, 3, 5, 3, 1, 1, 0, 0, 1, 0),
+    (3, 7, 7, 1, 3, 2, 2, 1, 1, 0),
+    (11, 5, 4, 3, 3, 1, 1, 0, 3, 0),
+    (11, 3, 2, 2, 3, 1, 1, 1, 3, 1),
+    (8, 4, 5, 1, 3, 2, 1, 0, 2, 1),
 ])
 def test_gather_fills_the_banks_with_receptive_fields(shape):
-    ch, h, w, planes, k, stride, pad, pad_value, images = shape
+    ch, h, w, planes, k, stride, pad, pad_value, images, all_images = shape
     cfg = CFG
     f = conv_fields(cfg, ch=ch, h=h, w=w, planes=planes, k=k, stride=stride, pad=pad, o=3, pad_value=pad_value,
-                    images=images)
+                    images=images, all_images=all_images)
     plan = conv_plan(cfg, f)
     rng = np.random.default_rng(sum(shape))
     act = [int(v) for v in rng.integers(0, 1 << cfg.word_bits, cfg.act_depth)]
