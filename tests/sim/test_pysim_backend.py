@@ -78,18 +78,23 @@ BATCHED = {
     # `batch` maps apart (the images_m1 field), in the gather, the writer and an untiled pool
     "planes": ((1, 7, 7), SMALL, [conv(5, 3, padding=1, planes=2), conv(6, 3, padding=1, planes=2, wbases=2),
                                   maxpool(3, 2), linear(4)]),
+    # the first layer reading the packed image (W = 16: 16 one-bit fields a word), over the batch
+    "packed": ((1, 6, 6), SMALL.replace(word_bits=16), [conv(5, 3, padding=1, pad_value=1), maxpool(2),
+                                                         conv(6, 3, padding=1), linear(4)]),
 }
+BATCHED_OPTIONS = {"packed": {"input": "packed"}}
 
 
-@pytest.mark.parametrize("case, batch", [("mlp", 2), ("cnn", 2), ("planes", 3)])
+@pytest.mark.parametrize("case, batch", [("mlp", 2), ("cnn", 2), ("planes", 3), ("packed", 3)])
 def test_batched_bundle_on_the_rtl(case, batch):
     """A bundle that runs `batch` images at once (stacked maps, the columns over image x pixel): the
     RTL's logits equal deploy_forward per image (an odd count: the last run padded), and its per-layer
     cycles equal the analytic model's, which for the fully connected layers are those of one image."""
     shape, config, specs = BATCHED[case]
     model = random_model(specs, shape, config, seed=5)
-    bundle = compile_model(model, config, batch=batch)
-    single = compile_model(model, config)
+    bundle = compile_model(model, config, batch=batch, **BATCHED_OPTIONS.get(case, {}))
+    assert bundle.input["mode"] == ("packed" if case == "packed" else "unfold")
+    single = compile_model(model, config, **BATCHED_OPTIONS.get(case, {}))
     images = np.random.default_rng(3).integers(0, 256, (3,) + shape, dtype=np.uint8)
     rtl = open_backend("pysim", bundle).run(images)
     assert np.array_equal(rtl.logits, deploy_forward(model, images))
