@@ -25,6 +25,11 @@ A CONV with `packed` reads an image map (one word a pixel, its channels' bytes) 
 pixel plane's receptive field as fields of `in_tail` bits packed into patch words (`pack_fields`, the
 layout of docs/isa.md "Packed image input"); every beat counts all W bits.
 
+A CONV with `all_images` computes the `images_m1 + 1` images of a stacked map as one run of pixels
+(image b's output pixel p1 is pixel b * out_h * out_w + p1, reading image b's input map), which is
+exactly the images' views run in turn (docs/isa.md "Feature maps in the activation buffer"); its
+regions are the whole stack's.
+
 Cycles follow the controller's cycle model (docs/isa.md "Cycle model", implemented once in
 `hw/cycles.py` with its named constants and held to the RTL by tests/hw/test_accel.py).
 """
@@ -57,8 +62,18 @@ ERROR_CODES = {ILLEGAL_OPCODE: "ILLEGAL_OPCODE", OUT_OF_RANGE: "OUT_OF_RANGE", B
 
 def _view_words(planes, f, map_words):
     """Words from a map view's first to past its last plane, the planes `images_m1 + 1` image maps of
-    `map_words` apart (docs/isa.md "Feature maps")."""
-    return ((planes - 1) * (f["images_m1"] + 1) + 1) * map_words
+    `map_words` apart (docs/isa.md "Feature maps"); a CONV with `all_images` covers the whole stack,
+    its last image's view ending `planes * (images_m1 + 1)` image maps on."""
+    images = f["images_m1"] + 1
+    if f.get("all_images"):
+        return planes * images * map_words
+    return ((planes - 1) * images + 1) * map_words
+
+
+def _conv_images(f):
+    """Images a CONV computes: `images_m1 + 1` with `all_images` (their output pixels sharing the pixel
+    tiles, image b's pixel p1 the instruction's pixel b * out_h * out_w + p1), else 1."""
+    return f["images_m1"] + 1 if f.get("all_images") else 1
 
 
 def packed_layout(positions, channels, word_bits):
@@ -326,8 +341,9 @@ class Iss:
             kw_words = hw_cycles.pass_words(s)
             m, n = s["wbases"], s["in_planes"]
             map_words = s["in_h"] * s["in_w"] * s["in_stride"]
-            # A packed CONV's image map has no planes: images_m1 and in_planes do not move its words.
-            input_words = map_words if s.get("packed") else _view_words(n, f, map_words)
+            # A packed CONV's image map has no planes: images_m1 and in_planes do not move its words
+            # (with all_images the region is every image's map).
+            input_words = _conv_images(f) * map_words if s.get("packed") else _view_words(n, f, map_words)
             return {f"{prefix}input": region(s["in_base"], input_words),
                     f"{prefix}weight": region(s["w_base"], ot * m * kw_words),
                     f"{prefix}scale": region(s["s_base"], ot * m * n)}, n * kw_words
@@ -340,7 +356,7 @@ class Iss:
         regions["patch"] = region(0, patch)
         regions["threshold"] = region(f["t_base"], ot * c.rows)
         if f["raw"]:
-            regions["result"] = region(f["out_base"], p * f["out_ch"])
+            regions["result"] = region(f["out_base"], _conv_images(f) * p * f["out_ch"])
         else:
             regions["output"] = region(f["out_base"], _view_words(f["out_planes"], f, p * f["out_stride"]))
         return regions
@@ -401,7 +417,7 @@ class Iss:
         c = self.config
         rows = c.rows
         batch = self.batch
-        p_count = f["out_h"] * f["out_w"]
+        p_count = _conv_images(f) * f["out_h"] * f["out_w"]
         ot_count = -(-f["out_ch"] // rows)
         o_pad = ot_count * rows
         acc = np.zeros((batch * p_count, o_pad), dtype=np.int64)
@@ -414,6 +430,8 @@ class Iss:
             acc = ((acc + half) & ((1 << c.acc_bits) - 1)) - half
         acc = acc.reshape(batch, p_count, o_pad)
         if f["raw"]:
+            # Pixel p of an all_images CONV is image p // P1's pixel p % P1: image b's sums start b * P1
+            # * out_ch entries on, so every pixel's entries follow from p alone.
             out_ch = f["out_ch"]
             index = f["out_base"] + np.arange(p_count)[:, None] * out_ch + np.arange(out_ch)[None]
             self.result[:, index] = acc[:, :, :out_ch]
@@ -432,7 +450,7 @@ class Iss:
         w_bits, rows = c.word_bits, c.rows
         limbs = self.limbs
         batch = self.batch
-        p_count = f["out_h"] * f["out_w"]
+        p_count = _conv_images(f) * f["out_h"] * f["out_w"]
         kw_words = hw_cycles.pass_words(s)
         m_count, n_count = s["wbases"], s["in_planes"]
         ot_count = -(-f["out_ch"] // rows)
@@ -459,25 +477,28 @@ class Iss:
                 acc += sc[m, n][None, :] * dots
 
     def _windows(self, s, f):
-        """Output pixels' input positions: (iy, ix, inside), each (P, kh*kw) in (ky, kx) order."""
-        p_count = f["out_h"] * f["out_w"]
-        oy, ox = np.divmod(np.arange(p_count), f["out_w"])
+        """Output pixels' input positions: (pixel, inside), each (P, kh*kw) in (ky, kx) order; pixel is
+        the position's index in the source's map (in_h * in_w pixels an image), 0 of the image's map
+        outside it. An all_images CONV's pixel p reads image p // (out_h * out_w)'s map."""
+        p_one = f["out_h"] * f["out_w"]
+        image, p = np.divmod(np.arange(_conv_images(f) * p_one), p_one)
+        oy, ox = np.divmod(p, f["out_w"])
         ky, kx = (a.reshape(-1) for a in np.meshgrid(np.arange(s["kh"]), np.arange(s["kw"]), indexing="ij"))
         iy = oy[:, None] * s["stride"] + ky[None] - s["pad"]
         ix = ox[:, None] * s["stride"] + kx[None] - s["pad"]
         inside = (iy >= 0) & (iy < s["in_h"]) & (ix >= 0) & (ix < s["in_w"])
-        return iy, ix, inside
+        pixel = image[:, None] * (s["in_h"] * s["in_w"]) + np.where(inside, iy * s["in_w"] + ix, 0)
+        return pixel, inside
 
     def _gather(self, s, f):
         """Every pixel's patch words of source `s`: (B, N, P, KW * limbs) in K-word order (ky, kx, cw),
         and the beats' nbits masks (KW, limbs): in_tail on a tap's last channel word, W otherwise."""
         limbs, w_bits = self.limbs, self.config.word_bits
         in_cw = s["in_cw"]
-        iy, ix, inside = self._windows(s, f)
-        p_count, khw = iy.shape
-        iy, ix, inside = (np.repeat(a, in_cw, axis=1) for a in (iy, ix, inside))
+        pixel, inside = self._windows(s, f)
+        p_count, khw = pixel.shape
+        pixel, inside = (np.repeat(a, in_cw, axis=1) for a in (pixel, inside))
         cw = np.tile(np.arange(in_cw), khw)
-        pixel = np.where(inside, iy * s["in_w"] + ix, 0)
         plane = np.arange(s["in_planes"])[:, None, None] * (s["in_h"] * s["in_w"] * (f["images_m1"] + 1))
         addr = s["in_base"] + (plane + pixel[None]) * s["in_stride"] + cw[None, None]
         patch = self.act[:, addr]                                       # (B, N, P, KW, L)
@@ -490,9 +511,9 @@ class Iss:
     def _gather_packed(self, s, f):
         """A packed CONV's patch words (docs/isa.md "Packed image input"): (B, N, P, in_cw * limbs).
         Pixel (iy, ix) is one word of the image map; plane n of channel ch is its bit 8 * ch + n."""
-        iy, ix, inside = self._windows(s, f)
-        p_count = iy.shape[0]
-        addr = s["in_base"] + np.where(inside, iy * s["in_w"] + ix, 0) * s["in_stride"]
+        pixel, inside = self._windows(s, f)
+        p_count = pixel.shape[0]
+        addr = s["in_base"] + pixel * s["in_stride"]
         words = self.act[:, addr]                                       # (B, P, kh*kw, L)
         ch = np.arange(s["in_tail"])
         pixels = (words[..., ch // 8] >> (8 * (ch % 8)).astype(np.uint64)) & np.uint64(0xFF)   # (B, P, kh*kw, c)
@@ -519,7 +540,10 @@ class Iss:
         ones = np.zeros(width, dtype=np.uint8)
         ones[flat] = 1
         mask = np.packbits(ones, bitorder="little").view("<u8").reshape(n_words, limbs)
-        at = np.arange(t_count)[:, None, None] * (p_count * (f["images_m1"] + 1)) + np.arange(p_count)[None, :, None]
+        # Planes are images_m1 + 1 output image maps apart; an all_images CONV's pixel p (image b's pixel
+        # p1, p = b * out_h * out_w + p1) is then pixel p of plane t's stack.
+        plane_pixels = f["out_h"] * f["out_w"] * (f["images_m1"] + 1)
+        at = np.arange(t_count)[:, None, None] * plane_pixels + np.arange(p_count)[None, :, None]
         addr = (f["out_base"] + at * f["out_stride"]
                 + first + np.arange(n_words)[None, None])
         self.act[:, addr] = (self.act[:, addr] & ~mask) | values

@@ -137,6 +137,121 @@ def test_conv_matches_the_literal_semantics(changes):
         assert [int(v) for v in iss.result[b]] == result
 
 
+# A CONV over all images of a batch ---------------------------------------------------------------------
+
+SHORTCUT_NAMES = ("in_base", "in_h", "in_w", "in_cw", "in_stride", "in_tail", "in_planes", "kh", "kw", "stride",
+                  "pad", "pad_value", "wbases", "w_base", "s_base", "k")
+# A second source over a 3x3 map of 2 planes, one word of 7 channels a pixel, under conv_fields' 3x3 output.
+SECOND = dict(in_base=700, in_h=3, in_w=3, in_cw=1, in_stride=1, in_tail=7, in_planes=2, kh=1, kw=1, stride=1,
+              pad=0, pad_value=0, wbases=1, w_base=200, s_base=100, k=7)
+
+
+def image_views(f, shortcut=None):
+    """docs/isa.md: the I = images_m1 + 1 views an all_images CONV equals, run in turn, as (SHORTCUT,)
+    CONV words: view b's in_base (and the SHORTCUT's) moved on by b input image maps, its out_base by b
+    output image maps (b * out_h * out_w * out_ch result entries when raw)."""
+    p1 = f["out_h"] * f["out_w"]
+    words = []
+    for b in range(f["images_m1"] + 1):
+        if shortcut is not None:
+            words.append(encode(Opcode.SHORTCUT, **dict(
+                shortcut, in_base=shortcut["in_base"] + b * shortcut["in_h"] * shortcut["in_w"] * shortcut["in_stride"])))
+        out_step = p1 * f["out_ch"] if f["raw"] else p1 * f["out_stride"]
+        words.append(encode(Opcode.CONV, **dict(f, all_images=0,
+                                                in_base=f["in_base"] + b * f["in_h"] * f["in_w"] * f["in_stride"],
+                                                out_base=f["out_base"] + b * out_step)))
+    return words
+
+
+def all_images_program(f, shortcut=None):
+    return ([encode(Opcode.SHORTCUT, **shortcut)] if shortcut is not None else []) + \
+        [encode(Opcode.CONV, **dict(f, all_images=1))]
+
+
+@pytest.mark.parametrize("images", [1, 2, 3])
+@pytest.mark.parametrize("changes, second", [
+    ({"out_base": 400}, None),                                  # bit-planes, 9 pixels an image
+    ({"out_base": 400, "out_h": 2, "out_w": 2}, None),          # 4 pixels an image: tiles span images
+    ({"raw": 1, "out_base": 17, "out_planes": 0}, None),
+    ({"raw": 1, "out_base": 3, "out_planes": 0, "out_h": 2, "out_w": 1}, None),
+    ({"kh": 5, "kw": 4, "pad": 0, "stride": 1, "out_h": 1, "out_w": 1, "in_cw": 3, "in_stride": 3,
+      "in_tail": 1, "raw": 1, "out_base": 0, "out_ch": 5}, None),     # a fully connected layer
+    ({"out_base": 400}, SECOND),                                 # a SHORTCUT before it
+    ({"raw": 1, "out_base": 17, "out_planes": 0}, SECOND),
+    ("packed", None),                                            # a packed first layer, 8 pixels an image
+    ("packed raw", None),
+], ids=["planes", "planes-4-pixels", "raw", "raw-2-pixels", "linear", "shortcut", "shortcut-raw", "packed",
+        "packed-raw"])
+def test_all_images_conv_equals_the_views_run_in_turn(changes, second, images):
+    """docs/isa.md: an all_images CONV is exactly its I views run one after another (in_base, the
+    SHORTCUT's in_base and out_base moved per image); only the tiling differs (pixels of several images
+    share a tile when out_h * out_w is not a multiple of C = 3). Every memory word is compared, the
+    random bits of the written words that must survive included."""
+    if isinstance(changes, str):
+        f = packed_fields_of(out_w=2, images_m1=images - 1)      # 4x2 pixels an image
+        if changes == "packed raw":
+            f.update(raw=1, out_base=0, out_planes=0)
+    else:
+        f = conv_fields(images_m1=images - 1, **changes)
+    shortcut = second
+    together, apart = random_iss(images), random_iss(images)
+    before = together.act.copy(), together.result.copy()
+    status = run(together, *all_images_program(f, shortcut))
+    run(apart, *image_views(f, shortcut))
+    assert np.array_equal(together.act, apart.act) and np.array_equal(together.result, apart.result)
+    changed = not np.array_equal(together.act, before[0]) or not np.array_equal(together.result, before[1])
+    assert changed
+    conv = dict(f, all_images=1, **({"shortcut": shortcut} if shortcut else {}))
+    assert status.trace[-2][2] == hw.cycles.conv_cycles(CONFIG, conv)
+
+
+def test_all_images_conv_writes_every_images_pixels():
+    """Against the literal reading of one image's CONV: image b's output of an all_images CONV over 3
+    stacked images is the literal CONV of image b's view (planes 3 output maps apart)."""
+    f = conv_fields(images_m1=2, out_base=400, out_h=2, out_w=2)
+    iss = random_iss(11)
+    expected = []
+    for b in range(3):
+        view = dict(f, in_base=b * 5 * 4 * 3, out_base=400 + b * 4 * 2)
+        expected.append([literal_conv(iss, r, view)[0] for r in range(iss.batch)])
+        for r in range(iss.batch):
+            iss.act[r, :, 0] = expected[-1][r]                   # the views run in turn
+    iss = random_iss(11)
+    run(iss, encode(Opcode.CONV, **dict(f, all_images=1)))
+    for r in range(iss.batch):
+        assert [int(v) for v in iss.act[r, :, 0]] == expected[-1][r]
+
+
+@pytest.mark.parametrize("program, detail", [
+    # the input: in_planes * I image maps (2 * 3 * 60 words)
+    (lambda end: all_images_program(conv_fields(images_m1=2, in_base=end - 360, out_base=300)),
+     "CONV input region ends at {}, past act_depth 1024"),
+    # the output: out_planes * I * P1 * out_stride words (2 * 3 * 9 * 2)
+    (lambda end: all_images_program(conv_fields(images_m1=2, out_base=end - 108)),
+     "CONV output region ends at {}, past act_depth 1024"),
+    # the SHORTCUT's input: its in_planes * I image maps (2 * 3 * 9 words)
+    (lambda end: all_images_program(conv_fields(images_m1=2, out_base=400), dict(SECOND, in_base=end - 54)),
+     "CONV shortcut input region ends at {}, past act_depth 1024"),
+    # a packed CONV's image map: I image maps (3 * 20 words)
+    (lambda end: all_images_program(packed_fields_of(images_m1=2, in_base=end - 60, out_base=100)),
+     "CONV input region ends at {}, past act_depth 1024"),
+])
+def test_all_images_conv_checks_the_whole_stack(program, detail):
+    """OUT_OF_RANGE at the exact end of the stack's regions: a region ending at the memory's last word
+    runs, one word further is refused."""
+    run(random_iss(7), *program(1024))
+    error = error_of(*program(1025))
+    assert (error.code, error.pc, error.detail) == (OUT_OF_RANGE, len(program(1025)) - 1, detail.format(1025))
+
+
+def test_all_images_raw_conv_checks_the_whole_results():
+    """The result region of a raw all_images CONV: I * out_h * out_w * out_ch entries (3 * 9 * 6)."""
+    fields = conv_fields(images_m1=2, raw=1, out_planes=0)
+    run(random_iss(8), encode(Opcode.CONV, **dict(fields, out_base=256 - 162, all_images=1)))
+    error = error_of(encode(Opcode.CONV, **dict(fields, out_base=256 - 161, all_images=1)))
+    assert (error.code, error.detail) == (OUT_OF_RANGE, "CONV result region ends at 257, past result_depth 256")
+
+
 @pytest.mark.parametrize("images", [1, 3])
 def test_pool_is_an_or_over_windows(images):
     # images 3: one image's view of 3 stacked maps, its planes 3 maps apart in and out
