@@ -578,6 +578,18 @@ class Lower:
                 "scales": np.ascontiguousarray(b["scales"])}
 
 
+def _conv_images(op):
+    """Images one CONV computes: the batch for a CONV over all images (`all_images`), else 1 (a CONV
+    over the stack counts its images in its rows)."""
+    return op.get("images", 1) if op.get("all_images") else 1
+
+
+def _runs(op):
+    """Instructions (a CONV with its SHORTCUT counting as one) an operation emits: a pool that runs per
+    image one an image, anything else one."""
+    return 1 if op.get("all_images") else op.get("images", 1)
+
+
 def _pointwise(s):
     return (s["kh"], s["kw"], s["stride"], s["pad"]) == (1, 1, 1, 0)
 
@@ -596,9 +608,11 @@ class Batch:
     image b's pixel (y, x) is pixel (b * H + y, x). An operation runs once over the stack when no window
     crosses two images: a pointwise convolution (the host-unfolded first layer, 1x1 layers on 1x1
     maps), a kernel over each image's whole map (vertical stride = its height: one output pixel per
-    image), a pool whose windows tile each image. Any other operation runs once per image on a view of
-    the stack (its base moved to the image's first row, its planes B x H rows apart: the instruction's
-    `images_m1` field), a packed first layer's convolution among them (its image map has no planes)."""
+    image), a pool whose windows tile each image. Any other convolution (a packed first layer's among
+    them) is one CONV over all images (`all_images`, `images_m1 = B - 1`: its bases and its SHORTCUT's
+    at image 0, in_h and out_h an image's rows, each image's windows in its own map, the images' output
+    pixels sharing the pixel tiles); any other pool runs once per image on a view of the stack (its base
+    moved to the image's first row, its planes B x H rows apart: `images_m1`)."""
 
     name = "batch"
 
@@ -633,7 +647,7 @@ class Batch:
                     s["stride"] = h
                 op["out_h"] = b
             else:
-                op["images"] = b
+                op["images"], op["all_images"] = b, 1
                 for s, h in zip(sources, heights):
                     s["image_in_h"] = h
             op["macs"] *= b                             # the batch's work
@@ -715,13 +729,13 @@ class CheckFit:
                 # The controller checks t_base + OT*R even for raw sums (t_base is 0 then).
                 _exceeds(name, "threshold-memory entries a raw layer's tiles span", ot * c.rows, "thr_depth",
                          c.thr_depth)
-            if op["raw"] and op["out_h"] * op["out_w"] * o > c.result_depth:
-                _exceeds(name, "result-memory entries of the logits", op["out_h"] * op["out_w"] * o,
-                         "result_depth", c.result_depth)
+            logits = _conv_images(op) * op["out_h"] * op["out_w"] * o
+            if op["raw"] and logits > c.result_depth:
+                _exceeds(name, "result-memory entries of the logits", logits, "result_depth", c.result_depth)
             bound = int(sum(np.abs(s["scales"]).sum(axis=(0, 1)) * s["k"] for s in _sources(op)).max()) if o else 0
             if bound > c.acc_max:
                 _exceeds(name, "accumulator bound", bound, f"the {c.acc_bits}-bit accumulator's limit", c.acc_max)
-        instructions = 1 + sum(op.get("images", 1) * (2 if op.get("shortcut") else 1) for op in state.ops)
+        instructions = 1 + sum(_runs(op) * (2 if op.get("shortcut") else 1) for op in state.ops)
         if state.streamed:
             # Per CONV a SYNC and a LOAD per memory it reads (docs/compiler.md "Streamed parameters").
             instructions += sum(1 + sum(1 for amount in _parameter_need(c, op).values() if amount)
@@ -844,14 +858,12 @@ class Emit:
         # Per op: its compute instruction and the images of the parameters it reads.
         compute, images = [], []
         for op in state.ops:
-            # An operation that runs once per image of the batch: one instruction (pair) per image.
-            runs = range(op.get("images", 1))
             if op["op"] == "pool":
-                compute.append([self._pool(op, b) for b in runs])
+                # A pool that runs once per image of the batch: one instruction per image's view.
+                compute.append([self._pool(op, b) for b in range(_runs(op))])
                 images.append([])
             else:
-                compute.append([word for b in runs for word in
-                                ([self._shortcut(op, b)] if op.get("shortcut") else []) + [self._conv(op, b)]])
+                compute.append(([self._shortcut(op)] if op.get("shortcut") else []) + [self._conv(op)])
                 images.append(self._images(c, op))
         convs = [i for i, op in enumerate(state.ops) if op["op"] != "pool"]
         instructions, segments, stream = [], [], []
@@ -921,31 +933,29 @@ class Emit:
                   "images_m1": op.get("images", 1) - 1}
         return self._encode(op["name"], Opcode.POOL, fields)
 
-    def _conv(self, op, image=0):
+    def _conv(self, op):
+        """The CONV of an operation: over the whole stack, or (`all_images`) over every image with the
+        bases at image 0 and an image's rows; the logits of image b follow image b - 1's."""
         src, out = op["in"], op["out"]
-        in_off, in_h = self._view(op, src, image, op.get("image_in_h"))
-        if out is None:          # the logits: one sum per output pixel and channel
-            out_off = image * op["out_h"] * op["out_w"] * op["o"] if op.get("images", 1) > 1 else 0
-        else:
-            out_off = self._view(op, out, image, op.get("image_out_h"))[0]
+        _, in_h = self._view(op, src, 0, op.get("image_in_h"))
         fields = {
-            "in_base": op["in_base"] + op["in_word_offset"] + in_off, "in_h": in_h, "in_w": src["w"],
+            "in_base": op["in_base"] + op["in_word_offset"], "in_h": in_h, "in_w": src["w"],
             "in_cw": op["in_cw"], "in_stride": src["cw"], "in_tail": op["in_tail"], "in_planes": op["n"],
             "kh": op["kh"], "kw": op["kw"], "stride": op["stride"], "pad": op["pad"],
             "pad_value": op["pad_value"], "out_h": op["out_h"], "out_w": op["out_w"], "out_ch": op["o"],
             "out_ch_base": op["out_ch_base"], "out_stride": 0 if out is None else out["cw"],
-            "out_planes": 0 if out is None else out["planes"], "out_base": op["out_base"] + out_off,
+            "out_planes": 0 if out is None else out["planes"], "out_base": op["out_base"],
             "wbases": op["m"], "w_base": op["w_base"], "s_base": op["s_base"], "t_base": op["t_base"],
             "raw": int(op["raw"]), "k": op["k"], "images_m1": op.get("images", 1) - 1,
             "packed": int(op.get("packed", 0)), "all_images": int(op.get("all_images", 0))}
         return self._encode(op["name"], Opcode.CONV, fields)
 
-    def _shortcut(self, op, image=0):
+    def _shortcut(self, op):
         s = op["shortcut"]
         src = s["in"]
-        in_off, in_h = self._view(op, src, image, s.get("image_in_h"))
+        _, in_h = self._view(op, src, 0, s.get("image_in_h"))
         fields = {
-            "in_base": s["in_base"] + s.get("in_word_offset", 0) + in_off, "in_h": in_h, "in_w": src["w"],
+            "in_base": s["in_base"] + s.get("in_word_offset", 0), "in_h": in_h, "in_w": src["w"],
             "in_cw": s["in_cw"],
             "in_stride": src["cw"], "in_tail": s["in_tail"], "in_planes": s["n"], "kh": s["kh"], "kw": s["kw"],
             "stride": s["stride"], "pad": s["pad"], "pad_value": s["pad_value"], "wbases": s["m"],
@@ -1086,8 +1096,9 @@ def _fallback(state):
     """(plane_groups, input_mode) of the program to try when `state`'s did not compile, or None.
 
     Grouped pixel planes repeat the first layer's weights; without them the network may fit. A packed
-    first layer runs once per image of a batch and may take more weight words than the unfold, so with
-    `input="auto"` the host unfold may fit where it does not (and if not, the refusal is the unfold's)."""
+    first layer reads the whole image map (more activation words than the unfold of a strided kernel's
+    output pixels) and may take more weight words than the unfold, so with `input="auto"` the host
+    unfold may fit where it does not (where neither does, `compile_model` gives the packed refusal)."""
     if not state.input:
         return None
     if state.input["mode"] == "unfold" and len(state.input["groups"]) != 8:

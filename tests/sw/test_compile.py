@@ -9,7 +9,7 @@ import pytest
 from hw.config import AccelConfig
 from sw.compile import CompileError, compile_model
 from sw.compile.testing import conv, linear, maxpool, random_model, shortcut
-from sw.iss import END_CYCLES
+from sw.iss import END_CYCLES, layer_report
 from sw.model_format import deploy_forward
 from hw.isa import Opcode, decode
 from sw.runtime import open_backend, run_inputs
@@ -481,6 +481,77 @@ def test_batched_programs_equal_deploy_forward(name, batch):
                 assert b_cycles == s_cycles, layer["name"]      # the columns took the batch for free
 
 
+ALL_IMAGES_NETWORKS = {
+    "cnn": BATCH_NETWORKS["cnn"],
+    "residual": BATCH_NETWORKS["residual"],
+    "planes": BATCH_NETWORKS["planes"],
+    # two groups of one word each, then two groups of 12 channels (the map laid out in word-aligned
+    # groups, a CONV per group it writes) that a dense layer also reads as two sources (SHORTCUT + CONV),
+    # 3x3 maps of 9 pixels over 4 columns
+    "grouped": ((3, 6, 6), [conv(32, 3, padding=1), maxpool(2), conv(32, 3, padding=1, groups=2),
+                            conv(24, 3, padding=1, planes=2), conv(24, 3, padding=1, groups=2),
+                            conv(16, 3, padding=1, source=3), linear(5)]),
+    # the first layer reads the packed image (one channel: 16 fields a word of W = 16)
+    "packed": ((1, 7, 7), [conv(8, 3, padding=1, wbases=2, planes=2), maxpool(2), conv(8, 3, padding=1),
+                           linear(5)]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ALL_IMAGES_NETWORKS))
+@pytest.mark.parametrize("batch", [2, 3])
+def test_batched_convolutions_run_over_all_images(name, batch):
+    """A convolution whose windows would cross images is one CONV over all the batch's images
+    (all_images, images_m1 = B - 1; its SHORTCUT's input at image 0 too), so a batched program has as
+    many CONV and SHORTCUT instructions as the one-image program and only the pools that do not tile
+    each image add one instruction an image; each such layer costs a run fewer cycles than its images one
+    after another; the logits equal deploy_forward."""
+    shape, specs = ALL_IMAGES_NETWORKS[name]
+    model = random_model(specs, shape, BATCH_CONFIG, seed=batch)
+    if name == "packed":
+        model = precise_pixel_scales(model)
+    bundle = compile_model(model, BATCH_CONFIG, batch=batch, verify_images=batch)
+    single = compile_model(model, BATCH_CONFIG, verify_images=0)
+    assert bundle.input["mode"] == single.input["mode"]
+    decoded = [decode(word) for word in bundle.instructions]
+    convs = [f for opcode, f in decoded if opcode == Opcode.CONV]
+    assert all(f["images_m1"] == (batch - 1) * f["all_images"] for f in convs)
+    assert any(f["all_images"] for f in convs)
+    if name == "packed":
+        assert bundle.input["mode"] == "packed"
+        assert (convs[0]["packed"], convs[0]["all_images"], convs[0]["in_h"]) == (1, 1, shape[1])
+
+    def count(b, opcode):
+        return sum(decode(word)[0] == opcode for word in b.instructions)
+
+    for opcode in (Opcode.CONV, Opcode.SHORTCUT):
+        assert count(bundle, opcode) == count(single, opcode), opcode.name
+    pool_views = sum(1 for opcode, f in decoded if opcode == Opcode.POOL and f["images_m1"])
+    assert len(bundle.instructions) == len(single.instructions) + (batch - 1) * pool_views // batch
+    # per image, as before: every all_images CONV (and its SHORTCUT) once an image
+    per_image = len(bundle.instructions) + (batch - 1) * sum(
+        f["all_images"] * (2 if decoded[pc - 1][0] == Opcode.SHORTCUT else 1)
+        for pc, (opcode, f) in enumerate(decoded) if opcode == Opcode.CONV)
+    assert len(bundle.instructions) < per_image
+    batched_layers, single_layers = layer_report(bundle), layer_report(single)
+    for layer, b_row, s_row in zip(bundle.layers, batched_layers, single_layers):
+        if any(decoded[pc][0] == Opcode.CONV and decoded[pc][1]["all_images"] for pc in layer["instructions"]):
+            assert b_row["cycles"] < batch * s_row["cycles"], layer["name"]
+    images = np.random.default_rng(5).integers(0, 256, (2 * batch + 1,) + shape, dtype=np.uint8)
+    assert np.array_equal(open_backend("iss", bundle, batch=2).run(images).logits, deploy_forward(model, images))
+
+
+def test_batched_logits_of_a_padded_convolution_count_every_image():
+    """A last layer that is a padded 3x3 convolution over 1x1 maps runs over all images: its logits
+    take B x classes result entries, which check-fit counts."""
+    model = random_model([conv(8, 3, padding=1), maxpool(4), conv(10, 3, padding=1)], (1, 4, 4), BATCH_CONFIG,
+                         seed=1)
+    bundle = compile_model(model, BATCH_CONFIG.replace(result_depth=30), batch=3, verify_images=3)
+    assert decode(bundle.instructions[-2])[1]["all_images"] == 1
+    with pytest.raises(CompileError, match="^layer 2 \\(conv\\): result-memory entries of the logits = 30 exceeds "
+                                           "result_depth = 29 by 1$"):
+        compile_model(model, BATCH_CONFIG.replace(result_depth=29), batch=3)
+
+
 def test_batch_must_be_a_positive_integer():
     model = random_model([conv(6, 3, padding=1, planes=2), linear(4)], (1, 8, 8), BATCH_CONFIG, seed=1)
     for bad in (0, -2, 1.5, True):
@@ -594,15 +665,18 @@ def test_auto_input_keeps_the_unfold_where_plane_groups_apply():
 
 
 def test_auto_input_falls_back_to_the_unfold_that_fits():
-    """A packed first layer runs once per image of a batch (its kernel would cross images); where those
-    instructions do not fit, auto compiles the host unfold (one pointwise CONV over the stack)."""
-    model = precise_pixel_scales(random_model([conv(8, 3, padding=1), conv(6, 8), linear(4)], (3, 8, 8),
-                                              AccelConfig()))
-    config = AccelConfig(instr_depth=5)
-    with pytest.raises(CompileError, match="instructions \\(with END\\) = 6 exceeds instr_depth = 5"):
+    """A 5x5 first layer of stride 5: the packed image map (h * w words an image) takes more activation
+    words than the unfold's 8 planes of its 4x4 output pixels; where the image map does not fit, auto
+    compiles the host unfold (one pointwise CONV over the stack)."""
+    model = precise_pixel_scales(random_model([conv(8, 5, stride=5), linear(4)], (1, 20, 20), AccelConfig()))
+    config = AccelConfig(act_depth=1000)
+    with pytest.raises(CompileError, match="layer 0 \\(conv\\): activation words of the input map = 1200 exceeds "
+                                           "act_depth = 1000 by 200"):
         compile_model(model, config, batch=3, input="packed")
     bundle = compile_model(model, config, batch=3)
-    assert bundle.input["mode"] == "unfold" and len(bundle.instructions) == 4
+    assert bundle.input["mode"] == "unfold" and len(bundle.instructions) == 3
+    images = np.random.default_rng(3).integers(0, 256, (4, 1, 20, 20), dtype=np.uint8)
+    assert np.array_equal(open_backend("iss", bundle).run(images).logits, deploy_forward(model, images))
 
 
 @pytest.mark.parametrize("specs, shape, config, why", [
