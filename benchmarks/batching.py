@@ -139,10 +139,11 @@ At batch 1 a fully connected layer uses one column of C. At batch C the columns 
 column scale accumulators what remains is the R-cycle floor per pass where a layer's K is short (LFC-128:
 4 K-words a pass against R = 8; FINN's LFC on R = 16: 13 and 16 K-words), which the element scales
 remove (`AccelConfig.element_scales`, "Element scales"). CNV runs at batch 8 because its first layer
-reads the packed image (1,024 activation words an image; the host unfold's 7,200 did not fit 8 images).
-What keeps it under 85 %: its first layer is gather-bound (C x 9 + 1 = 73 cycles a tile of reads
-against 64 of compute) and layer 6 (a 3x3 map out) runs once per image on 9 pixels, two tiles of 8
-columns.
+reads the packed image (1,024 activation words an image; the host unfold's 7,200 did not fit 8 images),
+and each convolution runs once over the whole batch (`all_images`: layer 6's 3x3 output maps fill 9
+tiles of 8 columns instead of 2 tiles an image). What remains: the first layer is gather-bound (C x 9
++ 1 = 73 cycles a tile of reads against 64 of compute), and the last classifier has 10 outputs on 8
+rows.
 """
     print(text)
     if args.no_write:
