@@ -52,8 +52,8 @@ CONV_SETUP_STEPS = (
     ("khw", "kh", "kw"),
     # A packed CONV's in_cw is its patch words a plane (docs/isa.md "Packed image input").
     ("kwords", lambda a, p, c, s: Mux(a.packed, 1, p.khw), "in_cw"),
-    # Output pixels: of every image for a CONV over all images (a 10 x 5-bit product of its own).
-    ("npix", lambda a, p, c, s: Mux(a.all_images, a.out_h * (a.images_m1 + 1), a.out_h), "out_w"),
+    # Output pixels: of every image for a CONV over all images (out_rows, registered at decode).
+    ("npix", "out_rows", "out_w"),
     ("row_words", "in_w", "in_stride"),
     ("image_words", "row_words", "in_h"),
     ("plane_words", "image_words", _images),    # planes are `images` image maps apart
@@ -175,6 +175,8 @@ Plan = data.StructLayout({
     "out_tiles": ConvArgs["out_ch"].shape,
     # A packed CONV's fields a patch word: W // in_tail (set at decode).
     "fpw": ConvArgs["in_tail"].shape,
+    # Output rows of a CONV: out_h, or (images_m1 + 1) * out_h over all images (set at decode).
+    "out_rows": ConvArgs["out_h"].width + ConvArgs["images_m1"].width,
     "kwords_m1": PRODUCT_BITS,
     "cw_m1": field_shape((ConvArgs, "in_cw"), (PoolArgs, "cw")),
     "kw_m1": field_shape((ConvArgs, "kw"), (PoolArgs, "kernel")),

@@ -243,6 +243,7 @@ class Sequencer(wiring.Component):
             with m.State("DECODE"):
                 with m.Switch(ins.opcode):
                     with m.Case(Opcode.CONV):
+                        m.d.sync += p.out_rows.eq(Mux(cv.all_images, cv.out_h * (cv.images_m1 + 1), cv.out_h))
                         # A packed CONV's fields a patch word, W // in_tail (in_tail <= W // 8, checked).
                         with m.Switch(cv.in_tail):
                             for c in range(1, max(W // 8, 1) + 1):
