@@ -125,12 +125,17 @@ def main(argv=None):
               "input per inference: request bytes (raw image) | per inference: out / in (bytes), requests | compute | "
               + " | ".join(f"link at {b:,} baud (share of the inference)" for b in BAUDS) + " |",
               "| --- | ---: | ---: | ---: | ---: | " + " | ".join("---:" for _ in BAUDS) + " |"]
-    networks = [("LFC", LFC_SPECS, (1, 28, 28), "resident"), ("CNV", CNV_SPECS, (3, 32, 32), "resident"),
-                ("CNV, parameters streamed", CNV_SPECS, (3, 32, 32), "stream")]
+    # CNV with its pixel planes apart, as the default `precise` export keeps them: the first layer reads
+    # the packed image; with `pow2` pixel scales the planes group and the host unfolds the image.
+    packed = {"plane_groups": False}
+    networks = [("LFC", LFC_SPECS, (1, 28, 28), "resident", {}),
+                ("CNV", CNV_SPECS, (3, 32, 32), "resident", packed),
+                ("CNV, parameters streamed", CNV_SPECS, (3, 32, 32), "stream", packed),
+                ("CNV, pow2 pixel scales (plane groups, host unfold)", CNV_SPECS, (3, 32, 32), "resident", {})]
     inputs = {}
-    for name, specs, shape, weights in networks:
+    for name, specs, shape, weights, options in networks:
         model = random_model(specs, shape, CONFIG, seed=0)
-        bundle = compile_model(model, CONFIG, verify_images=0, weights=weights)
+        bundle = compile_model(model, CONFIG, verify_images=0, weights=weights, **options)
         image = np.zeros((1,) + shape, dtype=np.uint8)
         cycles = int(open_backend("iss", bundle).run(image).cycles[0])
         load, run, sent = inference_traffic(bundle, cycles)
@@ -158,7 +163,9 @@ def main(argv=None):
                   f"{REQUEST_OVERHEAD + REPLY_OVERHEAD + STATUS_BYTES} bytes a poll), and reads the logits. The "
                   f"written-once bytes are the program and the parameter memories; a streamed program sends its "
                   f"parameters with every inference. **The link dominates every inference**, even at 3 Mbaud: "
-                  f"{input_note('CNV')}; {input_note('LFC')}. Streaming the parameters through the "
+                  f"{input_note('CNV')} (with `pow2` pixel scales, whose plane groups need the host unfold: "
+                  f"{input_note('CNV, pow2 pixel scales (plane groups, host unfold)').split(' is ', 1)[1]}); "
+                  f"{input_note('LFC')}. Streaming the parameters through the "
                   f"UART makes the program wait at its SYNCs for the link (tests/sim/test_board_link.py sees "
                   f"the streamed run take longer than the ISS for that reason): streaming pays only from a "
                   f"faster source (external memory). A USB serial adapter adds its turnaround (1-16 ms) to each "
