@@ -77,7 +77,8 @@ ConvArgs = data.StructLayout({
     "k":          20,  # valid bits of one pass: kh * kw * in_channels
     # Images stacked in the maps, minus one: the planes of the input, output and shortcut maps are
     # (images_m1 + 1) x in_h (out_h) rows apart, so an instruction may run on one image's view of a
-    # batch (`sw.compile --batch`); 0 for a map of one image, or one that the instruction runs over whole.
+    # batch (`sw.compile --batch`), or a CONV over all of them (all_images); 0 for a map of one image, or a
+    # pointwise or whole-map instruction that runs over the stack as one map.
     "images_m1":   5,
     # 1: the input is an image map of 8-bit pixels, one word a pixel, read as N pixel planes whose
     # receptive fields the gather packs F = W // in_tail fields to a patch word (docs/isa.md "Packed

@@ -244,6 +244,30 @@ def test_sequencer_checks_a_packed_conv(changes, error):
     assert got == error
 
 
+@pytest.mark.parametrize("region", ["input", "output", "result", "packed"])
+def test_sequencer_checks_the_whole_batch_of_an_all_images_conv(region):
+    """A CONV over all images checks the stack's regions: ending at the memory's depth passes, one word
+    (entry) further fails."""
+    images = 3
+    if region == "packed":
+        conv = packed_fields(PACKED_CFG, ch=3, h=4, w=5, k=3, stride=1, pad=1, pad_value=0, images=images)
+        conv["all_images"] = 1
+        cfg, plan = PACKED_CFG, packed_plan(PACKED_CFG, conv)
+    else:
+        conv = conv_fields(CFG, ch=11, h=4, w=3, planes=2, k=3, stride=1, pad=1, o=5, out_planes=2,
+                           raw=region == "result", images=images, all_images=1)
+        cfg, plan = CFG, conv_plan(CFG, conv)
+    if region in ("input", "packed"):
+        field, depth, end = "in_base", cfg.act_depth, plan["plane_words"] * (1 if region == "packed" else 2)
+    elif region == "output":
+        field, depth, end = "out_base", cfg.act_depth, plan["out_plane_words"] * 2
+    else:
+        field, depth, end = "out_base", cfg.result_depth, plan["res_need"]
+    for base, error in ((depth - end, ErrorCode.NONE), (depth - end + 1, ErrorCode.OUT_OF_RANGE)):
+        program = [encode(Opcode.CONV, **dict(conv, **{field: base})), encode(Opcode.END)]
+        assert run_sequencer(cfg, program)[1] == error, (region, base)
+
+
 def test_sequencer_refuses_a_shortcut_before_a_packed_conv():
     conv = packed_fields(PACKED_CFG, ch=3, h=6, w=5, k=3, stride=1, pad=1, pad_value=0)
     shortcut = {name: conv[name] for name, _ in ShortcutArgs}
