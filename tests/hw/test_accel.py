@@ -316,8 +316,7 @@ def test_checks_agree_with_the_iss_on_random_illegal_fields():
     """Every CONV / POOL / LOAD check is its own registered bit (hw/accel.py): random field changes,
     one or two at a time, halt with the ISS's error code, BAD_FIELD before OUT_OF_RANGE when both
     apply (docs/isa.md "Errors")."""
-    from hw.isa import FIELD_LIMITS, PoolArgs, decode
-    from sw.iss import Iss, IssError
+    from hw.isa import decode
     rng = np.random.default_rng(11)
     x, wb, sc, th, fl = random_layer(rng, n_planes=2, ch=11, h=4, w=4, m_bases=2, o=3, k=3, t_planes=2)
     conv = decode(conv_image(CFG, x, wb, sc, th, fl, stride=1, pad=1, pad_value=0, raw=False,
@@ -330,8 +329,16 @@ def test_checks_agree_with_the_iss_on_random_illegal_fields():
              "kw": 5, "stride": 3, "pad": 3, "out_h": 8, "out_w": 8, "out_ch": 8, "out_ch_base": 10,
              "out_stride": 3, "out_planes": 4, "wbases": 3, "k": 300, "cw": 3, "planes": 4, "kernel": 5,
              "mem": 7, "count": 300, "images_m1": 3}
+    _checks_agree_with_the_iss(CFG, bases, small, rng, 200)
+
+
+def _checks_agree_with_the_iss(cfg, bases, small, rng, count):
+    """`count` random changes of one or two fields of the (opcode, fields) `bases` that the ISS refuses
+    with BAD_FIELD or OUT_OF_RANGE halt the RTL with the same code; both codes occur."""
+    from hw.isa import FIELD_LIMITS
+    from sw.iss import Iss, IssError
     programs, expected = [], []
-    while len(programs) < 200:
+    while len(programs) < count:
         opcode, fields = bases[int(rng.integers(len(bases)))]
         changed = dict(fields)
         for name in rng.choice(sorted(fields), size=int(rng.integers(1, 3)), replace=False):
@@ -339,7 +346,7 @@ def test_checks_agree_with_the_iss_on_random_illegal_fields():
             near = min(max(fields[name] + int(rng.integers(-2, 3)), 0), FIELD_LIMITS[name])
             changed[name] = near if rng.random() < 0.4 else int(rng.integers(0, limit + 1))
         instr = encode(opcode, **changed)
-        iss = Iss(CFG)
+        iss = Iss(cfg)
         iss.load_program([instr, encode(Opcode.END)])
         try:
             iss.run()
@@ -347,9 +354,28 @@ def test_checks_agree_with_the_iss_on_random_illegal_fields():
             if error.code in (ErrorCode.BAD_FIELD.value, ErrorCode.OUT_OF_RANGE.value):
                 programs.append([instr])        # (a legal LOAD stops the ISS with its STALL)
                 expected.append(error.code)
-    got = simulate(CFG, programs, [], [], runs=len(programs))
+    got = simulate(cfg, programs, [], [], runs=len(programs))
     assert got["errors"] == expected
     assert {ErrorCode.BAD_FIELD.value, ErrorCode.OUT_OF_RANGE.value} <= set(expected)
+
+
+def test_packed_and_all_images_checks_agree_with_the_iss():
+    """The same for a packed first layer's CONV (its fields-a-word, last-word and image-map checks) and
+    a CONV over all images of a batch (the stack's regions), on a W = 32 config."""
+    from hw.isa import decode
+    rng = np.random.default_rng(12)
+    pixels = rng.integers(0, 256, (3, 6, 5), dtype=np.uint8)
+    wb = rng.integers(0, 2, (1, 3, 3, 3, 3), dtype=np.uint8)
+    packed = decode(packed_conv_image(PACKED_CFG, pixels, wb, rng.integers(-9, 9, (1, 8, 3)),
+                                      rng.integers(-9, 9, (3, 2)), np.zeros(3, bool), stride=1, pad=1,
+                                      pad_value=-1, raw=True)["instr"])[1]
+    x, wb, sc, th, fl = random_layer(rng, n_planes=2, ch=40, h=3, w=3, m_bases=1, o=3, k=3, t_planes=2)
+    batch = dict(decode(conv_image(PACKED_CFG, x, wb, sc, th, fl, stride=1, pad=1, pad_value=0, raw=False,
+                                   out_base=600)["instr"])[1], images_m1=2, all_images=1)
+    small = {"in_h": 8, "in_w": 8, "in_cw": 4, "in_stride": 2, "in_tail": 6, "in_planes": 10, "kh": 5, "kw": 5,
+             "stride": 3, "pad": 3, "out_h": 8, "out_w": 8, "out_ch": 8, "out_planes": 3, "k": 120,
+             "images_m1": 31, "in_base": 1024, "out_base": 1024}
+    _checks_agree_with_the_iss(PACKED_CFG, [(Opcode.CONV, packed), (Opcode.CONV, batch)], small, rng, 120)
 
 
 @pytest.mark.parametrize("raw", [True, False])
