@@ -142,8 +142,9 @@ Command: `{COMMAND} --board {args.board}{flag}`.
 {chr(10).join(rows)}
 
 The array is {array_share:.0f} % of the LUTs{element}; of the controller, the sequencer is the largest part
-(its set-up products are 32-bit registers with their checks), then the writer (two tile buffers, field
-and address arithmetic) and the gather (two sources' cursors).
+(its set-up products are 32-bit registers with their checks), then the gather (two sources' cursors,
+and the packed image input's eight plane registers and drain) and the writer (two tile buffers, field and
+address arithmetic).
 """
     return publish(PERFORMANCE, HEADING, text, write=not args.no_write)
 
