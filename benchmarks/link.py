@@ -151,10 +151,13 @@ def main(argv=None):
         lines.append(f"| {name} | {load[0]:,} ({once}) | {sent:,} ({image.size:,}, {sent / image.size:.2f}x) | "
                      f"{run[0]:,} / {run[1]:,}, {run[2]} | {compute * 1e3:.3f} ms | " + " | ".join(cells) + " |")
 
+    def input_size(name):
+        sent, raw, _ = inputs[name]
+        return f"{sent:,} request bytes, {sent / raw:.2f}x its {raw:,}-byte image"
+
     def input_note(name):
-        sent, raw, packed = inputs[name]
-        how = "the packed image" if packed else "unfolded"
-        return f"{name}'s input ({how}) is {sent:,} request bytes, {sent / raw:.2f}x its {raw:,}-byte image"
+        how = "the packed image" if inputs[name][2] else "unfolded"
+        return f"{name}'s input ({how}) is {input_size(name)}"
 
     lines += ["", f"Per inference the host writes the input (docs/isa.md \"First layer\": the packed image, "
                   f"`word_bytes` bytes a pixel in WRITE_NARROW frames, where the first layer reads it; otherwise "
@@ -164,7 +167,7 @@ def main(argv=None):
                   f"written-once bytes are the program and the parameter memories; a streamed program sends its "
                   f"parameters with every inference. **The link dominates every inference**, even at 3 Mbaud: "
                   f"{input_note('CNV')} (with `pow2` pixel scales, whose plane groups need the host unfold: "
-                  f"{input_note('CNV, pow2 pixel scales (plane groups, host unfold)').split(' is ', 1)[1]}); "
+                  f"{input_size('CNV, pow2 pixel scales (plane groups, host unfold)')}); "
                   f"{input_note('LFC')}. Streaming the parameters through the "
                   f"UART makes the program wait at its SYNCs for the link (tests/sim/test_board_link.py sees "
                   f"the streamed run take longer than the ISS for that reason): streaming pays only from a "

@@ -23,7 +23,7 @@ import numpy as np
 
 from hw.isa import MemoryTarget
 from hw.link import Reply
-from sw.runtime import MemoryBackend, RuntimeApiError, register_backend
+from sw.runtime import MemoryBackend, RuntimeApiError, packed_input, register_backend
 from sw.runtime.host_port import TARGETS, entry_ints, result_value
 from sw.runtime.link import Link, LinkError, SerialTransport, Transport
 
@@ -54,8 +54,7 @@ class BoardBackend(MemoryBackend):
             self.transport.close()
             raise
         self._loaded = False
-        spec = self.bundle.input
-        self.input_bytes = spec.get("word_bytes") if spec.get("mode") == "packed" else None
+        self.input_bytes = self.bundle.input["word_bytes"] if packed_input(self.bundle) else None
 
     def load_bytes(self):
         """Payload bytes `load` writes (the program and the bundle's memory images)."""

@@ -8,7 +8,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..config import AccelConfig
 from ..isa import ConvArgs, ShortcutArgs
-from .plan import Plan
+from .plan import PIXEL_RANGE, Plan
 
 __all__ = ["GatherEngine"]
 
@@ -101,8 +101,7 @@ class GatherEngine(wiring.Component):
         iyk = Signal(coord)                   # iy + ky
         ixk = Signal(coord)                   # ix + kx
         pw = Signal(range(2 * cfg.patch_depth + 1))
-        p0 = Signal(range((1 << (ConvArgs["out_h"].width + ConvArgs["out_w"].width + ConvArgs["images_m1"].width))
-                          + C))
+        p0 = Signal(range(PIXEL_RANGE + C))
         img = [Signal(addr_bits, name=f"img{k}") for k in range(2)]   # the image's row -pad, column -pad
         more = Signal()                       # p0 < npix, registered with every change of p0
         bank = Signal()                       # bank the gather fills

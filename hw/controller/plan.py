@@ -11,9 +11,13 @@ from amaranth.lib import data
 
 from ..isa import ConvArgs, PoolArgs, ShortcutArgs
 
-__all__ = ["PRODUCT_BITS", "OPERAND_B_BITS", "PRODUCT_CYCLES", "DECODE_CYCLES", "CHECK_CYCLES",
+__all__ = ["PIXEL_RANGE", "PRODUCT_BITS", "OPERAND_B_BITS", "PRODUCT_CYCLES", "DECODE_CYCLES", "CHECK_CYCLES",
            "POOL_DRAIN_CYCLES", "CONV_SETUP_STEPS", "SHORTCUT_SETUP_STEPS", "POOL_SETUP_STEPS", "Plan",
            "field_shape", "schedule", "setup_cycles"]
+
+#: Output pixels a CONV may have (every image's, over all images of a batch): the engines' pixel
+#: counters run to it plus one tile of C.
+PIXEL_RANGE = 1 << (ConvArgs["out_h"].width + ConvArgs["out_w"].width + ConvArgs["images_m1"].width)
 
 #: Width of a set-up product. A product saturates here (all ones), so no field combination can wrap a
 #: size back into range before the checks compare it with a memory's depth.

@@ -7,7 +7,7 @@ from amaranth.lib.wiring import In, Out
 from ..config import AccelConfig
 from ..isa import ConvArgs
 from ..layouts import CoreLayouts
-from .plan import Plan
+from .plan import PIXEL_RANGE, Plan
 
 __all__ = ["WriterEngine"]
 
@@ -65,8 +65,7 @@ class WriterEngine(wiring.Component):
         plane = Signal(ConvArgs["out_planes"].width)
         o0 = Signal(ConvArgs["out_ch"].width + 1)            # first channel of the tile being written
         # The first pixel of the tile (of every image, for a CONV over all images).
-        p0 = Signal(range((1 << (ConvArgs["out_h"].width + ConvArgs["out_w"].width + ConvArgs["images_m1"].width))
-                          + C))
+        p0 = Signal(range(PIXEL_RANGE + C))
         res_tile = Signal.like(self.res_addr)                # out_base + p0 * out_ch
         res_addr = Signal.like(self.res_addr)
         out_tile = Signal.like(self.act_addr)                # out_base + p0 * out_stride

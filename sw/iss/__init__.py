@@ -70,12 +70,6 @@ def _view_words(planes, f, map_words):
     return ((planes - 1) * images + 1) * map_words
 
 
-def _conv_images(f):
-    """Images a CONV computes: `images_m1 + 1` with `all_images` (their output pixels sharing the pixel
-    tiles, image b's pixel p1 the instruction's pixel b * out_h * out_w + p1), else 1."""
-    return f["images_m1"] + 1 if f.get("all_images") else 1
-
-
 def packed_layout(positions, channels, word_bits):
     """The patch words of one plane of a packed CONV (docs/isa.md "Packed image input"): for each of
     their `ceil(positions / F) * W` bits (F = W // channels fields a word), the index of the field bit
@@ -343,7 +337,7 @@ class Iss:
             map_words = s["in_h"] * s["in_w"] * s["in_stride"]
             # A packed CONV's image map has no planes: images_m1 and in_planes do not move its words
             # (with all_images the region is every image's map).
-            input_words = _conv_images(f) * map_words if s.get("packed") else _view_words(n, f, map_words)
+            input_words = hw_cycles.conv_images(f) * map_words if s.get("packed") else _view_words(n, f, map_words)
             return {f"{prefix}input": region(s["in_base"], input_words),
                     f"{prefix}weight": region(s["w_base"], ot * m * kw_words),
                     f"{prefix}scale": region(s["s_base"], ot * m * n)}, n * kw_words
@@ -356,7 +350,7 @@ class Iss:
         regions["patch"] = region(0, patch)
         regions["threshold"] = region(f["t_base"], ot * c.rows)
         if f["raw"]:
-            regions["result"] = region(f["out_base"], _conv_images(f) * p * f["out_ch"])
+            regions["result"] = region(f["out_base"], hw_cycles.conv_images(f) * p * f["out_ch"])
         else:
             regions["output"] = region(f["out_base"], _view_words(f["out_planes"], f, p * f["out_stride"]))
         return regions
@@ -417,7 +411,7 @@ class Iss:
         c = self.config
         rows = c.rows
         batch = self.batch
-        p_count = _conv_images(f) * f["out_h"] * f["out_w"]
+        p_count = hw_cycles.conv_images(f) * f["out_h"] * f["out_w"]
         ot_count = -(-f["out_ch"] // rows)
         o_pad = ot_count * rows
         acc = np.zeros((batch * p_count, o_pad), dtype=np.int64)
@@ -450,7 +444,7 @@ class Iss:
         w_bits, rows = c.word_bits, c.rows
         limbs = self.limbs
         batch = self.batch
-        p_count = _conv_images(f) * f["out_h"] * f["out_w"]
+        p_count = hw_cycles.conv_images(f) * f["out_h"] * f["out_w"]
         kw_words = hw_cycles.pass_words(s)
         m_count, n_count = s["wbases"], s["in_planes"]
         ot_count = -(-f["out_ch"] // rows)
@@ -481,7 +475,7 @@ class Iss:
         the position's index in the source's map (in_h * in_w pixels an image), 0 of the image's map
         outside it. An all_images CONV's pixel p reads image p // (out_h * out_w)'s map."""
         p_one = f["out_h"] * f["out_w"]
-        image, p = np.divmod(np.arange(_conv_images(f) * p_one), p_one)
+        image, p = np.divmod(np.arange(hw_cycles.conv_images(f) * p_one), p_one)
         oy, ox = np.divmod(p, f["out_w"])
         ky, kx = (a.reshape(-1) for a in np.meshgrid(np.arange(s["kh"]), np.arange(s["kw"]), indexing="ij"))
         iy = oy[:, None] * s["stride"] + ky[None] - s["pad"]

@@ -32,7 +32,7 @@ import sw.ref as ref
 from sw.bundle import Bundle, BundleError, load_bundle, pack_words, word_limbs
 
 __all__ = ["RuntimeApiError", "RunResult", "Backend", "MemoryBackend", "IssBackend", "BACKENDS", "PROVIDERS",
-           "register_backend", "open_backend", "prepare_input", "check_images", "pack_batch", "read_logits",
+           "register_backend", "open_backend", "prepare_input", "packed_input", "check_images", "pack_batch", "read_logits",
            "bundle_batch", "whole_batches", "run_inputs"]
 
 
@@ -79,7 +79,7 @@ def prepare_input(bundle, images):
     per pixel: word ((g * out_h + y) * out_w + x) * words_per_pixel + j.
     """
     images = check_images(bundle, images)
-    if _packed(bundle):
+    if packed_input(bundle):
         return _image_words(images, bundle.config.word_bits)
     spec = bundle.input
     kh, kw = spec["kernel"]
@@ -104,7 +104,7 @@ def prepare_input(bundle, images):
     return np.ascontiguousarray(words.reshape(batch, per_image, words.shape[-1]))
 
 
-def _packed(bundle):
+def packed_input(bundle):
     """Does the bundle's first layer read the packed image (else the host unfolds it)?"""
     return bundle.input.get("mode", "unfold") == "packed"
 
@@ -137,7 +137,7 @@ def pack_batch(bundle, words):
     count, per_image, limbs = words.shape
     if count % batch:
         raise RuntimeApiError(f"{count} images are not whole batches of {batch}")
-    groups = 1 if _packed(bundle) else len(bundle.input.get("groups", [[b, 1] for b in range(8)]))
+    groups = 1 if packed_input(bundle) else len(bundle.input.get("groups", [[b, 1] for b in range(8)]))
     words = words.reshape(count // batch, batch, groups, per_image // groups, limbs).swapaxes(1, 2)
     return np.ascontiguousarray(words.reshape(count // batch, batch * per_image, limbs))
 
