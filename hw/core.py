@@ -113,7 +113,11 @@ class BinaryCore(wiring.Component):
         ]
         since_next = Signal.like(since_last)
         reserved_next = Signal.like(reserved)
-        popped = out_fifo.r_rdy & out_fifo.r_en     # a FIFO entry moved to the output register
+        # A FIFO entry moved to the output register, counted a cycle later: the pop depends on the
+        # consumer's `ready`, which must not run through the credit arithmetic in the same cycle.
+        # Returning a credit late only ever under-counts the room.
+        popped = Signal()
+        m.d.sync += popped.eq(out_fifo.r_rdy & out_fifo.r_en)
         m.d.comb += [
             since_next.eq(Mux(accepted & spaced, 1, Mux(spacing_ok, since_last, since_last + 1))),
             reserved_next.eq(reserved + Mux(accepted & ends_tile, rows, 0) - popped),

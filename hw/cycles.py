@@ -4,7 +4,7 @@ to the RTL's cycle counter."""
 
 from .config import AccelConfig
 from .controller.plan import (CHECK_CYCLES, CONV_SETUP_STEPS, DECODE_CYCLES, POOL_DRAIN_CYCLES,
-                              POOL_SETUP_STEPS, SHORTCUT_SETUP_STEPS, setup_cycles)
+                              POOL_SETUP_STEPS, READ_LATENCY, SHORTCUT_SETUP_STEPS, setup_cycles)
 
 __all__ = ["pass_words", "patch_words", "gather_tile_cycles", "gather_drain_cycles", "conv_images", "pixel_tiles", "SETUP_CYCLES", "SHORTCUT_SETUP_CYCLES", "SHORTCUT_CYCLES", "ARRIVAL_CYCLES", "ISSUE_START", "BANK_REUSE", "TILE_OVERHEAD", "END_CYCLES",
            "POOL_OVERHEAD", "LOAD_CYCLES", "SYNC_CYCLES", "conv_cycles", "pool_cycles",
@@ -101,7 +101,7 @@ def conv_cycles(config: AccelConfig, f):
         # follows the last beat at once.
         follow = 1 if len(tail) == 3 and tail[1] >= tail[0] + 2 else ISSUE_START
         # The bank shows full one cycle after the next tile's gather may start (its last word lands).
-        beat = max(gather_end + 1 + gather_drain_cycles(f) + ISSUE_START,
+        beat = max(gather_end + READ_LATENCY + gather_drain_cycles(f) + ISSUE_START,
                    issue_end[-1] + follow if issue_end else ISSUE_START)
         tail = []
         for _ in range(out_tiles):

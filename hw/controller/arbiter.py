@@ -22,7 +22,10 @@ class ActBufferArbiter(wiring.Component):
     r_<name> : In({addr, en})         a read request; the data appears on the buffer's read port next cycle.
     w_<name> : In({addr, data, en})   a write request, `en` one bit per R-bit field.
     read     : Out({addr, en})        to the buffer's read port.
-    write    : Out({addr, data, en})  to the buffer's write port.
+    write    : Out({addr, data, en})  to the buffer's write port, registered: a write reaches the buffer
+                                      the cycle after its request (the engines' write logic and the
+                                      grant's priority multiplexer end in flip-flops, not in the block
+                                      RAM's inputs). Nothing reads a word in the cycle after its write.
     collision: Out(1)                 two requesters enabled one port in this cycle.
     """
 
@@ -48,12 +51,15 @@ class ActBufferArbiter(wiring.Component):
         m = Module()
         reads = [getattr(self, f"r_{name}") for name in self._readers]
         writes = [getattr(self, f"w_{name}") for name in self._writers]
-        for port, requests in ((self.read, reads), (self.write, writes)):
+        for port, requests, domain in ((self.read, reads, "comb"), (self.write, writes, "sync")):
             with m.If(requests[0].en.any()):
-                m.d.comb += port.eq(requests[0])
+                m.d[domain] += port.eq(requests[0])
             for request in requests[1:]:
                 with m.Elif(request.en.any()):
-                    m.d.comb += port.eq(request)
+                    m.d[domain] += port.eq(request)
+            if domain == "sync":
+                with m.Else():
+                    m.d.sync += port.en.eq(0)
 
         def two_or_more(enables):
             seen, again = 0, 0

@@ -8,7 +8,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..config import AccelConfig
 from ..isa import ConvArgs, ShortcutArgs
-from .plan import PIXEL_RANGE, Plan
+from .plan import PIXEL_RANGE, READ_LATENCY, Plan
 
 __all__ = ["GatherEngine"]
 
@@ -116,16 +116,23 @@ class GatherEngine(wiring.Component):
         kh_m1, np_m1 = Mux(src, plan.kh2_m1, plan.kh_m1), Mux(src, plan.np2_m1, plan.np_m1)
         row_words = Mux(src, plan.row_words2, plan.row_words)
         plane_words = Mux(src, plan.plane_words2, plan.plane_words)
-        # Pipeline stage 1 (the activation word arrives).
-        s1_valid = Signal()
-        s1_pad = Signal()
-        s1_col = Signal(range(C))
-        s1_pw = Signal(range(2 * cfg.patch_depth + 1))
-        s1_pad_value = Signal()
+        # The read's stage: RUN sets `rd` with each read; READ_LATENCY cycles after the read its word
+        # and `s1` (rd, delayed) reach the patch banks and the packer together. The word is registered
+        # straight off the block RAM (its clock-to-output is most of a cycle) before any logic.
+        stage = data.StructLayout({"valid": 1, "pad": 1, "pad_value": 1, "col": range(C),
+                                   "pw": range(2 * cfg.patch_depth + 1), "bank": 1, "last": 1, "tile_last": 1,
+                                   "filled": 1})
+        rd = Signal(stage)
+        m.d.sync += rd.valid.eq(0)
+        s1, word = rd, self.act_data
+        for i in range(READ_LATENCY - 1):
+            s1_next, word_next = Signal(stage, name=f"s{i + 2}"), Signal(W, name=f"act_q{i + 1}")
+            m.d.sync += [s1_next.eq(s1), word_next.eq(word)]
+            s1, word = s1_next, word_next
+        s1_valid, s1_col, s1_pw = s1.valid, s1.col, s1.pw
         s1_word = Signal(W)
-        m.d.comb += s1_word.eq(Mux(s1_pad, Mux(s1_pad_value, (1 << W) - 1, 0), self.act_data))
-        m.d.sync += s1_valid.eq(0)
-        drain = self._packer(m, s1_valid, s1_word, s1_col, bank_full)
+        m.d.comb += s1_word.eq(Mux(s1.pad, Mux(s1.pad_value, (1 << W) - 1, 0), word))
+        drain = self._packer(m, s1, s1_word, bank_full)
         for c in range(C):
             m.d.comb += [
                 patch_w[c].addr.eq(Mux(cv.packed, drain.addr, s1_pw)),
@@ -187,13 +194,11 @@ class GatherEngine(wiring.Component):
             address, y, x = pixel if pixel is not None else (pix[k], iy[k], ix[k])
             m.d.sync += [an.eq(address), aky.eq(address), akx.eq(address), iyk.eq(y), ixk.eq(x)]
 
-        # The tile's last word is written to its bank the cycle after it is read: the bank is marked
-        # full one cycle later still (so a one-word patch is never read before it is written).
-        filled = Signal()
-        m.d.sync += filled.eq(0)
-        with m.If(filled):
+        # An unpacked tile's last word is written to its bank in stage s1: the bank is marked full the
+        # cycle after (so a one-word patch is never read before it is written).
+        with m.If(s1.valid & s1.filled):
             for b in range(2):
-                with m.If(bank != b):          # `bank` already points at the next tile's bank
+                with m.If(s1.bank == b):
                     m.d.sync += bank_full[b].eq(1)
 
         with m.FSM():
@@ -209,9 +214,10 @@ class GatherEngine(wiring.Component):
                 # bounds (that path ran from the instruction's fields into the block RAM's enable).
                 inside = (iyk >= 0) & (iyk < in_h) & (ixk >= 0) & (ixk < in_w)
                 m.d.comb += [self.act_addr.eq((akx + cw)[:addr_bits]), self.act_en.eq(1)]
-                m.d.sync += [s1_valid.eq(1), s1_pad.eq(~inside), s1_pad_value.eq(pad_value), s1_col.eq(col),
-                             s1_pw.eq(pw), pw.eq(pw + 1), drain.s1_bank.eq(bank),
-                             drain.s1_last.eq((kx == kw_m1) & (ky == kh_m1)), drain.s1_tile_last.eq(col == C - 1)]
+                m.d.sync += [rd.valid.eq(1), rd.pad.eq(~inside), rd.pad_value.eq(pad_value), rd.col.eq(col),
+                             rd.pw.eq(pw), pw.eq(pw + 1), rd.bank.eq(bank),
+                             rd.last.eq((kx == kw_m1) & (ky == kh_m1)), rd.tile_last.eq(col == C - 1),
+                             rd.filled.eq(0)]
                 # Loops: cw innermost, then kx, ky, n, then the source, then the column. A packed CONV
                 # reads each kernel position once (its planes are fields of one word).
                 with m.If(~cv.packed & (cw != cw_m1)):
@@ -242,13 +248,13 @@ class GatherEngine(wiring.Component):
                                 with m.If(col == C - 1):      # all C columns gathered
                                     # (A packed tile is full when its packer's last words are written.)
                                     m.d.sync += [p0.eq(p0 + C), more.eq(p0 + C < plan.npix),
-                                                 bank.eq(~bank), filled.eq(~cv.packed)]
+                                                 bank.eq(~bank), rd.filled.eq(~cv.packed)]
                                     m.next = "IDLE"
                                 with m.Else():
                                     start_pixel(0, (next_pix[0], next_iy[0], next_ix[0]))
         return m
 
-    def _packer(self, m, s1_valid, s1_word, s1_col, bank_full):
+    def _packer(self, m, s1, s1_word, bank_full):
         """A packed CONV's fields (docs/isa.md "Packed image input"): every pixel word read gives each
         of the 8 planes its `c = in_tail` bits; each plane shifts them into its word register (left,
         so the first field ends at the top; a word register is empty, 0, after its word left); after `fpw` fields, or the column's last position, the
@@ -257,8 +263,8 @@ class GatherEngine(wiring.Component):
         column's first word at least kh * kw >= in_planes reads after the previous column's last
         (both checked), so one drain suffices.
 
-        Returns the drain's outputs (`busy`, `col`, `addr`, `word`), the stage-1 signals the read
-        loop sets (`s1_last`, `s1_tile_last`, `s1_bank`), and `fields` and `j` (cleared at `start`)."""
+        `s1` is the read's stage as the word `s1_word` arrives. Returns the drain's outputs (`busy`,
+        `col`, `addr`, `word`), and `fields` and `j` (cleared at `start`)."""
         cfg, cv, plan = self._config, self.conv, self.plan
         W = cfg.word_bits
         cmax = W // 8                                   # channels a pixel word holds
@@ -266,8 +272,6 @@ class GatherEngine(wiring.Component):
         addr_shape = range(2 * cfg.patch_depth + 1)
 
         d = SimpleNamespace(
-            s1_last=Signal(name="pk_s1_last"), s1_tile_last=Signal(name="pk_s1_tile_last"),
-            s1_bank=Signal(name="pk_s1_bank"),
             fields=Signal(range(W + 1), name="pk_fields"),        # fields in the words being filled
             j=Signal(range(cfg.patch_depth), name="pk_j"),        # the column's words emitted so far
             busy=Signal(name="pk_drain_busy"), col=Signal(range(cfg.cols), name="pk_drain_col"),
@@ -283,8 +287,9 @@ class GatherEngine(wiring.Component):
         # Shifting by c = in_tail is one of cmax cases: each bit is a 4:1 multiplexer (c <= W // 8).
         shift_case = Signal(range(cmax), name="pk_shift_case")
         m.d.comb += shift_case.eq(cv.in_tail - 1)
+        s1_valid, s1_col = s1.valid, s1.col
         emit = Signal(name="pk_emit")
-        m.d.comb += emit.eq(s1_valid & cv.packed & ((d.fields + 1 == plan.fpw) | d.s1_last))
+        m.d.comb += emit.eq(s1_valid & cv.packed & ((d.fields + 1 == plan.fpw) | s1.last))
         filled = []
         for n in range(planes):
             field = Cat(s1_word[8 * ch + n] for ch in range(cmax))      # plane n of each channel
@@ -314,6 +319,6 @@ class GatherEngine(wiring.Component):
         with m.If(emit):
             m.d.sync += [queue[n].eq(filled[n]) for n in range(planes)]
             m.d.sync += [d.busy.eq(1), index.eq(0), d.col.eq(s1_col),
-                         d.addr.eq(Mux(d.s1_bank, cfg.patch_depth, 0) + j), tile_last.eq(d.s1_last & d.s1_tile_last),
-                         drain_bank.eq(d.s1_bank), j.eq(Mux(d.s1_last, 0, j + 1))]
+                         d.addr.eq(Mux(s1.bank, cfg.patch_depth, 0) + j), tile_last.eq(s1.last & s1.tile_last),
+                         drain_bank.eq(s1.bank), j.eq(Mux(s1.last, 0, j + 1))]
         return d

@@ -76,12 +76,14 @@ class IssueEngine(wiring.Component):
         saddr = [Signal(lay.pass_info["scale_addr"].shape, name=f"saddr{k}") for k in range(2)]
         taddr = Signal(lay.pass_info["thr_addr"].shape)
         busy = Signal()
-        # The source of this pass: its sizes.
-        kwords = Mux(src, plan.kwords2, plan.kwords)
-        kwords_m1 = Mux(src, plan.kwords2_m1, plan.kwords_m1)
+        # The source of this pass: its sizes. A CONV runs only when its patch words fit the bank
+        # (checked), so kwords <= patch_depth: the products are compared and added at j's width, not
+        # at the set-up's 32 bits (these compares gate every loop register's enable).
+        kwords = Mux(src, plan.kwords2, plan.kwords)[:len(paddr)]
+        kwords_m1 = Mux(src, plan.kwords2_m1[:len(j)], plan.kwords_m1[:len(j)])
         cw_m1 = Mux(src, plan.cw2_m1, plan.cw_m1)
         wb_m1, np_m1 = Mux(src, plan.wb2_m1, plan.wb_m1), Mux(src, plan.np2_m1, plan.np_m1)
-        second = pbase + plan.patch_need               # the second source's first patch word
+        second = pbase + plan.patch_need[:len(paddr)]  # the second source's first patch word
 
         # Stage 1: the memories' read data; stage 2 (c_*): that data registered, offered to the core.
         ctl_layout = data.StructLayout({"nbits": range(W + 1), "first": 1, "last": 1, "info": lay.pass_info})

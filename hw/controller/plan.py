@@ -13,7 +13,7 @@ from ..isa import ConvArgs, PoolArgs, ShortcutArgs
 
 __all__ = ["PIXEL_RANGE", "PRODUCT_BITS", "OPERAND_B_BITS", "PRODUCT_CYCLES", "DECODE_CYCLES", "CHECK_CYCLES",
            "POOL_DRAIN_CYCLES", "CONV_SETUP_STEPS", "SHORTCUT_SETUP_STEPS", "POOL_SETUP_STEPS", "Plan",
-           "field_shape", "schedule", "setup_cycles"]
+           "CHECK_LEAD", "READ_LATENCY", "field_shape", "schedule", "setup_cycles", "check_ready"]
 
 #: Output pixels a CONV may have (every image's, over all images of a batch): the engines' pixel
 #: counters run to it plus one tile of C.
@@ -31,6 +31,14 @@ PRODUCT_CYCLES = 3
 DECODE_CYCLES = 3
 #: CHECK (the check bits registered), DECIDE (act on them, start the engines).
 CHECK_CYCLES = 2
+#: Cycles between the check operands' sums and the CHECK state: the sums (and the differences the
+#: checks compare) are registered every cycle, and CHECK compares those registers, so the operands'
+#: adders and the comparators are two register stages. A product a check reads must therefore be
+#: written CHECK_LEAD cycles before the set-up ends (`check_ready`).
+CHECK_LEAD = 1
+#: Cycles from an engine's activation-buffer read to the word entering its logic: the block RAM's
+#: read, then a register straight off its output (a block RAM's clock-to-output takes most of a cycle).
+READ_LATENCY = 2
 #: The cycles after POOL's last window read: its OR is computed and registered, then written.
 POOL_DRAIN_CYCLES = 2
 
@@ -114,10 +122,11 @@ POOL_SETUP_STEPS = (
     ("p_out_image", "p_out_image", "cw"),
     ("p_out_plane", "p_out_image", _images),
     ("p_out_need", "p_out_plane", lambda a, p, c, s: a.planes - 1),          # + p_out_image
-    ("p_step_y", "p_row", "stride"),
-    ("p_step_x", "stride", "cw"),
     ("span_h", lambda a, p, c, s: a.out_h - 1, "stride"),
     ("span_w", lambda a, p, c, s: a.out_w - 1, "stride"),
+    # Last: no check reads them (a check's operands are written before the set-up's last cycle).
+    ("p_step_y", "p_row", "stride"),
+    ("p_step_x", "stride", "cw"),
 )
 
 
@@ -160,6 +169,23 @@ def schedule(steps):
 def setup_cycles(steps):
     """Cycles the sequencer spends on a step list: one a scheduled slot, then the last result's write."""
     return len(schedule(steps)) + PRODUCT_CYCLES - 1
+
+
+def check_ready(steps, names):
+    """Assert that the products `names` are written at least CHECK_LEAD cycles before the set-up of
+    `steps` ends, so a register that samples their sums every cycle holds the final sums in CHECK.
+
+    Slot s is written in cycle s + PRODUCT_CYCLES - 1 of the set-up and readable from the next; the
+    set-up lasts `setup_cycles(steps)` cycles and CHECK is the cycle after it."""
+    slots = schedule(steps)
+    last = {step[0]: i for i, step in enumerate(slots) if step is not None}
+    for name in names:
+        if name not in last:
+            raise ValueError(f"{name!r} is not a product of these set-up steps")
+        readable = last[name] + PRODUCT_CYCLES
+        if readable + CHECK_LEAD > setup_cycles(steps):
+            raise ValueError(f"The check operand {name!r} is written in the set-up's last "
+                             f"{CHECK_LEAD} cycle(s): its sum would not be registered before CHECK")
 
 
 def field_shape(*fields):

@@ -1,13 +1,13 @@
 """`Sequencer`: fetch, decode, set-up and checks; it starts the engines and waits for them."""
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..config import AccelConfig
 from ..isa import INSTRUCTION_BITS, ErrorCode, Instruction, LoadArgs, MemoryTarget, Opcode, ShortcutArgs
 from .plan import (CONV_SETUP_STEPS, OPERAND_B_BITS, POOL_SETUP_STEPS, PRODUCT_BITS, PRODUCT_CYCLES,
-                   SHORTCUT_SETUP_STEPS, Plan, schedule)
+                   SHORTCUT_SETUP_STEPS, Plan, check_ready, schedule)
 
 __all__ = ["Sequencer"]
 
@@ -150,50 +150,69 @@ class Sequencer(wiring.Component):
                     m.next = next_state
 
         # ------------------------------------------------------------ checks
+        # Two register stages (plan.CHECK_LEAD): the sums and differences the checks compare are
+        # registered every cycle, and CHECK registers their comparisons. check_ready() asserts that
+        # every product summed here is final a cycle before CHECK.
         p = plan
+        check_ready(CONV_SETUP_STEPS, ("khw", "kwords", "kvalid", "in_need", "plane_words", "image_words",
+                                       "patch_need", "w_need", "s_need", "res_need", "out_need", "out_image_words",
+                                       "span_h", "span_w"))
+        check_ready(SHORTCUT_SETUP_STEPS, ("khw2", "kwords2", "kvalid2", "in_need2", "plane_words2",
+                                           "image_words2", "patch_need2", "w_need2", "s_need2", "span_h2",
+                                           "span_w2"))
+        check_ready(POOL_SETUP_STEPS, ("span_h", "span_w", "p_in_need", "p_image", "p_out_need", "p_out_image"))
+
+        def pre(name, value):
+            reg = Signal(Value.cast(value).shape(), name=f"pre_{name}")
+            m.d.sync += reg.eq(value)
+            return reg
+
+        k_words = pre("k_words", Mux(cv.packed, p.kvalid, ((p.kwords - p.khw) << (W.bit_length() - 1)) + p.kvalid))
+        k_words2 = pre("k_words2", ((p.kwords2 - p.khw2) << (W.bit_length() - 1)) + p.kvalid2)
+        padded_h = pre("padded_h", cv.in_h + 2 * cv.pad)
+        padded_w = pre("padded_w", cv.in_w + 2 * cv.pad)
         conv_bad = Cat(
             (cv.in_h == 0) | (cv.in_w == 0) | (cv.in_cw == 0) | (cv.in_planes == 0) | (cv.kh == 0),
             (cv.kw == 0) | (cv.stride == 0) | (cv.out_h == 0) | (cv.out_w == 0) | (cv.out_ch == 0),
             (cv.wbases == 0) | (cv.in_stride == 0) | (cv.in_tail == 0) | (cv.in_tail > W),
             ~cv.packed & (cv.in_stride < cv.in_cw),
             cv.k > cfg.max_k,
-            cv.k != Mux(cv.packed, p.kvalid, ((p.kwords - p.khw) << (W.bit_length() - 1)) + p.kvalid),
+            cv.k != k_words,
             # A packed CONV (docs/isa.md "Packed image input"): its in_need is in_cw * fpw.
             cv.packed & ((cv.in_tail > W // 8) | (cv.in_planes > 8) | (p.khw < cv.in_planes) | pending),
-            cv.packed & ((p.in_need < p.khw) | (p.in_need - p.fpw >= p.khw)),
-            cv.packed & (cv.in_cw > 1) & (p.khw + p.fpw - p.in_need < cv.in_planes),
+            cv.packed & ((p.in_need < p.khw) | (pre("in_need_less", p.in_need - p.fpw) >= p.khw)),
+            cv.packed & (cv.in_cw > 1) & (pre("last_fields", p.khw + p.fpw - p.in_need) < cv.in_planes),
             cv.wbases > cfg.max_wbases,
-            p.span_h + cv.kh > cv.in_h + 2 * cv.pad, p.span_w + cv.kw > cv.in_w + 2 * cv.pad,
+            pre("reach_h", p.span_h + cv.kh) > padded_h, pre("reach_w", p.span_w + cv.kw) > padded_w,
             ~cv.raw & ((cv.out_planes == 0) | (cv.out_planes > cfg.max_abases) | ((cv.out_ch_base % R) != 0)),
-            ~cv.raw & (cv.out_ch_base + cv.out_ch > cv.out_stride * W),
+            ~cv.raw & (pre("out_ch_end", cv.out_ch_base + cv.out_ch) > cv.out_stride * W),
             # The SHORTCUT's fields (only when one precedes this CONV).
             pending & ((sc.in_h == 0) | (sc.in_w == 0) | (sc.in_cw == 0) | (sc.in_planes == 0) | (sc.kh == 0)),
             pending & ((sc.kw == 0) | (sc.stride == 0) | (sc.wbases == 0) | (sc.in_stride < sc.in_cw)),
             pending & ((sc.in_tail == 0) | (sc.in_tail > W) | (sc.k > cfg.max_k) | (sc.wbases > cfg.max_wbases)),
-            pending & (sc.k != ((p.kwords2 - p.khw2) << (W.bit_length() - 1)) + p.kvalid2),
-            pending & (p.span_h2 + sc.kh > sc.in_h + 2 * sc.pad),
-            pending & (p.span_w2 + sc.kw > sc.in_w + 2 * sc.pad))
-        patch_words = Signal(PRODUCT_BITS + 1)
-        m.d.comb += patch_words.eq(p.patch_need + Mux(pending, p.patch_need2, 0))
+            pending & (sc.k != k_words2),
+            pending & (pre("reach_h2", p.span_h2 + sc.kh) > pre("padded_h2", sc.in_h + 2 * sc.pad)),
+            pending & (pre("reach_w2", p.span_w2 + sc.kw) > pre("padded_w2", sc.in_w + 2 * sc.pad)))
         conv_range = Cat(
             # (all_images: the last plane's I image maps.)
-            cv.in_base + Mux(cv.packed, 0, p.in_need) + Mux(cv.all_images, p.plane_words, p.image_words)
-            > cfg.act_depth,
-            patch_words > cfg.patch_depth,
-            cv.w_base + p.w_need > cfg.weight_depth, cv.s_base + p.s_need > cfg.scale_depth,
-            cv.t_base + p.out_tiles * R > cfg.thr_depth,
-            cv.raw & (cv.out_base + p.res_need > cfg.result_depth),
-            ~cv.raw & (cv.out_base + p.out_need + p.out_image_words > cfg.act_depth),
-            pending & (sc.in_base + p.in_need2 + Mux(cv.all_images, p.plane_words2, p.image_words2)
-                       > cfg.act_depth),
-            pending & (sc.w_base + p.w_need2 > cfg.weight_depth),
-            pending & (sc.s_base + p.s_need2 > cfg.scale_depth))
+            pre("in_end", cv.in_base + Mux(cv.packed, 0, p.in_need)
+                + Mux(cv.all_images, p.plane_words, p.image_words)) > cfg.act_depth,
+            pre("patch_words", p.patch_need + Mux(pending, p.patch_need2, 0)) > cfg.patch_depth,
+            pre("w_end", cv.w_base + p.w_need) > cfg.weight_depth,
+            pre("s_end", cv.s_base + p.s_need) > cfg.scale_depth,
+            pre("t_end", cv.t_base + p.out_tiles * R) > cfg.thr_depth,
+            cv.raw & (pre("res_end", cv.out_base + p.res_need) > cfg.result_depth),
+            ~cv.raw & (pre("out_end", cv.out_base + p.out_need + p.out_image_words) > cfg.act_depth),
+            pending & (pre("in_end2", sc.in_base + p.in_need2
+                           + Mux(cv.all_images, p.plane_words2, p.image_words2)) > cfg.act_depth),
+            pending & (pre("w_end2", sc.w_base + p.w_need2) > cfg.weight_depth),
+            pending & (pre("s_end2", sc.s_base + p.s_need2) > cfg.scale_depth))
         pool_bad = Cat(
             (pl.in_h == 0) | (pl.in_w == 0) | (pl.cw == 0) | (pl.planes == 0) | (pl.kernel == 0),
             (pl.stride == 0) | (pl.out_h == 0) | (pl.out_w == 0),
-            p.span_h + pl.kernel > pl.in_h, p.span_w + pl.kernel > pl.in_w)
-        pool_range = Cat(pl.in_base + p.p_in_need + p.p_image > cfg.act_depth,
-                         pl.out_base + p.p_out_need + p.p_out_image > cfg.act_depth)
+            pre("p_reach_h", p.span_h + pl.kernel) > pl.in_h, pre("p_reach_w", p.span_w + pl.kernel) > pl.in_w)
+        pool_range = Cat(pre("p_in_end", pl.in_base + p.p_in_need + p.p_image) > cfg.act_depth,
+                         pre("p_out_end", pl.out_base + p.p_out_need + p.p_out_image) > cfg.act_depth)
         load_depth = Mux(ld.mem == MemoryTarget.WEIGHT, cfg.weight_depth,
                          Mux(ld.mem == MemoryTarget.SCALE, cfg.scale_depth, cfg.thr_depth))
         load_bad = (ld.count == 0) | ~((ld.mem == MemoryTarget.WEIGHT) | (ld.mem == MemoryTarget.SCALE) |

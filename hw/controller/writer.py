@@ -82,7 +82,15 @@ class WriterEngine(wiring.Component):
         writing = Signal()
         col_index = col[:max(1, (C - 1).bit_length())]
 
+        # Columns of the pixel tile that hold a pixel of the map: min(npix - p0, C), registered with
+        # every change of p0 (its first write, column 0, always holds one), so a write's enable
+        # compares the column with this small register, not p0 + col with the 32-bit npix.
+        pix_left = Signal(range(C + 1))
         m.d.comb += self.done.eq(p0 >= plan.npix)
+
+        def set_pix_left(first):
+            left = plan.npix - first
+            m.d.sync += pix_left.eq(Mux(left[-1], 0, Mux(left >= C, C, left)))
 
         def first_field():
             m.d.sync += [word.eq(cv.out_ch_base // W), field.eq((cv.out_ch_base % W) // R)]
@@ -91,6 +99,7 @@ class WriterEngine(wiring.Component):
             m.d.sync += [p0.eq(0), res_tile.eq(cv.out_base), out_tile.eq(cv.out_base),
                          res_addr.eq(cv.out_base), tiles.eq(0), o0.eq(0), col.eq(0), writing.eq(0),
                          full.eq(0), take.eq(0), write.eq(0)]
+            set_pix_left(0)
             first_field()
 
         def next_pixel_tile():
@@ -101,15 +110,15 @@ class WriterEngine(wiring.Component):
                 res_addr.eq(res_tile + plan.tile_res_step),
                 out_tile.eq(out_tile + plan.tile_out_step),
             ]
+            set_pix_left(p0 + C)
             first_field()
 
         with m.If(self.active & cv.raw):
             o = o0 + res.row
-            p = p0 + col
             m.d.comb += [
                 self.res_addr.eq(res_addr),
                 self.res_data.eq(res.acc[col_index] if C > 1 else res.acc[0]),
-                self.res_en.eq(self.results.valid & (o < cv.out_ch) & (p < plan.npix)),
+                self.res_en.eq(self.results.valid & (o < cv.out_ch) & (col < pix_left)),
             ]
             with m.If(self.results.valid):
                 with m.If(col == C - 1):
@@ -147,11 +156,10 @@ class WriterEngine(wiring.Component):
                 for r in range(R):
                     planes = [bits_buf[b][r][col_index] if C > 1 else bits_buf[b][r][0] for b in range(2)]
                     m.d.comb += bits[r].eq(Mux(o0 + r < cv.out_ch, (Mux(write, planes[1], planes[0]) >> plane)[0], 0))
-                p = p0 + col
                 m.d.comb += [
                     self.act_addr.eq(out_addr),
                     self.act_data.eq(Cat(*([bits] * (W // R)))),
-                    self.act_en.eq(Mux(p < plan.npix, Const(1, W // R) << field, 0)),
+                    self.act_en.eq(Mux(col < pix_left, Const(1, W // R) << field, 0)),
                 ]
                 with m.If(plane != plan.op_m1):
                     m.d.sync += [plane.eq(plane + 1), out_addr.eq(out_addr + plan.out_plane_words)]

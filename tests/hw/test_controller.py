@@ -717,12 +717,15 @@ def test_load_engine_flush_drops_the_queue():
 # ---------------------------------------------------------------- Arbiter
 
 def test_arbiter_grants_by_name_order_and_flags_collisions():
+    """Reads are granted in the cycle of their request, writes reach the port registered (the cycle
+    after), both by the order of the names; two requests on one port raise `collision`."""
     readers, writers = ("host", "gather", "pool"), ("host", "writer", "pool")
     dut = ActBufferArbiter(CFG, readers=readers, writers=writers)
     rng = np.random.default_rng(4)
     granule_mask = (1 << (CFG.word_bits // CFG.rows)) - 1
 
     async def bench(ctx):
+        granted = None                       # the write granted last cycle: it reaches the port now
         for _ in range(300):
             reads = {n: (int(rng.integers(CFG.act_depth)), int(rng.random() < 0.4)) for n in readers}
             writes = {n: (int(rng.integers(CFG.act_depth)), int(rng.integers(256)),
@@ -741,12 +744,15 @@ def test_arbiter_grants_by_name_order_and_flags_collisions():
             assert ctx.get(dut.read.en) == bool(read_en)
             if read_en:
                 assert ctx.get(dut.read.addr) == reads[read_en[0]][0]
-            assert ctx.get(dut.write.en) == (writes[write_en[0]][2] if write_en else 0)
-            if write_en:
-                assert (ctx.get(dut.write.addr), ctx.get(dut.write.data)) == writes[write_en[0]][:2]
+            assert ctx.get(dut.write.en) == (granted[2] if granted else 0)
+            if granted:
+                assert (ctx.get(dut.write.addr), ctx.get(dut.write.data)) == granted[:2]
             assert ctx.get(dut.collision) == (len(read_en) > 1 or len(write_en) > 1)
+            await ctx.tick()
+            granted = writes[write_en[0]] if write_en else None
 
     sim = Simulator(dut)
+    sim.add_clock(1e-6)
     sim.add_testbench(bench)
     sim.run()
 
@@ -783,3 +789,23 @@ def test_setup_schedule_respects_every_product_it_reads():
             [s for s in slots if s is not None and s[0] == "p_out_plane"]
     # b and d (through a function of the plan) wait for a, c for b: d fills one of b's idle slots
     assert [s and s[0] for s in schedule(chained)] == ["a", None, None, "b", "d", None, "c"]
+
+
+def test_check_ready_refuses_a_product_written_in_the_setups_last_cycle():
+    """The checks compare registered sums (CHECK_LEAD cycles of lead): a product written in the
+    set-up's last cycle would reach CHECK through a stale sum, so check_ready refuses it; the
+    sequencer's own step lists pass (it elaborates) and their last slots are no check's operands."""
+    from hw.controller.plan import CHECK_LEAD, POOL_SETUP_STEPS, check_ready, schedule, setup_cycles
+    assert CHECK_LEAD == 1
+    steps = (("a", "x", "y"), ("b", "a", "y"), ("c", "x", "y"))
+    assert [s and s[0] for s in schedule(steps)] == ["a", "c", None, "b"]
+    assert setup_cycles(steps) == 6
+    check_ready(steps, ("a", "c"))               # readable from cycles 3 and 4: sums registered by 5
+    with pytest.raises(ValueError, match="'b' is written in the set-up's last 1 cycle"):
+        check_ready(steps, ("a", "b"))
+    with pytest.raises(ValueError, match="'z' is not a product"):
+        check_ready(steps, ("z",))
+    last = [s for s in schedule(POOL_SETUP_STEPS) if s is not None][-1][0]
+    with pytest.raises(ValueError, match=f"'{last}' is written in the set-up's last"):
+        check_ready(POOL_SETUP_STEPS, (last,))
+    Sequencer(CFG).elaborate(None)
