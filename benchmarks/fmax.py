@@ -245,11 +245,22 @@ Critical paths (nextpnr's report, the design signals at either end and the sourc
 {paths_text(paths)}
 
 Registered so far, each after it was the critical path: the set-up multiply (one shared 32 x 16
-multiplier, pipelined over three cycles), the CONV / POOL / LOAD checks and the loops' bounds minus one
-(CHECK states), the weight and patch read data before the array, the core's output FIFO read data,
-POOL's OR before it is written back; the gather's read enable no longer depends on the map bounds.
-The SHORTCUT support (a second source's set-up, checks, cursors and loop bounds) added about 1,900
-LUT4 to this 2x2 design (7,196 -> 9,107); most of the remaining critical paths are routing.
+multiplier, pipelined over three cycles, its two 16 x 16 partial products registered), the CONV /
+POOL / LOAD checks and the loops' bounds minus one (CHECK states), the checks' sums a cycle before
+CHECK, the weight and patch read data before the array, the gather's activation word straight off the
+block RAM, the activation buffer's write port (in the arbiter), the core's output FIFO read data and
+its credit return, POOL's OR before it is written back; the gather's read enable no longer depends on
+the map bounds, the writer's write enable compares the column with a registered count, and the issue
+engine's loop compares are at the patch bank's width. The SHORTCUT support (a second source's set-up,
+checks, cursors and loop bounds) added about 1,900 LUT4 to this 2x2 design (7,196 -> 9,107).
+
+What bounds it now: a block RAM read whose data passes through logic before a register. nextpnr's
+ECP5 model gives the DP16KD a 5.83 ns clock-to-output without its output register, and Yosys' ECP5
+memory mapping infers only that mode (`REGMODE` "NOREG"), so a memory several block RAMs deep (the
+weight memory: 10,240 entries) spends 5.83 ns plus its depth multiplexer before the issue engine's
+beat register. The block RAMs' own output registers (`REGMODE` "OUTREG", an instantiated primitive
+that Yosys' simulation library has only as a black box, so it needs its own checked model) would take
+the place of the issue engine's and the gather's data registers at no cycle cost.
 """
 
 

@@ -98,6 +98,8 @@ class GatherEngine(wiring.Component):
         an = Signal(addr_bits)                # pix + n * plane_words
         aky = Signal(addr_bits)               # + ky * row_words
         akx = Signal(addr_bits)               # + kx * in_stride
+        rd_addr = Signal(addr_bits)           # akx + cw: the read's address, kept in step (no adder
+                                              # between the loop registers and the block RAM)
         iyk = Signal(coord)                   # iy + ky
         ixk = Signal(coord)                   # ix + kx
         pw = Signal(range(2 * cfg.patch_depth + 1))
@@ -192,7 +194,8 @@ class GatherEngine(wiring.Component):
             """Point the running addresses at a pixel's first (n, ky, kx) in source k: the current
             pixel's, or `pixel` = (address, iy, ix)."""
             address, y, x = pixel if pixel is not None else (pix[k], iy[k], ix[k])
-            m.d.sync += [an.eq(address), aky.eq(address), akx.eq(address), iyk.eq(y), ixk.eq(x)]
+            m.d.sync += [an.eq(address), aky.eq(address), akx.eq(address), rd_addr.eq(address), iyk.eq(y),
+                         ixk.eq(x)]
 
         # An unpacked tile's last word is written to its bank in stage s1: the bank is marked full the
         # cycle after (so a one-word patch is never read before it is written).
@@ -213,7 +216,7 @@ class GatherEngine(wiring.Component):
                 # by the padding word a cycle later, so the enable needs no comparison of the map's
                 # bounds (that path ran from the instruction's fields into the block RAM's enable).
                 inside = (iyk >= 0) & (iyk < in_h) & (ixk >= 0) & (ixk < in_w)
-                m.d.comb += [self.act_addr.eq((akx + cw)[:addr_bits]), self.act_en.eq(1)]
+                m.d.comb += [self.act_addr.eq(rd_addr), self.act_en.eq(1)]
                 m.d.sync += [rd.valid.eq(1), rd.pad.eq(~inside), rd.pad_value.eq(pad_value), rd.col.eq(col),
                              rd.pw.eq(pw), pw.eq(pw + 1), rd.bank.eq(bank),
                              rd.last.eq((kx == kw_m1) & (ky == kh_m1)), rd.tile_last.eq(col == C - 1),
@@ -221,21 +224,23 @@ class GatherEngine(wiring.Component):
                 # Loops: cw innermost, then kx, ky, n, then the source, then the column. A packed CONV
                 # reads each kernel position once (its planes are fields of one word).
                 with m.If(~cv.packed & (cw != cw_m1)):
-                    m.d.sync += cw.eq(cw + 1)
+                    m.d.sync += [cw.eq(cw + 1), rd_addr.eq(rd_addr + 1)]
                 with m.Else():
                     m.d.sync += cw.eq(0)
                     with m.If(kx != kw_m1):
-                        m.d.sync += [kx.eq(kx + 1), akx.eq(akx + in_stride), ixk.eq(ixk + 1)]
+                        m.d.sync += [kx.eq(kx + 1), akx.eq(akx + in_stride), rd_addr.eq(akx + in_stride),
+                                     ixk.eq(ixk + 1)]
                     with m.Else():
                         m.d.sync += [kx.eq(0), ixk.eq(Mux(src, ix[1], ix[0]))]
                         with m.If(ky != kh_m1):
                             m.d.sync += [ky.eq(ky + 1), aky.eq(aky + row_words),
-                                         akx.eq(aky + row_words), iyk.eq(iyk + 1)]
+                                         akx.eq(aky + row_words), rd_addr.eq(aky + row_words), iyk.eq(iyk + 1)]
                         with m.Else():
                             m.d.sync += [ky.eq(0), iyk.eq(Mux(src, iy[1], iy[0]))]
                             with m.If(~cv.packed & (n != np_m1)):
                                 m.d.sync += [n.eq(n + 1), an.eq(an + plane_words),
-                                             aky.eq(an + plane_words), akx.eq(an + plane_words)]
+                                             aky.eq(an + plane_words), akx.eq(an + plane_words),
+                                             rd_addr.eq(an + plane_words)]
                             with m.Elif(~src & plan.shortcut):
                                 # The pixel's second field follows its first in the same bank.
                                 m.d.sync += [n.eq(0), src.eq(1)]

@@ -17,9 +17,10 @@ class Sequencer(wiring.Component):
 
     Derived sizes (products of fields) are computed at the start of each CONV and POOL by the steps of
     `hw.controller.plan` through one shared multiplier rather than by a dozen multipliers: three
-    cycles a product, a 32 x 16-bit multiplier whose 48-bit product saturates to 32 bits. Every check
-    (docs/isa.md "Errors") is its own bit, registered in a CHECK state and ORed in the DECIDE state
-    that follows, so a failing check halts with its code before anything is written.
+    cycles a product, a 32 x 16-bit multiplier (two registered 16 x 16 partial products) whose 48-bit
+    product saturates to 32 bits. Every check (docs/isa.md "Errors") is its own bit, registered in a
+    CHECK state and ORed in the DECIDE state that follows, so a failing check halts with its code
+    before anything is written.
 
     Ports
     -----
@@ -111,9 +112,16 @@ class Sequencer(wiring.Component):
         step = Signal(range(longest + PRODUCT_CYCLES))
         mul_a = Signal(PRODUCT_BITS)
         mul_b = Signal(OPERAND_B_BITS)
+        # Two partial products (16 x 16 bits each, one DSP block or a small array each) are registered;
+        # their sum and the saturation are the write cycle's logic. One 32 x 16 product in one cycle
+        # was the controller's critical path.
+        half = PRODUCT_BITS // 2
+        part_lo = Signal(half + OPERAND_B_BITS)
+        part_hi = Signal(half + OPERAND_B_BITS)
+        m.d.sync += [part_lo.eq(mul_a[:half] * mul_b), part_hi.eq(mul_a[half:] * mul_b)]
         product = Signal(PRODUCT_BITS + OPERAND_B_BITS)
         saturated = Signal(PRODUCT_BITS)
-        m.d.sync += product.eq(mul_a * mul_b)
+        m.d.comb += product.eq(part_lo + (part_hi << half))
         m.d.comb += saturated.eq(Mux(product[PRODUCT_BITS:].any(), (1 << PRODUCT_BITS) - 1,
                                      product[:PRODUCT_BITS]))
         # The slot whose product is being written this cycle: started PRODUCT_CYCLES - 1 cycles ago.
