@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from amaranth.back import rtlil
-from amaranth.hdl import Module
+from amaranth.hdl import ClockSignal, Instance, Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -67,6 +67,49 @@ class RegisteredArray(wiring.Component):
             self.counts_valid.eq(array.counts_valid),
         ]
         return m
+
+
+class BlockRamProbe(wiring.Component):
+    """One ECP5 block RAM (DP16KD, 1,024 x 18) read into a LUT and a flip-flop: its clock-to-output
+    with and without the block RAM's own output register (`regmode` "NOREG", which Yosys' ECP5 memory
+    mapping infers, or "OUTREG"). A measurement design only: the accelerator's memories are inferred."""
+
+    def __init__(self, regmode):
+        if regmode not in ("NOREG", "OUTREG"):
+            raise ValueError(f"regmode must be NOREG or OUTREG, not {regmode!r}")
+        self._regmode = regmode
+        super().__init__({"read_addr": In(10), "write_addr": In(10), "write_data": In(18), "write_en": In(1),
+                          "read_en": In(1), "q": Out(18)})
+
+    def elaborate(self, platform):
+        m = Module()
+        data = Signal(18)
+        ports = {"i_CLKA": ClockSignal(), "i_CEA": 1, "i_OCEA": 1, "i_WEA": self.write_en, "i_RSTA": 0,
+                 "i_CLKB": ClockSignal(), "i_CEB": self.read_en, "i_OCEB": self.read_en, "i_WEB": 0, "i_RSTB": 0}
+        for side in "AB":
+            ports.update({f"i_CS{side}{i}": 0 for i in range(3)})
+            # 18-bit mode: address bits 13..4, bits 1..0 the write's byte enables.
+            ports.update({f"i_AD{side}{i}": int(side == "A") for i in range(4)})
+            ports.update({f"i_DIB{i}": 0 for i in range(18)} if side == "B" else {})
+        address = {"A": self.write_addr, "B": self.read_addr}
+        for side in "AB":
+            ports.update({f"i_AD{side}{i + 4}": address[side][i] for i in range(10)})
+        ports.update({f"i_DIA{i}": self.write_data[i] for i in range(18)})
+        ports.update({f"o_DOB{i}": data[i] for i in range(18)})
+        m.submodules.ram = Instance("DP16KD", p_DATA_WIDTH_A=18, p_DATA_WIDTH_B=18, p_REGMODE_B=self._regmode,
+                                    **ports)
+        stage = Signal(18)
+        m.d.sync += [stage.eq(data ^ self.write_en.replicate(18)), self.q.eq(stage)]
+        return m
+
+
+def block_ram_clock_to_output(workdir):
+    """{regmode: (Fmax MHz, clock-to-output ns)} of `BlockRamProbe`, out of context, seed 1."""
+    measured = {}
+    for regmode in ("NOREG", "OUTREG"):
+        fmax, _, _, path, _ = ooc_fmax(BlockRamProbe(regmode), f"bram_{regmode.lower()}", workdir)
+        measured[regmode] = (fmax, path["clk_to_q_ns"])
+    return measured
 
 
 def ooc_fmax(design, name, workdir, seeds=(1,)):
@@ -180,10 +223,13 @@ def main(argv=None):
         names = [f"{r}x{c}x{w}" for r, c, w in args.geometry] if args.geometry else ACCEL_GEOMETRIES
         rows, ratios, paths = measure_ooc([parse_geometry(g) for g in names], with_accelerator=True,
                                           seeds=seeds)
+        with tempfile.TemporaryDirectory(prefix="fmax_bram_") as workdir:
+            sys.stderr.write("nextpnr-ecp5 one DP16KD read, NOREG and OUTREG ...\n")
+            bram = block_ram_clock_to_output(workdir)
         command = f"{COMMAND} --accelerator" + "".join(
             f" --geometry {g}" for g in names if names != ACCEL_GEOMETRIES) + (
             f" --seeds {len(seeds)}" if len(seeds) != 3 else "")
-        text = accelerator_section_body(table(rows), ratios, command, paths, len(seeds))
+        text = accelerator_section_body(table(rows), ratios, command, paths, len(seeds), bram)
         print(text)
         if not args.no_write:
             update_section(args.doc, ACCEL_HEADING, text)
@@ -222,7 +268,7 @@ def paths_text(paths):
     return "\n".join(f"* {label}: {describe_critical_path(path)}." for label, path in paths)
 
 
-def accelerator_section_body(text, ratios, command, paths, seeds):
+def accelerator_section_body(text, ratios, command, paths, seeds, bram):
     verdicts = [f"{geometry}: {100 * ratio:.0f}% ({'met' if ratio >= ACCEL_RATIO_TARGET else 'not met'})"
                 for geometry, ratio in ratios] or ["not measured (a design failed, see the table)"]
     return f"""
@@ -254,13 +300,15 @@ the map bounds, the writer's write enable compares the column with a registered 
 engine's loop compares are at the patch bank's width. The SHORTCUT support (a second source's set-up,
 checks, cursors and loop bounds) added about 1,900 LUT4 to this 2x2 design (7,196 -> 9,107).
 
-What bounds it now: a block RAM read whose data passes through logic before a register. nextpnr's
-ECP5 model gives the DP16KD a 5.83 ns clock-to-output without its output register, and Yosys' ECP5
-memory mapping infers only that mode (`REGMODE` "NOREG"), so a memory several block RAMs deep (the
-weight memory: 10,240 entries) spends 5.83 ns plus its depth multiplexer before the issue engine's
-beat register. The block RAMs' own output registers (`REGMODE` "OUTREG", an instantiated primitive
-that Yosys' simulation library has only as a black box, so it needs its own checked model) would take
-the place of the issue engine's and the gather's data registers at no cycle cost.
+What bounds it now: a block RAM read whose data passes through logic before a register. Yosys' ECP5
+memory mapping infers only the DP16KD without its output register (`REGMODE` "NOREG"). One DP16KD
+read into a LUT and a flip-flop (`BlockRamProbe`, out of context, seed 1): clock-to-output
+{bram["NOREG"][1]:.2f} ns and {bram["NOREG"][0]:.1f} MHz without the output register, {bram["OUTREG"][1]:.2f} ns and {bram["OUTREG"][0]:.1f} MHz
+with it. A memory several block RAMs deep (the weight memory: 10,240 entries) spends the first plus
+its depth multiplexer before the issue engine's beat register. The block RAMs' own output registers
+(`REGMODE` "OUTREG", an instantiated primitive; Yosys' simulation library has the DP16KD only as a
+black box, so it needs its own checked model) would take the place of the issue engine's and the
+gather's data registers at no cycle cost.
 """
 
 

@@ -287,7 +287,8 @@ def _signal_name(cell):
 
 def critical_path(log_path, clock=None):
     """The critical path nextpnr reported for `clock` (the first clock reported when None), from its
-    log: {"clock", "total_ns", "logic_ns", "routing_ns", "start", "end", "sources"}, where start and
+    log: {"clock", "total_ns", "logic_ns", "routing_ns", "clk_to_q_ns", "start", "end", "sources"}
+    (clk_to_q_ns: the start cell's clock-to-output, part of logic_ns), where start and
     end are the design signals at either end and sources the project's `file.py:line`s on the way, in
     order. None when the log has no report for that clock."""
     text = Path(log_path).read_text(errors="replace")
@@ -318,6 +319,7 @@ def critical_path(log_path, clock=None):
             "total_ns": round(steps[-1][2], 2),
             "logic_ns": round(sum(d for kind, d, _, _ in steps if kind != "routing"), 2),
             "routing_ns": round(sum(d for kind, d, _, _ in steps if kind == "routing"), 2),
+            "clk_to_q_ns": round(steps[0][1], 2) if steps[0][0] == "clk-to-q" else None,
             "start": _signal_name(cells[0]),
             "end": _signal_name(cells[-1]),
             "sources": sources,

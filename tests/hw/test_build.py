@@ -221,7 +221,7 @@ def test_critical_path_from_the_log(tmp_path):
     log.write_text(NEXTPNR_LOG)
     path = critical_path(log, "$glbnet$accel.clk")
     assert path == {"clock": "$glbnet$accel.clk", "total_ns": 6.67, "logic_ns": 0.76, "routing_ns": 5.91,
-                    "start": "accel.fsm_state", "end": "$signal",
+                    "clk_to_q_ns": 0.52, "start": "accel.fsm_state", "end": "$signal",
                     "sources": ["hw/accel.py:724", "hw/link.py:344"]}
     assert critical_path(log)["clock"] == "other" and critical_path(log, "nowhere") is None
     assert describe_critical_path(path) == ("6.7 ns (0.8 ns logic, 5.9 ns routing) from `accel.fsm_state` to "
@@ -290,6 +290,17 @@ def test_ulx3s_bitstream(tmp_path):
     assert 100 < util["LUT"] < 20_000 and util["FF"] > 100
     assert report["placed"]["EHXPLLL"]["used"] == 1 and report["run_clock_hz"] == 40_000_000
     assert result.fits and result.timing["fmax_mhz"] == timing["fmax_mhz"]
+
+
+def test_block_ram_probe_measures_the_output_register(tmp_path):
+    """benchmarks.fmax's one-DP16KD probe places and routes in both modes: the block RAM's output
+    register cuts its clock-to-output (nextpnr's ECP5 model) and raises the path's Fmax."""
+    from benchmarks.fmax import BlockRamProbe, block_ram_clock_to_output
+    measured = block_ram_clock_to_output(tmp_path)
+    (noreg_mhz, noreg_ns), (outreg_mhz, outreg_ns) = measured["NOREG"], measured["OUTREG"]
+    assert 0 < outreg_ns < 2.0 < noreg_ns and outreg_mhz > 2 * noreg_mhz > 100
+    with pytest.raises(ValueError, match="regmode must be NOREG or OUTREG, not 'BOTH'"):
+        BlockRamProbe("BOTH")
 
 
 def test_icebreaker_bitstream_and_cache(tmp_path, build_cache):
