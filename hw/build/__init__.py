@@ -39,7 +39,7 @@ from ..link import check_frame_bytes
 from ..shell import UARTShell
 from ..uart import uart_divisor
 from . import cache as build_cache
-from .toolchain import (BuildError, critical_path, ecp5_utilization_from_stat,
+from .toolchain import (READ_COLLISION_X, BuildError, critical_path, ecp5_utilization_from_stat,
                         ice40_utilization_from_stat, nextpnr_report, read_stat_json,
                         run_step, synth_ecp5_with_abc, synth_xilinx_stat, tool_env,
                         toolchain_versions, xilinx_utilization)
@@ -309,12 +309,13 @@ def _vivado_flow(result, plan, run_vivado):
 # Timing constraints come from the design: the oscillator's port has its frequency (the platform's
 # resource), and `RunClock` constrains the PLL's output net at the run clock.
 def _ecp5_overrides(platform, config):
-    return {"script_after_synth": "tee -q -o synth_stat.json stat -json"}
+    return {"script_after_read": READ_COLLISION_X, "script_after_synth": "tee -q -o synth_stat.json stat -json"}
 
 
 def _ice40_overrides(platform, config):
     # -dsp maps multipliers to SB_MAC16.
-    return {"synth_opts": "-dsp", "script_after_synth": "tee -q -o synth_stat.json stat -json"}
+    return {"script_after_read": READ_COLLISION_X, "synth_opts": "-dsp",
+            "script_after_synth": "tee -q -o synth_stat.json stat -json"}
 
 
 _FLOW_OVERRIDES = {"ecp5": _ecp5_overrides, "ice40": _ice40_overrides}

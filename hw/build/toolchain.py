@@ -144,6 +144,16 @@ _XILINX_ABC_FALLBACK = (
     "opt_lut_ins -tech xilinx; synth_xilinx -flatten {opts} -top {top} -run finalize:check")
 
 
+#: Yosys command for the ECP5 and iCE40 flows, after reading the design: a synchronous memory read
+#: that meets a write of the same address in the same cycle returns undefined data on the board.
+#: Amaranth's memories promise the old data there, and Yosys keeps that promise on a block RAM with a
+#: delayed write and a bypass multiplexer after the read data (a LUT level and about 46 flip-flops a
+#: memory, on every block-RAM read path). No engine reads an address in the cycle it is written (the
+#: patch banks are ping-pong, parameters are double-buffered by the compiler, the activation buffer's
+#: readers and writers use separate regions), so the boards drop the promise; the simulators keep it.
+READ_COLLISION_X = "setparam -set COLLISION_X_MASK 1 t:$memrd_v2 r:CLK_ENABLE=1 %i"
+
+
 def synth_ecp5_with_abc(synth):
     """`synth` (a `synth_ecp5 ...` command) with its LUT mapping done by ABC instead of ABC9, as yosys
     commands separated by newlines: YoWASP's ABC9 aborts on some large designs, and yosys 0.70's

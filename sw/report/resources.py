@@ -21,8 +21,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hw.build.toolchain import (ecp5_utilization_from_stat, ice40_utilization_from_stat, read_stat_json,
-                                synth_ecp5_with_abc, synth_xilinx_script, tool_env, toolchain_versions,
+from hw.build.toolchain import (READ_COLLISION_X, ecp5_utilization_from_stat, ice40_utilization_from_stat,
+                                read_stat_json, synth_ecp5_with_abc, synth_xilinx_script, tool_env, toolchain_versions,
                                 xilinx_utilization)
 from hw.config import AccelConfig, ConfigError
 
@@ -104,11 +104,13 @@ def synth_estimate(design, flow, workdir, name="top", mappers=None):
     stat = f"tee -q -o {name}.json stat -json"
     if flow == "ecp5":
         # ABC9 (synth_ecp5's mapper) aborts on some designs: then the same with ABC, as hw.build does.
-        scripts = [(f"read_rtlil {name}.il; synth_ecp5 -top top; {stat}", "abc9"),
-                   (f"read_rtlil {name}.il; " + synth_ecp5_with_abc("synth_ecp5 -top top").replace("\n", "; ")
+        # Memory reads as the board builds leave them (hw.build.toolchain.READ_COLLISION_X).
+        read = f"read_rtlil {name}.il; {READ_COLLISION_X}"
+        scripts = [(f"{read}; synth_ecp5 -top top; {stat}", "abc9"),
+                   (f"{read}; " + synth_ecp5_with_abc("synth_ecp5 -top top").replace("\n", "; ")
                     + f"; {stat}", "abc")]
     elif flow == "ice40":
-        scripts = [(f"read_rtlil {name}.il; synth_ice40 -top top; {stat}", "abc")]
+        scripts = [(f"read_rtlil {name}.il; {READ_COLLISION_X}; synth_ice40 -top top; {stat}", "abc")]
     elif flow == "vivado-plan":
         scripts = [(synth_xilinx_script(f"read_rtlil {name}.il", name, opts="-noiopad", fallback=fallback),
                     "abc" if fallback else "abc9") for fallback in (False, True)]

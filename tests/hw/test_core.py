@@ -168,3 +168,57 @@ def test_back_to_back_tiles_run_at_full_rate(name):
 def test_core_rejects_non_config():
     with pytest.raises(TypeError, match="Config must be an AccelConfig, not 3"):
         BinaryCore(3)
+
+
+@pytest.mark.parametrize("name", ["2x3w8", "2x3w8e"])
+@pytest.mark.parametrize("cut", [2, 0])
+def test_reset_mid_tile_then_a_new_tile_is_exact(name, cut):
+    """The array's data registers have no reset (valid bits qualify them): a reset before a tile's
+    last beats (cut 2) or while its results are in the pipeline (cut 0) drops it, and the next tile,
+    started after the reset, is exact."""
+    from amaranth.hdl import ClockDomain, Module
+    from amaranth.sim._async import DomainReset
+    cfg = GEOMETRIES[name]
+    rng = np.random.default_rng(5)
+    dropped, kept = (random_tile(cfg, rng, k=cfg.max_k, wbases=2, abases=2, scale_base=0, thr_base=0)
+                     for _ in range(2))
+    dut = BinaryCore(cfg)
+    lay = dut.layouts
+    got = []
+
+    async def driver(ctx):
+        for t in (dropped, kept):
+            for w in tile_scale_writes(cfg, t):
+                await stream_put(ctx, dut.scale_write, lay.scale_write, w)
+            for w in tile_thr_writes(cfg, t):
+                await stream_put(ctx, dut.thr_write, lay.thr_write, w)
+            beats = list(tile_beats(cfg, t))
+            if t is dropped:
+                beats = beats[:len(beats) - cut]
+            for beat in beats:
+                await stream_put(ctx, dut.beats, lay.beat, beat)
+            if t is dropped:
+                ctx.set(sync.rst, 1)
+                await ctx.delay(2e-8)                   # two clock periods in reset
+                ctx.set(sync.rst, 0)
+
+    async def sink(ctx):
+        for _ in range(200 * cfg.rows):
+            try:
+                if ctx.get(dut.results.valid):
+                    got.append(await stream_get(ctx, dut.results, lay.result))
+                else:
+                    ctx.set(dut.results.ready, 0)
+                    await ctx.tick()
+            except DomainReset:                         # a tick in reset: the core drops its tile
+                pass
+
+    top = Module()
+    top.domains.sync = sync = ClockDomain()
+    top.submodules.dut = dut
+    sim = Simulator(top)
+    sim.add_clock(1e-8)
+    sim.add_testbench(driver)
+    sim.add_testbench(sink)
+    sim.run()
+    assert got == expected_of(cfg, [kept])
