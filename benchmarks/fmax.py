@@ -302,15 +302,15 @@ the map bounds, the writer's write enable compares the column with a registered 
 engine's loop compares are at the patch bank's width. The SHORTCUT support (a second source's set-up,
 checks, cursors and loop bounds) added about 1,900 LUT4 to this 2x2 design (7,196 -> 9,107).
 
-What bounds it now: a block RAM read whose data passes through logic before a register. Yosys' ECP5
-memory mapping infers only the DP16KD without its output register (`REGMODE` "NOREG"). One DP16KD
-read into a LUT and a flip-flop (`BlockRamProbe`, out of context, seed 1): clock-to-output
-{bram["NOREG"][1]:.2f} ns and {bram["NOREG"][0]:.1f} MHz without the output register, {bram["OUTREG"][1]:.2f} ns and {bram["OUTREG"][0]:.1f} MHz
-with it. A memory several block RAMs deep (the weight memory: 10,240 entries) spends the first plus
-its depth multiplexer before the issue engine's beat register. The block RAMs' own output registers
-(`REGMODE` "OUTREG", an instantiated primitive; Yosys' simulation library has the DP16KD only as a
-black box, so it needs its own checked model) would take the place of the issue engine's and the
-gather's data registers at no cycle cost.
+Block RAM reads: Yosys' ECP5 memory mapping infers only the DP16KD without its output register
+(`REGMODE` "NOREG"). One DP16KD read into a LUT and a flip-flop (`BlockRamProbe`, out of context,
+seed 1): clock-to-output {bram["NOREG"][1]:.2f} ns and {bram["NOREG"][0]:.1f} MHz without the output register, {bram["OUTREG"][1]:.2f} ns and
+{bram["OUTREG"][0]:.1f} MHz with it. The flows also drop Yosys' same-cycle read/write emulation, which had put a
+bypass multiplexer after every block RAM's read data (docs/build.md, "Block RAM reads on ECP5 and
+iCE40"). The block RAMs' own output registers (an instantiated primitive; Yosys' simulation library
+has the DP16KD only as a black box, so it needs its own checked model) would take the place of the
+issue engine's and the gather's data registers at no cycle cost. The other long paths are routing:
+the sequencer's plan registers fan out to every engine.
 """
 
 

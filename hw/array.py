@@ -96,67 +96,60 @@ class ProcessingElement(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        # Data registers have no reset: the control (valid, first, last) qualifies them, and leaving
-        # the reset net out of the array's flip-flops saves its routing to most of the design.
-        def data_reg(shape, name):
-            return Signal(shape, name=name, reset_less=True)
-
-        w_reg, a_reg = data_reg(self._word_bits, "w_reg"), data_reg(self._word_bits, "a_reg")
-        m.d.sync += [w_reg.eq(self.w_in), a_reg.eq(self.a_in), self.ctl_out.eq(self.ctl_in)]
-        m.d.comb += [self.w_out.eq(w_reg), self.a_out.eq(a_reg)]
+        m.d.sync += [
+            self.w_out.eq(self.w_in),
+            self.a_out.eq(self.a_in),
+            self.ctl_out.eq(self.ctl_in),
+        ]
         # Stage 1: the popcount of this word, registered so the tree and the accumulator adder are
         # separate timing paths.
-        count = data_reg(range(self._word_bits + 1), "count")
+        count = Signal(range(self._word_bits + 1))
         ctl = Signal(self.ctl_in.shape())
         m.d.sync += [
             count.eq(xnor_popcount(m, self.w_in, self.a_in)),
             ctl.eq(self.ctl_in),
         ]
         # Stage 2: accumulate over the pass; latch the total on its last word.
-        acc = data_reg(unsigned(self._count_bits), "acc")
+        acc = Signal(unsigned(self._count_bits))
         total = Signal(unsigned(self._count_bits))
         m.d.comb += total.eq(Mux(ctl.first, 0, acc) + count)
         with m.If(ctl.valid):
             m.d.sync += acc.eq(total)
-        result = data_reg(self.result.shape(), "result_reg")
-        m.d.comb += self.result.eq(result)
         if not self.scaled:
             m.d.sync += self.result_valid.eq(ctl.valid & ctl.last)
             with m.If(ctl.valid & ctl.last):
-                m.d.sync += result.eq(total)
+                m.d.sync += self.result.eq(total)
             return m
 
         # Scaling (`AccelConfig.element_scales`): the row's scale moves right beside the weights.
-        scale1 = data_reg(signed(self._scale_bits), "scale1")
-        scale_reg = data_reg(signed(self._scale_bits), "scale_reg")
-        m.d.sync += [scale_reg.eq(self.scale_in), scale1.eq(self.scale_in)]
-        m.d.comb += self.scale_out.eq(scale_reg)
+        scale1 = Signal(signed(self._scale_bits))
+        m.d.sync += [self.scale_out.eq(self.scale_in), scale1.eq(self.scale_in)]
         # Stage 2 latches the pass's count with its K, scale and flags; stage 3 the signed dot product;
         # stage 4 the product (a registered multiplier, one DSP block); stage 5 the tile's running sum.
-        count2 = data_reg(unsigned(self._count_bits), "count2")
-        k2 = data_reg(unsigned(self._count_bits), "k2")
-        scale2 = data_reg(signed(self._scale_bits), "scale2")
+        count2 = Signal(unsigned(self._count_bits))
+        k2 = Signal(unsigned(self._count_bits))
+        scale2 = Signal(signed(self._scale_bits))
         valid2, first2, last2 = Signal(), Signal(), Signal()
         m.d.sync += valid2.eq(ctl.valid & ctl.last)
         with m.If(ctl.valid & ctl.last):
             m.d.sync += [count2.eq(total), k2.eq(ctl.k), scale2.eq(scale1),
                          first2.eq(ctl.first_pass), last2.eq(ctl.last_pass)]
-        dot3 = data_reg(signed(self._count_bits + 1), "dot3")
-        scale3 = data_reg(signed(self._scale_bits), "scale3")
+        dot3 = Signal(signed(self._count_bits + 1))
+        scale3 = Signal(signed(self._scale_bits))
         valid3, first3, last3 = Signal(), Signal(), Signal()
         m.d.sync += [dot3.eq((count2 << 1) - k2), scale3.eq(scale2),
                      valid3.eq(valid2), first3.eq(first2), last3.eq(last2)]
-        product4 = data_reg(signed(self._count_bits + 1 + self._scale_bits), "product4")
+        product4 = Signal(signed(self._count_bits + 1 + self._scale_bits))
         valid4, first4, last4 = Signal(), Signal(), Signal()
         m.d.sync += [product4.eq(dot3 * scale3), valid4.eq(valid3), first4.eq(first3), last4.eq(last3)]
-        sum_acc = data_reg(signed(self._acc_bits), "sum_acc")
+        sum_acc = Signal(signed(self._acc_bits))
         new = Signal(signed(self._acc_bits))
         m.d.comb += new.eq(Mux(first4, 0, sum_acc) + product4)
         with m.If(valid4):
             m.d.sync += sum_acc.eq(new)
         m.d.sync += self.result_valid.eq(valid4 & last4)
         with m.If(valid4 & last4):
-            m.d.sync += result.eq(new)
+            m.d.sync += self.result.eq(new)
         return m
 
 
@@ -217,8 +210,8 @@ class SystolicArray(wiring.Component):
         # Edge: mask invalid bits (weights to 0, activations to 1) and register.
         mask = Signal(width)
         m.d.comb += mask.eq(Cat(self.edge.nbits > i for i in range(width)))
-        w_edge = [Signal(width, name=f"w_edge{r}", reset_less=True) for r in range(rows)]
-        a_edge = [Signal(width, name=f"a_edge{c}", reset_less=True) for c in range(cols)]
+        w_edge = [Signal(width, name=f"w_edge{r}") for r in range(rows)]
+        a_edge = [Signal(width, name=f"a_edge{c}") for c in range(cols)]
         ctl_edge = Signal(_scaled_control(cfg.count_bits) if scaled else control_layout)
         for r in range(rows):
             m.d.sync += w_edge[r].eq(self.edge.w[r] & mask)
@@ -236,13 +229,13 @@ class SystolicArray(wiring.Component):
                 ctl_edge.last_pass.eq(self.edge.last_pass),
             ]
 
-        w_left = [delay(m, w_edge[r], r, f"w_skew{r}", reset_less=True) for r in range(rows)]
-        a_top = [delay(m, a_edge[c], c, f"a_skew{c}", reset_less=True) for c in range(cols)]
+        w_left = [delay(m, w_edge[r], r, f"w_skew{r}") for r in range(rows)]
+        a_top = [delay(m, a_edge[c], c, f"a_skew{c}") for c in range(cols)]
         ctl_top = [delay(m, ctl_edge, c, f"ctl_skew{c}") for c in range(cols)]
         if scaled:
             # The scale memory's data is on `scales` in the cycle the edge register holds the last
             # beat, so the scales take the weights' skew from here.
-            s_left = [delay(m, self.scales[r], r, f"s_skew{r}", reset_less=True) for r in range(rows)]
+            s_left = [delay(m, self.scales[r], r, f"s_skew{r}") for r in range(rows)]
             pes = [[ProcessingElement(width, cfg.count_bits, scale_bits=cfg.scale_bits,
                                       acc_bits=cfg.acc_bits) for _ in range(cols)] for _ in range(rows)]
         else:
@@ -268,10 +261,10 @@ class SystolicArray(wiring.Component):
                 pe = pes[r][c]
                 selected = selected | Mux(pe.result_valid, pe.result.as_unsigned(), 0)
                 any_valid = any_valid | pe.result_valid
-            col_count = Signal(result_bits, name=f"col_count{c}", reset_less=True)
+            col_count = Signal(result_bits, name=f"col_count{c}")
             col_valid = Signal(name=f"col_valid{c}")
             m.d.sync += [col_count.eq(selected), col_valid.eq(any_valid)]
-            m.d.comb += self.counts[c].eq(delay(m, col_count, cols - 1 - c, f"deskew{c}", reset_less=True))
+            m.d.comb += self.counts[c].eq(delay(m, col_count, cols - 1 - c, f"deskew{c}"))
             if c == cols - 1:
                 m.d.comb += self.counts_valid.eq(col_valid)
         return m

@@ -173,9 +173,8 @@ def test_core_rejects_non_config():
 @pytest.mark.parametrize("name", ["2x3w8", "2x3w8e"])
 @pytest.mark.parametrize("cut", [2, 0])
 def test_reset_mid_tile_then_a_new_tile_is_exact(name, cut):
-    """The array's data registers have no reset (valid bits qualify them): a reset before a tile's
-    last beats (cut 2) or while its results are in the pipeline (cut 0) drops it, and the next tile,
-    started after the reset, is exact."""
+    """A reset before a tile's last beats (cut 2) or while its results are in the pipeline (cut 0)
+    drops the tile, and the next tile, started after the reset, is exact."""
     from amaranth.hdl import ClockDomain, Module
     from amaranth.sim._async import DomainReset
     cfg = GEOMETRIES[name]
