@@ -100,7 +100,8 @@ def conv_cycles(config: AccelConfig, f):
         # waited for the pass spacing, the next tile's first beat was read during that wait and
         # follows the last beat at once.
         follow = 1 if len(tail) == 3 and tail[1] >= tail[0] + 2 else ISSUE_START
-        # The bank shows full one cycle after the next tile's gather may start (its last word lands).
+        # The bank shows full READ_LATENCY cycles after the next tile's gather may start (its last
+        # word is read, arrives registered, and lands).
         beat = max(gather_end + READ_LATENCY + gather_drain_cycles(f) + ISSUE_START,
                    issue_end[-1] + follow if issue_end else ISSUE_START)
         tail = []

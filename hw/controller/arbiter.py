@@ -1,6 +1,6 @@
 """`ActBufferArbiter`: the activation buffer's one read port and one write port, shared by name."""
 
-from amaranth.hdl import Module
+from amaranth.hdl import Module, Signal
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -51,15 +51,14 @@ class ActBufferArbiter(wiring.Component):
         m = Module()
         reads = [getattr(self, f"r_{name}") for name in self._readers]
         writes = [getattr(self, f"w_{name}") for name in self._writers]
-        for port, requests, domain in ((self.read, reads, "comb"), (self.write, writes, "sync")):
+        granted_write = Signal(self.write_layout)
+        for port, requests in ((self.read, reads), (granted_write, writes)):
             with m.If(requests[0].en.any()):
-                m.d[domain] += port.eq(requests[0])
+                m.d.comb += port.eq(requests[0])
             for request in requests[1:]:
                 with m.Elif(request.en.any()):
-                    m.d[domain] += port.eq(request)
-            if domain == "sync":
-                with m.Else():
-                    m.d.sync += port.en.eq(0)
+                    m.d.comb += port.eq(request)
+        m.d.sync += self.write.eq(granted_write)
 
         def two_or_more(enables):
             seen, again = 0, 0

@@ -194,8 +194,12 @@ class GatherEngine(wiring.Component):
             """Point the running addresses at a pixel's first (n, ky, kx) in source k: the current
             pixel's, or `pixel` = (address, iy, ix)."""
             address, y, x = pixel if pixel is not None else (pix[k], iy[k], ix[k])
-            m.d.sync += [an.eq(address), aky.eq(address), akx.eq(address), rd_addr.eq(address), iyk.eq(y),
-                         ixk.eq(x)]
+            m.d.sync += [an.eq(address), aky.eq(address), iyk.eq(y), ixk.eq(x)]
+            set_akx(address)
+
+        def set_akx(address):
+            """A new kernel position: its first channel word (cw = 0), read from the next cycle."""
+            m.d.sync += [akx.eq(address), rd_addr.eq(address)]
 
         # An unpacked tile's last word is written to its bank in stage s1: the bank is marked full the
         # cycle after (so a one-word patch is never read before it is written).
@@ -228,19 +232,18 @@ class GatherEngine(wiring.Component):
                 with m.Else():
                     m.d.sync += cw.eq(0)
                     with m.If(kx != kw_m1):
-                        m.d.sync += [kx.eq(kx + 1), akx.eq(akx + in_stride), rd_addr.eq(akx + in_stride),
-                                     ixk.eq(ixk + 1)]
+                        m.d.sync += [kx.eq(kx + 1), ixk.eq(ixk + 1)]
+                        set_akx(akx + in_stride)
                     with m.Else():
                         m.d.sync += [kx.eq(0), ixk.eq(Mux(src, ix[1], ix[0]))]
                         with m.If(ky != kh_m1):
-                            m.d.sync += [ky.eq(ky + 1), aky.eq(aky + row_words),
-                                         akx.eq(aky + row_words), rd_addr.eq(aky + row_words), iyk.eq(iyk + 1)]
+                            m.d.sync += [ky.eq(ky + 1), aky.eq(aky + row_words), iyk.eq(iyk + 1)]
+                            set_akx(aky + row_words)
                         with m.Else():
                             m.d.sync += [ky.eq(0), iyk.eq(Mux(src, iy[1], iy[0]))]
                             with m.If(~cv.packed & (n != np_m1)):
-                                m.d.sync += [n.eq(n + 1), an.eq(an + plane_words),
-                                             aky.eq(an + plane_words), akx.eq(an + plane_words),
-                                             rd_addr.eq(an + plane_words)]
+                                m.d.sync += [n.eq(n + 1), an.eq(an + plane_words), aky.eq(an + plane_words)]
+                                set_akx(an + plane_words)
                             with m.Elif(~src & plan.shortcut):
                                 # The pixel's second field follows its first in the same bank.
                                 m.d.sync += [n.eq(0), src.eq(1)]

@@ -12,6 +12,17 @@ from .plan import (CONV_SETUP_STEPS, OPERAND_B_BITS, POOL_SETUP_STEPS, PRODUCT_B
 __all__ = ["Sequencer"]
 
 
+class _Reads:
+    """The plan, recording the names of the fields read through it."""
+
+    def __init__(self, plan):
+        self._plan, self.names = plan, set()
+
+    def __getattr__(self, name):
+        self.names.add(name)
+        return getattr(self._plan, name)
+
+
 class Sequencer(wiring.Component):
     """Runs a program one instruction at a time, to completion (docs/isa.md).
 
@@ -159,16 +170,10 @@ class Sequencer(wiring.Component):
 
         # ------------------------------------------------------------ checks
         # Two register stages (plan.CHECK_LEAD): the sums and differences the checks compare are
-        # registered every cycle, and CHECK registers their comparisons. check_ready() asserts that
-        # every product summed here is final a cycle before CHECK.
-        p = plan
-        check_ready(CONV_SETUP_STEPS, ("khw", "kwords", "kvalid", "in_need", "plane_words", "image_words",
-                                       "patch_need", "w_need", "s_need", "res_need", "out_need", "out_image_words",
-                                       "span_h", "span_w"))
-        check_ready(SHORTCUT_SETUP_STEPS, ("khw2", "kwords2", "kvalid2", "in_need2", "plane_words2",
-                                           "image_words2", "patch_need2", "w_need2", "s_need2", "span_h2",
-                                           "span_w2"))
-        check_ready(POOL_SETUP_STEPS, ("span_h", "span_w", "p_in_need", "p_image", "p_out_need", "p_out_image"))
+        # registered every cycle, and CHECK registers their comparisons. `p` records the plan fields
+        # the checks read, and check_ready() (below) asserts that every one of them that a set-up step
+        # writes is final a cycle before CHECK.
+        p = _Reads(plan)
 
         def pre(name, value):
             reg = Signal(Value.cast(value).shape(), name=f"pre_{name}")
@@ -221,6 +226,9 @@ class Sequencer(wiring.Component):
             pre("p_reach_h", p.span_h + pl.kernel) > pl.in_h, pre("p_reach_w", p.span_w + pl.kernel) > pl.in_w)
         pool_range = Cat(pre("p_in_end", pl.in_base + p.p_in_need + p.p_image) > cfg.act_depth,
                          pre("p_out_end", pl.out_base + p.p_out_need + p.p_out_image) > cfg.act_depth)
+        for steps in (CONV_SETUP_STEPS, SHORTCUT_SETUP_STEPS, POOL_SETUP_STEPS):
+            check_ready(steps, sorted(p.names & {dest for dest, _, _ in steps}))
+        p = plan
         load_depth = Mux(ld.mem == MemoryTarget.WEIGHT, cfg.weight_depth,
                          Mux(ld.mem == MemoryTarget.SCALE, cfg.scale_depth, cfg.thr_depth))
         load_bad = (ld.count == 0) | ~((ld.mem == MemoryTarget.WEIGHT) | (ld.mem == MemoryTarget.SCALE) |
